@@ -1,0 +1,37 @@
+"""pgen: predict which models of a zoo generalize, from the P-vector angle and other measures."""
+
+from pgen.pvector import (
+    PVectorResult,
+    StreamingPVector,
+    UnstablePVectorWarning,
+    angle,
+    angle_matrix,
+    p_vector,
+    p_vector_spectrum,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PVectorResult",
+    "StreamingPVector",
+    "UnstablePVectorWarning",
+    "angle",
+    "angle_matrix",
+    "p_vector",
+    "p_vector_spectrum",
+    "__version__",
+]
+
+
+def __getattr__(name):
+    # Heavier entry points load lazily so that `import pgen` stays fast.
+    if name == "load_zoo":
+        from pgen.zoo import load_zoo
+
+        return load_zoo
+    if name in ("model_p_vectors", "extract_features", "data_p_vector"):
+        from pgen import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module 'pgen' has no attribute {name!r}")
