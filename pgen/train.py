@@ -1,0 +1,139 @@
+"""Deterministic training of small models, with checkpoints at epochs and iterations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pgen.data import dataset_arrays
+
+__all__ = ["TrainConfig", "evaluate", "train_model"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (the non-architecture hparams of a zoo grid).
+
+    ``checkpoint_epochs`` are epoch numbers (0 = the initial weights) at whose end a
+    checkpoint is taken; ``checkpoint_iterations`` are global optimizer steps (1-based,
+    so ``[1, 5, 10]`` are inside the first epoch for any batch count above 10).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    label_noise: float = 0.0
+    train_fraction: float = 1.0
+    seed: int = 0
+    checkpoint_epochs: list[int] = field(default_factory=list)
+    checkpoint_iterations: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"invalid training settings: {self}")
+        if not 0 <= self.label_noise < 1 or not 0 < self.train_fraction <= 1:
+            raise ValueError("label_noise must be in [0, 1) and train_fraction in (0, 1]")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on tensors, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, len(labels)
+    for a in range(0, n, batch_size):
+        logits = model(inputs[a : a + batch_size])
+        y = labels[a : a + batch_size]
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / n, loss / n
+
+
+def _training_labels(labels: torch.Tensor, cfg: TrainConfig, num_classes: int, rng: np.random.Generator):
+    n = len(labels)
+    keep = np.sort(rng.permutation(n)[: max(1, int(round(cfg.train_fraction * n)))])
+    y = labels[keep].clone()
+    if cfg.label_noise > 0:
+        flip = rng.random(len(y)) < cfg.label_noise
+        # A random *other* class for each flipped label.
+        offsets = torch.from_numpy(rng.integers(1, num_classes, size=int(flip.sum())))
+        y[torch.from_numpy(flip)] = (y[torch.from_numpy(flip)] + offsets) % num_classes
+    return torch.from_numpy(keep), y
+
+
+def train_model(
+    model: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset | None,
+    cfg: TrainConfig,
+    *,
+    num_classes: int,
+    on_checkpoint: Callable[[dict, nn.Module], None] | None = None,
+) -> dict:
+    """Train ``model`` in place; return the final metrics.
+
+    ``on_checkpoint(info, model)`` is called with ``info = {"epoch", "step",
+    "train_acc", "train_loss", "test_acc", "test_loss"}`` at every requested checkpoint
+    (epoch 0 is before any step). Same seed, same data, same result.
+    """
+    cfg.validate()
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_all, y_all = dataset_arrays(train_set)
+    keep, y_train = _training_labels(y_all, cfg, num_classes, rng)
+    x_train = x_all[keep]
+    x_test, y_test = dataset_arrays(test_set) if test_set is not None else (None, None)
+
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def metrics(epoch, step):
+        out = {"epoch": epoch, "step": step}
+        out["train_acc"], out["train_loss"] = evaluate(model, x_train, y_train)
+        if x_test is not None:
+            out["test_acc"], out["test_loss"] = evaluate(model, x_test, y_test)
+        return out
+
+    def checkpoint(epoch, step):
+        info = metrics(epoch, step)
+        if on_checkpoint is not None:
+            on_checkpoint(info, model)
+        return info
+
+    step = 0
+    last = None
+    its = set(cfg.checkpoint_iterations)
+    if 0 in cfg.checkpoint_epochs or 0 in its:
+        last = checkpoint(0, 0)
+    n = len(y_train)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        for a in range(0, n, cfg.batch_size):
+            idx = order[a : a + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            opt.step()
+            step += 1
+            if step in its:
+                last = checkpoint(epoch, step)
+        if epoch in cfg.checkpoint_epochs:
+            last = checkpoint(epoch, step)
+    model.eval()
+    if last is None or last["step"] != step:
+        last = metrics(cfg.epochs, step)
+    return last

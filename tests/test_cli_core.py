@@ -1,0 +1,67 @@
+"""CLI: --help everywhere, the study and the pvector command end to end."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pgen.cli import build_parser, main
+
+
+def subcommands(parser):
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield [name], sub
+                for path, deeper in subcommands(sub):
+                    yield [name] + path, deeper
+
+
+def test_help_everywhere(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    paths = list(subcommands(build_parser()))
+    assert paths
+    for path, _ in paths:
+        with pytest.raises(SystemExit) as exc:
+            main(path + ["--help"])
+        assert exc.value.code == 0
+        assert "usage: pgen" in capsys.readouterr().out
+
+
+def test_study_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    assert main(["study", "--seeds", "1", "--epochs", "2", "--out", str(out)]) == 0
+    models = pd.read_csv(out / "study.csv")
+    assert list(models["model"]) == ["mlp-seed0", "cnn-seed0"]
+    for col in ("angle_init_centered", "angle_trained_centered", "angle_init_uncentered"):
+        assert models[col].between(0, 90).all()
+    assert (out / "study.png").stat().st_size > 10_000
+    pairs = pd.read_csv(out / "study_pairs.csv")
+    assert set(pairs["centering"]) == {"centered", "uncentered"}
+
+
+def test_pvector_command(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((50, 8))
+    np.save(tmp_path / "f.npy", x)
+    assert main(["pvector", str(tmp_path / "f.npy"), "--save", str(tmp_path / "u.npy"), "--against", str(tmp_path / "u.npy")]) == 0
+    out = capsys.readouterr().out
+    assert '"sigma1"' in out and "angle: 0.0000 deg" in out
+    u = np.load(tmp_path / "u.npy")
+    xc = x - x.mean(0)
+    ref = np.linalg.svd(xc, full_matrices=False)[0][:, 0]
+    assert abs(abs(u @ ref) - 1) < 1e-12
+
+
+def test_error_names_the_problem(tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.full((4, 3), np.nan))
+    assert main(["pvector", str(tmp_path / "bad.npy")]) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "pgen.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "pgen" in out.stdout
