@@ -64,6 +64,56 @@ def _cmd_pvector(args):
         print(f"angle: {angle(res.vector, np.load(args.against, allow_pickle=False)):.4f} deg")
 
 
+def _add_zoo(sub):
+    p = sub.add_parser("zoo", help="build, list and inspect model zoos",
+                       description="Build zoos from recipes, list the embedded ones, inspect any zoo.")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    zsub.required = True
+    b = zsub.add_parser("build", help="train a zoo from a recipe (TOML)",
+                        description="Train every model of a recipe's grid into pgen's zoo format. "
+                                    "Resumes an interrupted build without retraining finished models.")
+    b.add_argument("recipe", help="embedded recipe name (digits, mnist5k) or a .toml file")
+    b.add_argument("--out", help="zoo folder (default: the cache, $PGEN_CACHE or ~/.cache/pgen/zoos/NAME)")
+    b.add_argument("--limit", type=int, help="train at most this many new models")
+    b.set_defaults(func=_cmd_zoo_build)
+    ls = zsub.add_parser("list", help="list the embedded recipes", description="List the embedded recipes.")
+    ls.set_defaults(func=_cmd_zoo_list)
+    info = zsub.add_parser("info", help="show a zoo's models, hparams and metrics",
+                           description="Print a zoo's format and its per-model table; --csv writes it.")
+    info.add_argument("zoo", help="zoo folder or embedded zoo name")
+    info.add_argument("--csv", help="write the table to this CSV file")
+    info.set_defaults(func=_cmd_zoo_info)
+
+
+def _cmd_zoo_build(args):
+    from pgen.zoo.builder import build_zoo
+
+    out = build_zoo(args.recipe, args.out, limit=args.limit)
+    print(f"zoo at {out}")
+
+
+def _cmd_zoo_list(args):
+    from pgen.zoo.builder import Recipe, embedded_recipes
+
+    for name, path in embedded_recipes().items():
+        r = Recipe.load(path)
+        print(f"{name:<10} {len(r.runs()):>4} models  {r.description}  ({path})")
+
+
+def _cmd_zoo_info(args):
+    import pandas as pd
+
+    from pgen.zoo import load_zoo
+
+    zoo = load_zoo(args.zoo, build=False)
+    print(json.dumps(zoo.describe()))
+    frame = zoo.to_frame()
+    with pd.option_context("display.width", 200, "display.max_rows", 50):
+        print(frame.to_string(index=False, max_rows=50))
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pgen import __version__
 
@@ -80,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_study, _add_pvector]
+_SUBCOMMANDS = [_add_study, _add_pvector, _add_zoo]
 
 
 def main(argv=None) -> int:
+    from pgen.zoo.base import ZooError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -91,7 +143,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, ZooError) as exc:
         print(f"pgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

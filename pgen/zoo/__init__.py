@@ -1,0 +1,58 @@
+"""Model zoos: one interface, several formats, detected by ``load_zoo``.
+
+Formats: pgen's own (``zoo.json``), PGDL competition task folders, the Small CNN Zoo,
+and Model Zoos (Ray Tune trial folders). ``load_zoo("digits")`` builds the embedded
+recipe first if it is not cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
+
+__all__ = ["Zoo", "ZooEntry", "ZooError", "load_zoo", "safe_join", "FORMATS"]
+
+
+def _formats():
+    from pgen.zoo.native import NativeZoo
+
+    formats = [NativeZoo]
+    for mod, cls in (("pgen.zoo.pgdl", "PGDLZoo"), ("pgen.zoo.smallcnn", "SmallCNNZoo"),
+                     ("pgen.zoo.modelzoos", "ModelZoosZoo")):
+        try:
+            module = __import__(mod, fromlist=[cls])
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue
+        formats.append(getattr(module, cls))
+    return formats
+
+
+FORMATS = _formats
+
+
+def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True) -> Zoo:
+    """Open a zoo folder, detecting its format.
+
+    ``path`` may also be the name of an embedded recipe (``digits``, ``mnist5k``): the
+    zoo is built into the cache folder first unless it is already there.
+    """
+    p = Path(path)
+    if not p.exists():
+        from pgen.zoo.builder import build_zoo, default_cache_dir, embedded_recipes
+
+        if str(path) in embedded_recipes():
+            cached = default_cache_dir() / "zoos" / str(path)
+            if build:
+                cached = build_zoo(str(path), cached, progress=progress)
+            p = cached
+        else:
+            raise ZooError(f"no zoo at {path!s}, and it is not an embedded zoo name ({sorted(embedded_recipes())})")
+    if not p.is_dir():
+        raise ZooError(f"{p} is not a folder")
+    for fmt in _formats():
+        if fmt.detect(p):
+            return fmt(p)
+    raise ZooError(f"{p}: no known zoo format (expected zoo.json, a PGDL task, a Small CNN Zoo or Model Zoos folder)")

@@ -1,0 +1,128 @@
+"""The one Zoo interface that every zoo format implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["Zoo", "ZooEntry", "ZooError", "safe_join"]
+
+
+class ZooError(Exception):
+    """A zoo, one of its files, or one of its models is unusable; the message names it."""
+
+
+def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
+    """``root / relative``, refusing absolute paths and anything that escapes ``root``."""
+    rel = Path(relative)
+    if rel.is_absolute():
+        raise ZooError(f"{what} {relative!r} is absolute; zoo paths must be relative to {root}")
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ZooError(f"{what} {relative!r} escapes the zoo folder {root}")
+    return resolved
+
+
+@dataclass
+class ZooEntry:
+    """One model of a zoo. Weights load lazily through the owning zoo.
+
+    Attributes
+    ----------
+    id : str
+    hparams : dict
+        The model's hyperparameter values.
+    metrics : dict
+        ``train_acc``, ``test_acc`` and whatever else the zoo records.
+    extra : dict
+        Format-specific fields (checkpoint path, epoch, step, ...).
+    """
+
+    id: str
+    hparams: dict[str, Any]
+    metrics: dict[str, Any]
+    zoo: Zoo = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def load_model(self, initial: bool = False) -> nn.Module:
+        """The model in eval mode; with ``initial=True`` the same architecture with its
+        initial weights (a :class:`ZooError` where the format has none)."""
+        model = self.zoo._load_model(self, initial=initial)
+        return model.eval()
+
+
+class Zoo(ABC):
+    """A population of trained models with their hparams and metrics.
+
+    Subclasses implement :meth:`_entries`, :meth:`_load_model` and :meth:`dataset`.
+    """
+
+    format: str = "abstract"
+
+    def __init__(self, root: str | Path, name: str | None = None):
+        self.root = Path(root)
+        self.name = name or self.root.name
+        self._cache: list[ZooEntry] | None = None
+
+    @abstractmethod
+    def _entries(self) -> list[ZooEntry]:
+        """All entries (metadata only; no weights are read)."""
+
+    @abstractmethod
+    def _load_model(self, entry: ZooEntry, initial: bool = False) -> nn.Module:
+        """Build the entry's model and load its weights."""
+
+    @abstractmethod
+    def dataset(self, split: str = "train") -> Dataset:
+        """The zoo's data split as a torch Dataset, in its canonical order."""
+
+    @property
+    def entries(self) -> list[ZooEntry]:
+        if self._cache is None:
+            entries = self._entries()
+            if not entries:
+                raise ZooError(f"zoo {self.root} has no models")
+            self._cache = entries
+        return self._cache
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[ZooEntry]:
+        return iter(self.entries)
+
+    def __getitem__(self, key: int | str) -> ZooEntry:
+        if isinstance(key, int):
+            return self.entries[key]
+        for e in self.entries:
+            if e.id == key:
+                return e
+        raise KeyError(f"zoo {self.name} has no model {key!r}")
+
+    def hparam_grid(self) -> dict[str, list] | None:
+        """``{hparam: possible values}`` when the zoo is a full grid (PGDL style), else None."""
+        return None
+
+    def describe(self) -> dict:
+        """Format, name, root and size, for result files and reports."""
+        return {"format": self.format, "name": self.name, "root": str(self.root), "models": len(self)}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per model: id, ``hp.<name>`` columns and metric columns."""
+        rows = []
+        for e in self.entries:
+            row = {"model_id": e.id}
+            row.update({f"hp.{k}": v for k, v in e.hparams.items()})
+            row.update(e.metrics)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r})"

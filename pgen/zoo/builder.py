@@ -1,0 +1,250 @@
+"""Train a zoo from a recipe (TOML) into pgen's own zoo format.
+
+A recipe::
+
+    name = "digits"
+    dataset = "digits"
+    seeds = [0]                       # one run per grid point and seed
+    [train]                           # TrainConfig defaults (any grid key overrides)
+    epochs = 12
+    batch_size = 32
+    lr = 0.05
+    [grid]                            # the full grid; arch plus architecture and
+    arch = ["mlp", "cnn"]             # training hparams
+    width = [16, 64]
+    train_fraction = [0.15, 1.0]
+    [checkpoints]
+    epochs = [1, 4]                   # extra checkpoints (the final epoch is always kept)
+    iterations = [1, 5, 10]           # optimizer steps, e.g. inside the first epoch
+    initial = true                    # save the initial weights too
+
+Each finished run appends its rows to ``manifest.jsonl`` after its checkpoints are on
+disk, so an interrupted build resumes where it stopped (finished runs are not retrained;
+the one in progress is retrained from its seed, which gives the same weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import torch
+
+from pgen.data import dataset_info, load_dataset
+from pgen.models import ARCHITECTURES, build_model
+from pgen.train import TrainConfig, train_model
+from pgen.zoo.base import ZooError
+from pgen.zoo.native import FORMAT, save_state_dict
+
+__all__ = ["Recipe", "build_zoo", "default_cache_dir", "find_recipe", "embedded_recipes"]
+
+_TRAIN_KEYS = set(TrainConfig.__dataclass_fields__) - {"seed", "checkpoint_epochs", "checkpoint_iterations"}
+
+
+def default_cache_dir() -> Path:
+    """Where embedded zoos are built: ``$PGEN_CACHE`` or ``~/.cache/pgen``."""
+    return Path(os.environ.get("PGEN_CACHE", Path.home() / ".cache" / "pgen"))
+
+
+def _recipe_dirs() -> list[Path]:
+    here = Path(__file__).resolve()
+    return [Path.cwd() / "model_zoos", here.parents[2] / "model_zoos"]
+
+
+def embedded_recipes() -> dict[str, Path]:
+    """Recipes shipped in the repository's ``model_zoos/`` folder, by name."""
+    found = {}
+    for d in _recipe_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.toml")):
+                found.setdefault(p.stem, p)
+    return found
+
+
+def find_recipe(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    recipes = embedded_recipes()
+    if name_or_path in recipes:
+        return recipes[name_or_path]
+    raise ZooError(f"no recipe {name_or_path!r}: not a .toml file, and embedded recipes are {sorted(recipes)}")
+
+
+class Recipe:
+    """A parsed, validated recipe."""
+
+    def __init__(self, data: dict, source: str = "<recipe>"):
+        self.source = source
+        try:
+            self.name = str(data["name"])
+            self.dataset = str(data["dataset"])
+            self.grid = {k: list(v) for k, v in data["grid"].items()}
+        except KeyError as exc:
+            raise ZooError(f"recipe {source} lacks {exc.args[0]!r}") from None
+        self.seeds = list(data.get("seeds", [0]))
+        self.train = dict(data.get("train", {}))
+        ck = data.get("checkpoints", {})
+        self.checkpoint_epochs = sorted(set(ck.get("epochs", [])))
+        self.checkpoint_iterations = sorted(set(ck.get("iterations", [])))
+        self.save_initial = bool(ck.get("initial", True))
+        self.description = data.get("description", "")
+        self.raw = data
+        self.info = dataset_info(self.dataset)
+        if "arch" not in self.grid and "arch" not in self.train:
+            raise ZooError(f"recipe {source}: set 'arch' in [grid] or [train]")
+        for arch in self.grid.get("arch", [self.train.get("arch")]):
+            if arch not in ARCHITECTURES:
+                raise ZooError(f"recipe {source}: unknown arch {arch!r}; known: {sorted(ARCHITECTURES)}")
+        for k, values in self.grid.items():
+            if not values:
+                raise ZooError(f"recipe {source}: grid entry {k!r} is empty")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            return cls(tomllib.loads(path.read_text()), source=str(path))
+        except tomllib.TOMLDecodeError as exc:
+            raise ZooError(f"recipe {path} is not valid TOML: {exc}") from exc
+
+    def hparam_grid(self) -> dict[str, list]:
+        grid = dict(self.grid)
+        if len(self.seeds) > 1:
+            grid["seed"] = list(self.seeds)
+        return grid
+
+    def runs(self) -> list[dict]:
+        """Every (grid point, seed) as a flat dict of hparams, in a fixed order."""
+        keys = list(self.grid)
+        out = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            for seed in self.seeds:
+                hp = dict(zip(keys, values))
+                if len(self.seeds) > 1:
+                    hp["seed"] = seed
+                out.append({"hparams": hp, "seed": seed})
+        for i, run in enumerate(out):
+            run["id"] = f"{self.name}-{i:04d}"
+        return out
+
+
+def _train_config(recipe: Recipe, hp: dict, seed: int) -> TrainConfig:
+    settings = {k: v for k, v in recipe.train.items() if k in _TRAIN_KEYS}
+    settings.update({k: v for k, v in hp.items() if k in _TRAIN_KEYS})
+    epochs = settings.get("epochs", TrainConfig.epochs)
+    return TrainConfig(**settings, seed=seed,
+                       checkpoint_epochs=sorted(set(recipe.checkpoint_epochs) | {epochs}),
+                       checkpoint_iterations=recipe.checkpoint_iterations)
+
+
+def _finished_ids(manifest: Path) -> set[str]:
+    done = set()
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash: that run is redone
+            if row.get("final"):
+                done.add(row["run"])
+    return done
+
+
+def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, progress: bool = True,
+              limit: int | None = None) -> Path:
+    """Train every run of a recipe into a pgen zoo folder; resume if it exists.
+
+    Parameters
+    ----------
+    recipe : name of an embedded recipe, path to a TOML file, or a Recipe
+    out : folder (default: ``default_cache_dir()/zoos/<name>``)
+    limit : train at most this many new runs (for smoke tests)
+
+    Returns
+    -------
+    Path of the zoo folder.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.load(find_recipe(str(recipe)))
+    out = Path(out) if out else default_cache_dir() / "zoos" / recipe.name
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "name": recipe.name,
+        "description": recipe.description,
+        "dataset": {"name": recipe.dataset},
+        "input_shape": list(recipe.info.input_shape),
+        "num_classes": recipe.info.num_classes,
+        "hparam_grid": recipe.hparam_grid(),
+        "recipe": recipe.raw,
+    }
+    meta_path = out / "zoo.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("recipe") != recipe.raw:
+            raise ZooError(f"{out} holds a zoo built from a different recipe; choose another --out")
+    meta_path.write_text(json.dumps(meta, indent=1))
+
+    manifest = out / "manifest.jsonl"
+    done = _finished_ids(manifest)
+    todo = [r for r in recipe.runs() if r["id"] not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    if not todo:
+        return out
+    train_set = load_dataset(recipe.dataset, "train")
+    test_set = load_dataset(recipe.dataset, "test")
+    iterator = todo
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(todo, desc=f"building zoo {recipe.name}", unit="model")
+    for run in iterator:
+        rows = _train_run(recipe, run, out, train_set, test_set)
+        with manifest.open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return out
+
+
+def _train_run(recipe: Recipe, run: dict, out: Path, train_set, test_set) -> list[dict]:
+    hp = run["hparams"]
+    arch = hp.get("arch", recipe.train.get("arch"))
+    cfg = _train_config(recipe, hp, run["seed"])
+    torch.manual_seed(run["seed"])
+    model_kwargs = {k: v for k, v in {**recipe.train, **hp}.items() if k != "arch" and k not in _TRAIN_KEYS}
+    model = build_model(arch, input_shape=recipe.info.input_shape, num_classes=recipe.info.num_classes,
+                        **model_kwargs)
+    initial_rel = None
+    if recipe.save_initial:
+        initial_rel = f"checkpoints/{run['id']}-init.safetensors"
+        save_state_dict(copy.deepcopy(model), out / initial_rel)
+    rows_by_step: dict[int, dict] = {}  # a step requested twice is saved once
+
+    def on_checkpoint(info, m):
+        ident = f"{run['id']}@step{info['step']}"
+        rel = f"checkpoints/{ident}.safetensors"
+        save_state_dict(m, out / rel)
+        rows_by_step[info["step"]] = {
+            "id": ident, "run": run["id"], "checkpoint": rel, "initial_checkpoint": initial_rel,
+            "arch": arch, "model_kwargs": model_kwargs, "hparams": hp, "epoch": info["epoch"], "step": info["step"],
+            "metrics": {k: v for k, v in info.items() if k not in ("epoch", "step")}, "final": False,
+        }
+
+    train_model(model, train_set, test_set, cfg, num_classes=recipe.info.num_classes, on_checkpoint=on_checkpoint)
+    # The checkpoint at the last step (the final epoch is always requested) is the trained
+    # model itself: it gets the run's id, and its row goes last, marking the run as done.
+    rows = [rows_by_step[s] for s in sorted(rows_by_step)]
+    last = rows[-1]
+    final_rel = f"checkpoints/{run['id']}.safetensors"
+    (out / last["checkpoint"]).replace(out / final_rel)
+    last.update(id=run["id"], checkpoint=final_rel, final=True)
+    return rows

@@ -1,0 +1,152 @@
+"""pgen's own zoo format.
+
+A folder with::
+
+    zoo.json          {"format": "pgen-zoo", "version": 1, "name": ..., "dataset": {"name": "digits"},
+                       "input_shape": [1, 8, 8], "num_classes": 10,
+                       "hparam_grid": {"width": [16, 64], ...}}      # grid optional
+    manifest.jsonl    one JSON object per model (checkpoint):
+                       {"id": "...", "checkpoint": "checkpoints/x.safetensors",
+                        "initial_checkpoint": "checkpoints/x-init.safetensors",   # optional
+                        "arch": "cnn", "model_kwargs": {"width": 16, "depth": 2},
+                        "hparams": {...}, "metrics": {...},
+                        "run": "...", "epoch": 12, "step": 504}
+    checkpoints/      safetensors files or torch state dicts (.pt, loaded weights_only)
+
+Checkpoints never execute code on load: safetensors, or ``torch.load(weights_only=True)``.
+Checkpoint paths must stay inside the zoo folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pgen.data import load_dataset
+from pgen.models import build_model
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
+
+__all__ = ["NativeZoo", "load_state_dict", "save_state_dict"]
+
+FORMAT = "pgen-zoo"
+REQUIRED_FIELDS = ("id", "checkpoint", "arch", "hparams", "metrics")
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without unpickling arbitrary objects."""
+    if not path.exists():
+        raise ZooError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except ZooError:
+        raise
+    except Exception as exc:  # corrupt file, pickled objects refused by weights_only, ...
+        raise ZooError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ZooError(f"checkpoint {path} is not a state dict of tensors")
+    return state
+
+
+def save_state_dict(model: nn.Module, path: Path) -> None:
+    """Write a safetensors checkpoint atomically (a crash never leaves half a file)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights_into(model: nn.Module, state: dict, *, source: Path, model_id: str) -> nn.Module:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ZooError(f"model {model_id}: weights in {source} do not fit its architecture: {first}") from exc
+    return model
+
+
+class NativeZoo(Zoo):
+    format = FORMAT
+
+    def __init__(self, root, name=None):
+        root = Path(root)
+        meta_path = root / "zoo.json"
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise ZooError(f"{meta_path} is missing: not a pgen zoo folder") from None
+        except json.JSONDecodeError as exc:
+            raise ZooError(f"{meta_path} is not valid JSON: {exc}") from exc
+        if self.meta.get("format") != FORMAT:
+            raise ZooError(f"{meta_path}: format is {self.meta.get('format')!r}, expected {FORMAT!r}")
+        for key in ("dataset", "input_shape", "num_classes"):
+            if key not in self.meta:
+                raise ZooError(f"{meta_path} lacks the field {key!r}")
+        super().__init__(root, name or self.meta.get("name"))
+        self.skipped: list[str] = []
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return (path / "zoo.json").is_file()
+
+    def _entries(self):
+        manifest = self.root / "manifest.jsonl"
+        if not manifest.exists():
+            raise ZooError(f"{manifest} is missing")
+        entries, seen = [], set()
+        for lineno, line in enumerate(manifest.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ZooError(f"{manifest}:{lineno}: not valid JSON ({exc})") from exc
+            missing = [f for f in REQUIRED_FIELDS if f not in row]
+            if missing:
+                ident = row.get("id", f"line {lineno}")
+                raise ZooError(f"{manifest}:{lineno}: model {ident} lacks field(s) {', '.join(missing)}")
+            if row["id"] in seen:
+                continue  # a resumed build may append a row twice; the first one wins
+            seen.add(row["id"])
+            # Refuse escaping paths now, before anything is loaded.
+            safe_join(self.root, row["checkpoint"], what=f"model {row['id']}: checkpoint")
+            if row.get("initial_checkpoint"):
+                safe_join(self.root, row["initial_checkpoint"], what=f"model {row['id']}: initial_checkpoint")
+            extra = {k: v for k, v in row.items() if k not in ("id", "hparams", "metrics")}
+            entries.append(ZooEntry(str(row["id"]), dict(row["hparams"]), dict(row["metrics"]), self, extra))
+        return entries
+
+    def _load_model(self, entry, initial=False):
+        key = "initial_checkpoint" if initial else "checkpoint"
+        rel = entry.extra.get(key)
+        if not rel:
+            raise ZooError(f"model {entry.id}: this zoo records no initial weights for it")
+        path = safe_join(self.root, rel, what=f"model {entry.id}: {key}")
+        kwargs = entry.extra.get("model_kwargs")
+        if kwargs is None:  # rows written by hand may keep architecture settings in hparams
+            kwargs = {k: v for k, v in entry.hparams.items() if k != "arch"}
+        model = build_model(entry.extra["arch"], input_shape=self.meta["input_shape"],
+                            num_classes=self.meta["num_classes"], **kwargs)
+        return load_weights_into(model, load_state_dict(path), source=path, model_id=entry.id)
+
+    def dataset(self, split="train"):
+        ds = self.meta["dataset"]
+        return load_dataset(ds["name"], split, root=ds.get("root"))
+
+    @property
+    def dataset_name(self) -> str:
+        return self.meta["dataset"]["name"]
+
+    def hparam_grid(self):
+        return self.meta.get("hparam_grid")

@@ -1,0 +1,165 @@
+"""The Small CNN Zoo (Unterthiner et al. 2020, "Predicting Neural Network Accuracy from Weights").
+
+One folder per dataset with::
+
+    weights.npy       (rows, 4970) flat float32 weights, memory-mapped (never read whole)
+    metrics.csv.gz    one row per weights row: config.* columns, step, train/test accuracy, loss
+    layout.csv        varname, start_idx, end_idx, shape: where each tensor sits in a row
+
+Flat order puts each layer's bias BEFORE its kernel; kernels are TensorFlow layout
+(kh, kw, in, out). Architecture: 3 x Conv2D(16, 3x3, stride 2, valid) + activation,
+GlobalAveragePooling, Dense(10). Inputs are grayscale scaled to [-1, 1]. Rows with
+non-finite weights or metrics are skipped and counted (``zoo.skipped``).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pgen.zoo.base import Zoo, ZooEntry, ZooError
+
+__all__ = ["SmallCNNZoo", "SmallCNN"]
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
+_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "svhn_cropped": "svhn"}
+
+
+class SmallCNN(nn.Sequential):
+    def __init__(self, in_channels=1, filters=16, layers=3, num_classes=10, activation="relu"):
+        act = _ACTIVATIONS.get(activation)
+        if act is None:
+            raise ZooError(f"unsupported activation {activation!r}; known: {sorted(_ACTIVATIONS)}")
+        mods: list[nn.Module] = []
+        c = in_channels
+        for _ in range(layers):
+            mods += [nn.Conv2d(c, filters, 3, stride=2), act()]
+            c = filters
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+        super().__init__(*mods)
+
+
+class SmallCNNZoo(Zoo):
+    format = "small-cnn-zoo"
+
+    def __init__(self, root, name=None, data_root=None):
+        super().__init__(root, name)
+        self.data_root = data_root
+        self.skipped = 0
+        self._layout = self._read_layout()
+        try:
+            self._weights = np.load(self.root / "weights.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ZooError(f"{self.root / 'weights.npy'} cannot be read: {exc}") from exc
+        if self._weights.ndim != 2:
+            raise ZooError(f"{self.root / 'weights.npy'}: expected (rows, params), got shape {self._weights.shape}")
+        need = max(end for _, _, end, _ in self._layout)
+        if self._weights.shape[1] < need:
+            raise ZooError(f"{self.root / 'weights.npy'} has {self._weights.shape[1]} columns; layout.csv needs {need}")
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return (path / "weights.npy").is_file() and (path / "layout.csv").is_file()
+
+    def _read_layout(self):
+        path = self.root / "layout.csv"
+        try:
+            with path.open() as fh:
+                rows = list(csv.DictReader(fh))
+            layout = [(r["varname"], int(r["start_idx"]), int(r["end_idx"]), tuple(ast.literal_eval(r["shape"])))
+                      for r in rows]
+        except (OSError, KeyError, ValueError, SyntaxError) as exc:
+            raise ZooError(f"{path} is not a valid layout file: {exc}") from exc
+        for name, a, b, shape in layout:
+            if b - a != math.prod(shape):
+                raise ZooError(f"{path}: {name} spans {b - a} values but has shape {shape}")
+        return layout
+
+    def _entries(self):
+        path = self.root / "metrics.csv.gz"
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise ZooError(f"{path} cannot be read: {exc}") from exc
+        if len(frame) != self._weights.shape[0]:
+            raise ZooError(f"{path} has {len(frame)} rows but weights.npy has {self._weights.shape[0]}")
+        config_cols = [c for c in frame.columns if c.startswith("config.")]
+        metric_cols = [c for c in frame.columns if not c.startswith("config.")]
+        entries = []
+        numeric = frame[metric_cols].select_dtypes("number")
+        finite_metrics = np.isfinite(numeric.to_numpy(dtype=float)).all(axis=1)
+        for i in range(len(frame)):
+            # Checking one row at a time keeps memory flat on a 5 GB weights file.
+            if not finite_metrics[i] or not np.isfinite(self._weights[i]).all():
+                self.skipped += 1
+                continue
+            row = frame.iloc[i]
+            hp = {c[len("config."):]: _plain(row[c]) for c in config_cols}
+            metrics = {_metric_name(c): _plain(row[c]) for c in metric_cols}
+            entries.append(ZooEntry(str(i), hp, metrics, self, {"row": i}))
+        return entries
+
+    def _load_model(self, entry, initial=False):
+        if initial:
+            raise ZooError(f"model {entry.id}: the Small CNN Zoo records no initial weights")
+        flat = np.asarray(self._weights[entry.extra["row"]], dtype=np.float32)
+        kernels = [(n, a, b, s) for n, a, b, s in self._layout if "kernel" in n]
+        biases = [(n, a, b, s) for n, a, b, s in self._layout if "bias" in n]
+        if len(kernels) != len(biases) or len(kernels) < 2:
+            raise ZooError(f"{self.root / 'layout.csv'}: expected one bias per kernel")
+        in_channels = kernels[0][3][2]
+        filters = kernels[0][3][3]
+        model = SmallCNN(in_channels, filters, len(kernels) - 1, kernels[-1][3][1],
+                         str(entry.hparams.get("activation", "relu")))
+        params = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for module, (kn, ka, kb, ks), (bn, ba, bb, bs) in zip(params, kernels, biases):
+            kernel = torch.from_numpy(flat[ka:kb].reshape(ks).copy())
+            if isinstance(module, nn.Conv2d):
+                kernel = kernel.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+            else:
+                kernel = kernel.T  # (in, out) -> (out, in)
+            if kernel.shape != module.weight.shape:
+                raise ZooError(f"model {entry.id}: {kn} has shape {tuple(kernel.shape)}, layer needs {tuple(module.weight.shape)}")
+            module.weight.data.copy_(kernel)
+            module.bias.data.copy_(torch.from_numpy(flat[ba:bb].copy()))
+        return model
+
+    def dataset(self, split="train"):
+        from pgen.data import load_dataset
+
+        names = {str(e.hparams.get("dataset", "")) for e in self.entries}
+        name = _DATASETS.get(next(iter(names), ""), None)
+        if name is None:
+            raise ZooError(f"zoo {self.root}: unknown dataset {names}; expected one of {sorted(_DATASETS)}")
+        return _GrayscaleSigned(load_dataset(name, split, root=self.data_root))
+
+
+class _GrayscaleSigned(torch.utils.data.Dataset):
+    """The Small CNN Zoo's input convention: grayscale, scaled to [-1, 1]."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        if x.shape[0] == 3:
+            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+        return x * 2 - 1, y
+
+
+def _metric_name(col: str) -> str:
+    return {"test_accuracy": "test_acc", "train_accuracy": "train_acc"}.get(col, col)
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
