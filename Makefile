@@ -13,9 +13,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The main job: build the embedded digits zoo, score it, write the report.
+# The main job: build the embedded digits zoo (if not cached), score it, write the report.
 demo: setup
-	$(BIN)/pgen study --out reports/study
+	$(BIN)/pgen score digits --out reports/digits
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

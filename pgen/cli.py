@@ -114,6 +114,75 @@ def _cmd_zoo_info(args):
         frame.to_csv(args.csv, index=False)
 
 
+def _add_score(sub):
+    p = sub.add_parser("score", help="score every model of a zoo and write the report",
+                       description="For each model: the angle between its P-vector and the data "
+                                   "P-vector, train/test accuracy and pseudo-test accuracy. Results go "
+                                   "to OUT/results.sqlite as each model finishes (rerunning resumes); "
+                                   "the report follows.")
+    p.add_argument("zoo", help="zoo folder, or an embedded zoo name (digits, mnist5k: built first if not cached)")
+    p.add_argument("--out", help="output folder (default reports/<zoo>-<date>)")
+    p.add_argument("--samples", type=int, default=1000, help="first N samples of the split (default 1000; 0 = all)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="sample set (default train)")
+    p.add_argument("--layer", default="penultimate", help="layer name (default penultimate)")
+    p.add_argument("--no-center", action="store_true", help="uncentered P-vectors (default: centered)")
+    p.add_argument("--seed", type=int, default=0, help="pseudo-test augmentation seed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
+    p.add_argument("--angle-matrix", action="store_true", help="also write the model-to-model angle matrix")
+    p.add_argument("--limit", type=int, help="score at most N models not yet scored")
+    p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.set_defaults(func=_cmd_score)
+
+
+def _default_out(zoo: str) -> Path:
+    import datetime as dt
+
+    return Path("reports") / f"{Path(zoo).name}-{dt.date.today().isoformat()}"
+
+
+def _cmd_score(args):
+    from pgen.report import report_from_results
+    from pgen.score import ScoreSettings, score_zoo
+
+    out = Path(args.out) if args.out else _default_out(args.zoo)
+    settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
+                             center=not args.no_center, seed=args.seed)
+    table = score_zoo(args.zoo, out, settings=settings, device=args.device, workers=args.workers,
+                      angle_matrix_out=args.angle_matrix, limit=args.limit)
+    print(f"scored {len(table)} models; results in {out / 'results.sqlite'}")
+    if not args.no_report:
+        rep = report_from_results(out)
+        _print_summary(rep)
+        print(f"report: {out / 'report.html'} and {out / 'report.md'}")
+
+
+def _print_summary(rep):
+    corr = rep["analysis"]["correlations"]
+    if not corr.empty:
+        print(corr[["target", "method", "value", "p_value", "ci_low", "ci_high"]].round(3).to_string(index=False))
+    for f in rep["analysis"]["fits"]:
+        print(f"log-log {f.y_name}: slope {f.slope:.3f} [{f.slope_ci[0]:.3f}, {f.slope_ci[1]:.3f}], R^2 {f.r2:.3f}")
+
+
+def _add_report(sub):
+    p = sub.add_parser("report", help="write the HTML/Markdown report of scored results",
+                       description="Rebuild the report (HTML, Markdown, CSV, PNG) from a results folder "
+                                   "or results.sqlite written by `pgen score`.")
+    p.add_argument("results", help="folder holding results.sqlite, or the file itself")
+    p.add_argument("--out", help="report folder (default: the results folder)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args):
+    from pgen.report import report_from_results
+
+    rep = report_from_results(args.results, args.out, n_boot=args.bootstrap)
+    _print_summary(rep)
+    print("wrote " + ", ".join(str(f) for f in rep["files"][:2]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pgen import __version__
 
@@ -130,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_study, _add_pvector, _add_zoo]
+_SUBCOMMANDS = [_add_score, _add_report, _add_zoo, _add_study, _add_pvector]
 
 
 def main(argv=None) -> int:

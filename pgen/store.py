@@ -1,0 +1,119 @@
+"""Results store: SQLite, one row per model x measure x settings, written as each model finishes.
+
+Every row keeps the full settings that produced it (JSON) and their hash, so a rerun with
+the same settings skips what is done and a rerun with other settings adds new rows. A
+model that failed is recorded with its error. SQLite commits each model's rows in one
+transaction: a crash or Ctrl-C loses at most the model in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["ResultsStore", "settings_hash"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    zoo TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    settings_hash TEXT NOT NULL,
+    value REAL,
+    error TEXT,
+    seconds REAL,
+    settings TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (zoo, model_id, measure, settings_hash)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    settings_hash TEXT PRIMARY KEY,
+    zoo TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    info TEXT
+);
+"""
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ResultsStore:
+    """A results database (``results.sqlite``) in an output folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=60)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(SCHEMA)
+
+    def register_run(self, zoo: str, settings: dict, info: dict | None = None) -> str:
+        h = settings_hash(settings)
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
+                               (h, zoo, json.dumps(settings, sort_keys=True, default=str),
+                                json.dumps(info or {}, default=str)))
+        return h
+
+    def done(self, zoo: str, settings: dict) -> set[str]:
+        """Model ids with a complete result (no error) under these settings."""
+        h = settings_hash(settings)
+        rows = self._conn.execute(
+            "SELECT model_id FROM results WHERE zoo=? AND settings_hash=? AND measure='_complete'", (zoo, h))
+        return {r[0] for r in rows}
+
+    def put_model(self, zoo: str, model_id: str, settings: dict, values: dict[str, float],
+                  seconds: dict[str, float] | None = None, error: str | None = None) -> None:
+        """Write one model's results in one transaction (with a completion marker)."""
+        h = settings_hash(settings)
+        js = json.dumps(settings, sort_keys=True, default=str)
+        now = time.time()
+        seconds = seconds or {}
+        with self._conn:
+            for measure, value in values.items():
+                self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                                   (zoo, model_id, measure, h, None if value is None else float(value), None,
+                                    seconds.get(measure), js, now))
+            if error is None:
+                self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                                   (zoo, model_id, "_complete", h, 1.0, None, sum(seconds.values()), js, now))
+                self._conn.execute("DELETE FROM results WHERE zoo=? AND model_id=? AND settings_hash=? AND measure='_error'",
+                                   (zoo, model_id, h))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                                   (zoo, model_id, "_error", h, None, error, None, js, now))
+
+    def long_frame(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM results", self._conn)
+
+    def errors(self, zoo: str | None = None) -> pd.DataFrame:
+        q = "SELECT zoo, model_id, error, settings_hash FROM results WHERE measure='_error'"
+        df = pd.read_sql_query(q, self._conn)
+        return df if zoo is None else df[df.zoo == zoo]
+
+    def wide_frame(self, zoo: str | None = None, settings: dict | None = None) -> pd.DataFrame:
+        """One row per model, one column per measure (complete models only)."""
+        df = self.long_frame()
+        if zoo is not None:
+            df = df[df.zoo == zoo]
+        if settings is not None:
+            df = df[df.settings_hash == settings_hash(settings)]
+        complete = set(df.loc[df.measure == "_complete", "model_id"])
+        df = df[df.model_id.isin(complete) & ~df.measure.str.startswith("_")]
+        if df.empty:
+            return pd.DataFrame(columns=["model_id"])
+        wide = df.pivot_table(index="model_id", columns="measure", values="value", aggfunc="first")
+        return wide.reset_index()
+
+    def runs(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM runs", self._conn)
+
+    def close(self):
+        self._conn.close()

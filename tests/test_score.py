@@ -1,0 +1,126 @@
+"""pgen score / pgen report end to end on a tiny zoo: resume, failures, report contents."""
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pgen.cli import main
+from pgen.score import ScoreSettings, score_zoo
+from pgen.store import ResultsStore
+from pgen.zoo import load_zoo
+from pgen.zoo.builder import build_zoo
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    return build_zoo(FIXTURES / "tiny.toml", tmp_path_factory.mktemp("zoo") / "tiny", progress=False)
+
+
+def complete_ids(db):
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute("SELECT model_id FROM results WHERE measure='_complete'")]
+
+
+def test_cli_score_and_report(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "300", "--angle-matrix"]) == 0
+    text = capsys.readouterr().out
+    assert "scored 12 models" in text and "spearman" in text
+    for name in ("report.html", "report.md", "models.csv", "correlations.csv", "loglog_fits.csv", "summary.json",
+                 "loglog_angle_test_acc.png", "angle_pseudo_test_acc.png", "test_vs_pseudo_test.png",
+                 "angle_histogram.png", "angle_matrix.csv"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    for section in ("## Zoo", "## Settings", "## Correlations", "## Log-log fits", "## Plots", "## Models",
+                    "pseudo_test_policy", "## Hparam-grid statistics"):
+        assert section in md, section
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4  # self-contained
+    models = pd.read_csv(out / "models.csv")
+    assert len(models) == 12 and models["pvector_angle"].between(0, 90).all()
+    assert models["pseudo_test_acc"].between(0, 1).all()
+    # pgen's own test accuracy of the final models equals the one the builder recorded
+    finals = models[~models.model_id.str.contains("@")]
+    assert (finals["test_acc"] - finals["zoo.test_acc"]).abs().max() < 1e-9
+    matrix = pd.read_csv(out / "angle_matrix.csv", index_col=0)
+    assert matrix.shape == (12, 12)
+    # report alone rebuilds from the results folder
+    assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--bootstrap", "50"]) == 0
+    assert (tmp_path / "rep" / "report.html").exists()
+
+
+def test_rerun_recomputes_nothing(tiny_zoo, tmp_path):
+    s = ScoreSettings(n_samples=200)
+    score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
+    before = pd.read_sql_query("SELECT model_id, created FROM results", sqlite3.connect(tmp_path / "results.sqlite"))
+    table = score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
+    after = pd.read_sql_query("SELECT model_id, created FROM results", sqlite3.connect(tmp_path / "results.sqlite"))
+    assert len(table) == 12
+    pd.testing.assert_frame_equal(before, after)
+    # other settings are new rows, not overwrites
+    score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(n_samples=200, center=False), progress=False, limit=2)
+    assert len(complete_ids(tmp_path / "results.sqlite")) == 14
+
+
+def test_killed_run_resumes_with_every_model_once(tiny_zoo, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pgen.cli", "score", str(tiny_zoo), "--out", str(out), "--no-report",
+           "--samples", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "results.sqlite"
+    deadline = time.time() + 120
+    done = []
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                done = complete_ids(db)
+            except sqlite3.OperationalError:
+                done = []
+            if done:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert 0 < len(done) < 12, "the run should have been killed part-way"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--no-report", "--samples", "1000"]) == 0
+    ids = complete_ids(db)
+    assert sorted(ids) == sorted(e.id for e in load_zoo(tiny_zoo))
+    assert len(ids) == len(set(ids))
+
+
+def test_failing_model_is_recorded_and_skipped(tiny_zoo, tmp_path):
+    z = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, z)
+    (z / "checkpoints" / "tiny-0002.safetensors").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    assert main(["score", str(z), "--out", str(out), "--samples", "200"]) == 0
+    store = ResultsStore(out / "results.sqlite")
+    errors = store.errors()
+    assert list(errors.model_id) == ["tiny-0002"]
+    assert "tiny-0002.safetensors cannot be read" in errors.error.iloc[0]
+    assert len(complete_ids(out / "results.sqlite")) == 11
+    assert "## Failed models" in (out / "report.md").read_text()
+
+
+def test_pseudo_test_set_is_deterministic_and_label_preserving():
+    import torch
+
+    from pgen.augment import POLICIES, pseudo_test_set
+
+    x = torch.rand(10, 1, 8, 8)
+    y = torch.arange(10)
+    a, ya = pseudo_test_set(x, y, POLICIES["grayscale-digits"], seed=3, copies=2)
+    b, _ = pseudo_test_set(x, y, POLICIES["grayscale-digits"], seed=3, copies=2)
+    c, _ = pseudo_test_set(x, y, POLICIES["grayscale-digits"], seed=4, copies=2)
+    assert a.shape == (20, 1, 8, 8) and torch.equal(ya, torch.cat([y, y]))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[:10], x)
