@@ -658,14 +658,16 @@ class StreamingPVector:
 
     First pass (:meth:`update`): accumulate the float64 Gram matrix ``X^T X`` of rows
     shifted by the first batch's mean (which keeps the later centering free of
-    cancellation), the column sums, and append the batch in float32 to a spill file.
-    :meth:`result`: the top eigenvectors of the (centered) Gram give v and the spectrum;
-    a second pass over the spill file gives ``u = (X - mean) v / ||.||``. When the
-    feature dimension exceeds ``max_gram_features``, the Gram is skipped and the spilled
-    matrix is solved by memory-mapped Lanczos instead.
+    cancellation) and the column sums, and keep each batch (float32, on its own device)
+    for the second pass: in memory up to ``max_memory_bytes``, beyond that in a spill
+    file on disk. :meth:`result`: the top eigenvectors of the (centered) Gram give v and
+    the spectrum; the second pass gives ``u = (X - mean) v / ||.||``. When the feature
+    dimension exceeds ``max_gram_features``, the Gram is skipped and the stored matrix is
+    solved by (memory-mapped) Lanczos instead.
 
     Batches may be numpy arrays or torch tensors; CUDA tensors are accumulated on their
-    device.
+    device without a host synchronisation per batch (NaN/Inf are counted on the device
+    and reported by :meth:`result`).
 
     Parameters
     ----------
@@ -673,12 +675,15 @@ class StreamingPVector:
     k : int, default=5
     min_gap : float, default=1e-3
     spill_dir : str, optional
-        Folder for the temporary spill file (default: the system temp folder). The file
-        is deleted when :meth:`close` is called or the object is garbage collected.
+        Folder for the spill file (default: the system temp folder). The file is deleted
+        by :meth:`close` or when the object is garbage collected.
     max_gram_features : int, default=4096
+    max_memory_bytes : int, default=1 GiB
+        Features kept in memory (host or device) before spilling to disk.
     """
 
-    def __init__(self, *, center=True, k=5, min_gap=DEFAULT_MIN_GAP, spill_dir=None, max_gram_features=4096):
+    def __init__(self, *, center=True, k=5, min_gap=DEFAULT_MIN_GAP, spill_dir=None, max_gram_features=4096,
+                 max_memory_bytes=1 << 30):
         if k < 2:
             raise ValueError(f"k must be >= 2; got {k}")
         self.center = center
@@ -686,11 +691,15 @@ class StreamingPVector:
         self.min_gap = min_gap
         self.spill_dir = spill_dir
         self.max_gram_features = max_gram_features
+        self.max_memory_bytes = max_memory_bytes
         self.n = 0
         self.d = None
         self._gram = None
         self._colsum = None
         self._shift = None
+        self._chunks = []  # float32 batches kept in memory, on their device
+        self._chunk_bytes = 0
+        self._bad = None  # device-side count of NaN/Inf for CUDA batches
         self._spill = None
         self._spill_path = None
 
@@ -712,31 +721,52 @@ class StreamingPVector:
             self._colsum = torch.zeros(self.d, dtype=torch.float64, device=dev)
             if self.d <= self.max_gram_features:
                 self._gram = torch.zeros(self.d, self.d, dtype=torch.float64, device=dev)
-            fd, self._spill_path = tempfile.mkstemp(prefix="pgen-features-", suffix=".f32", dir=self.spill_dir)
-            self._spill = os.fdopen(fd, "wb")
         elif batch.shape[1] != self.d:
             raise ValueError(f"batch has {batch.shape[1]} features; earlier batches had {self.d}")
-        if not bool(torch.isfinite(batch).all()):
+        if batch.is_cuda:
+            bad = (~torch.isfinite(batch)).sum()
+            self._bad = bad if self._bad is None else self._bad + bad
+        elif not bool(torch.isfinite(batch).all()):
             raise ValueError(f"batch starting at row {self.n} contains NaN or Inf values")
         shifted = batch.to(torch.float64) - self._shift
         self._colsum += shifted.sum(dim=0)
         if self._gram is not None:
             self._gram.addmm_(shifted.T, shifted)
-        self._spill.write(batch.to(torch.float32).cpu().numpy().tobytes())
+        self._store(batch.to(torch.float32))
         self.n += int(batch.shape[0])
 
-    def _matrix(self) -> np.ndarray:
+    def _store(self, rows) -> None:
+        if self._spill is None and self._chunk_bytes + rows.numel() * 4 <= self.max_memory_bytes:
+            self._chunks.append(rows.clone())  # the caller may reuse its buffer
+            self._chunk_bytes += rows.numel() * 4
+            return
+        if self._spill is None:
+            fd, self._spill_path = tempfile.mkstemp(prefix="pgen-features-", suffix=".f32", dir=self.spill_dir)
+            self._spill = os.fdopen(fd, "wb")
+            for chunk in self._chunks:
+                self._spill.write(chunk.cpu().numpy().tobytes())
+            self._chunks, self._chunk_bytes = [], 0
+        self._spill.write(rows.cpu().numpy().tobytes())
+
+    def _matrix(self):
+        """The stored features: a torch tensor (in memory) or a numpy memmap (spilled)."""
+        if self._spill is None:
+            return _torch().cat(self._chunks)
         self._spill.flush()
         return np.memmap(self._spill_path, dtype=np.float32, mode="r", shape=(self.n, self.d))
 
     def result(self) -> PVectorResult:
         """Finish: the P-vector and spectrum of everything fed so far."""
+        torch = _torch()
         if self.d is None or self.n < 2:
             raise ValueError(f"a P-vector needs at least 2 samples; got {self.n}")
+        if self._bad is not None and int(self._bad) > 0:
+            raise ValueError(f"the features contain {int(self._bad)} NaN or Inf value(s)")
         x = self._matrix()
         k = min(self.k, self.n, self.d)
         if self._gram is None:
-            return _finish(*_lanczos(x, self.center, k), n=self.n, d=self.d, center=self.center,
+            xn = x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+            return _finish(*_lanczos(xn, self.center, k), n=self.n, d=self.d, center=self.center,
                            method="streaming", min_gap=self.min_gap, k=k)
         g = self._gram.cpu().numpy()
         colsum = self._colsum.cpu().numpy()
@@ -752,17 +782,21 @@ class StreamingPVector:
         w, v = np.linalg.eigh((g + g.T) / 2)
         w, v = w[::-1], v[:, ::-1]
         v1 = v[:, 0]
-        u = np.empty(self.n)
         shift_dot = float(offset @ v1)
-        for a, b in _row_blocks(self.n, self.d):
-            u[a:b] = np.asarray(x[a:b], dtype=np.float64) @ v1 - shift_dot
+        if isinstance(x, torch.Tensor):  # second pass where the features live (GPU or CPU)
+            u = (x.to(torch.float64) @ torch.from_numpy(v1.copy()).to(x.device)).cpu().numpy() - shift_dot
+        else:
+            u = np.empty(self.n)
+            for a, b in _row_blocks(self.n, self.d):
+                u[a:b] = np.asarray(x[a:b], dtype=np.float64) @ v1 - shift_dot
         total = float(np.trace(g))
         s = np.sqrt(np.clip(w[:k], 0.0, None))
         return _finish(u, s, total, v1, n=self.n, d=self.d, center=self.center,
                        method="streaming", min_gap=self.min_gap, k=k)
 
     def close(self) -> None:
-        """Delete the spill file."""
+        """Free the stored features and delete the spill file."""
+        self._chunks, self._chunk_bytes = [], 0
         if self._spill is not None:
             self._spill.close()
             self._spill = None

@@ -134,13 +134,24 @@ def test_streaming_equals_one_shot():
 
 def test_streaming_without_gram_uses_spilled_matrix(tmp_path):
     x = relu_features(60, 300, seed=8)
-    acc = StreamingPVector(center=True, max_gram_features=100, spill_dir=tmp_path)
+    acc = StreamingPVector(center=True, max_gram_features=100, spill_dir=tmp_path, max_memory_bytes=20_000)
     for a in range(0, 60, 16):
         acc.update(torch.from_numpy(x[a : a + 16]))
     assert list(tmp_path.iterdir())  # features went to the spill folder
     res = acc.result()
     acc.close()
     assert not list(tmp_path.iterdir())  # and the spill file is removed
+    assert pgen.angle(res.vector, reference(x, True)[0]) < 1e-3
+
+
+def test_streaming_spills_to_disk_past_the_memory_budget(tmp_path):
+    x = relu_features(500, 32, seed=9)
+    acc = StreamingPVector(center=True, spill_dir=tmp_path, max_memory_bytes=10_000)
+    for a in range(0, 500, 50):
+        acc.update(x[a : a + 50])
+    assert list(tmp_path.iterdir())
+    res = acc.result()
+    acc.close()
     assert pgen.angle(res.vector, reference(x, True)[0]) < 1e-3
 
 
