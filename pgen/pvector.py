@@ -768,28 +768,28 @@ class StreamingPVector:
             xn = x.cpu().numpy() if isinstance(x, torch.Tensor) else x
             return _finish(*_lanczos(xn, self.center, k), n=self.n, d=self.d, center=self.center,
                            method="streaming", min_gap=self.min_gap, k=k)
-        g = self._gram.cpu().numpy()
-        colsum = self._colsum.cpu().numpy()
-        shift = self._shift.cpu().numpy()
+        # Finish on the Gram's own device (a float64 eigh on the GPU when features are there).
+        g, colsum, shift = self._gram, self._colsum, self._shift
         mean_shifted = colsum / self.n
         if self.center:
-            g = g - self.n * np.outer(mean_shifted, mean_shifted)
+            g = g - self.n * torch.outer(mean_shifted, mean_shifted)
             offset = shift + mean_shifted  # true column mean
         else:
             # X^T X = S^T S + s c^T + c s^T + n s s^T, with S the shifted rows, c = colsum.
-            g = g + np.outer(shift, colsum) + np.outer(colsum, shift) + self.n * np.outer(shift, shift)
-            offset = np.zeros(self.d)
-        w, v = np.linalg.eigh((g + g.T) / 2)
-        w, v = w[::-1], v[:, ::-1]
-        v1 = v[:, 0]
-        shift_dot = float(offset @ v1)
+            g = g + torch.outer(shift, colsum) + torch.outer(colsum, shift) + self.n * torch.outer(shift, shift)
+            offset = torch.zeros_like(shift)
+        w_t, v_t = torch.linalg.eigh((g + g.T) / 2)
+        v1_t = v_t[:, -1]
+        shift_dot = float(offset @ v1_t)
+        total = float(torch.trace(g))
+        w = w_t.flip(0).cpu().numpy()
+        v1 = v1_t.cpu().numpy()
         if isinstance(x, torch.Tensor):  # second pass where the features live (GPU or CPU)
-            u = (x.to(torch.float64) @ torch.from_numpy(v1.copy()).to(x.device)).cpu().numpy() - shift_dot
+            u = (x.to(torch.float64) @ v1_t.to(x.device)).cpu().numpy() - shift_dot
         else:
             u = np.empty(self.n)
             for a, b in _row_blocks(self.n, self.d):
                 u[a:b] = np.asarray(x[a:b], dtype=np.float64) @ v1 - shift_dot
-        total = float(np.trace(g))
         s = np.sqrt(np.clip(w[:k], 0.0, None))
         return _finish(u, s, total, v1, n=self.n, d=self.d, center=self.center,
                        method="streaming", min_gap=self.min_gap, k=k)
