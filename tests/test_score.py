@@ -124,3 +124,18 @@ def test_pseudo_test_set_is_deterministic_and_label_preserving():
     assert a.shape == (20, 1, 8, 8) and torch.equal(ya, torch.cat([y, y]))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a[:10], x)
+
+
+def test_workers_give_the_same_results(tiny_zoo, tmp_path):
+    s = ScoreSettings(n_samples=200)
+    one = score_zoo(tiny_zoo, tmp_path / "one", settings=s, progress=False).set_index("model_id").sort_index()
+    two = score_zoo(tiny_zoo, tmp_path / "two", settings=s, progress=False, workers=2).set_index("model_id").sort_index()
+    cols = ["pvector_angle", "train_acc", "test_acc", "pseudo_test_acc"]
+    pd.testing.assert_frame_equal(one[cols], two[cols], atol=1e-6)
+
+
+def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
+    from pgen.data import load_dataset
+
+    with pytest.raises(FileNotFoundError, match="cifar10 .* not found under .*--download"):
+        load_dataset("cifar10", "train", root=tmp_path)
