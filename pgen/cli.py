@@ -183,6 +183,26 @@ def _cmd_report(args):
     print("wrote " + ", ".join(str(f) for f in rep["files"][:2]))
 
 
+def _add_data(sub):
+    p = sub.add_parser("data", help="load (or download) a dataset and show its size",
+                       description="Load a dataset split: digits and mnist5k ship with packages; mnist, "
+                                   "fashion-mnist, cifar10, cifar100 and svhn are read from --root in "
+                                   "torchvision's layout and downloaded only with --download.")
+    p.add_argument("name", help="dataset name")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--root", help="folder in torchvision's layout (default ~/.cache/pgen/data)")
+    p.add_argument("--download", action="store_true", help="download if missing (needs a network)")
+    p.set_defaults(func=_cmd_data)
+
+
+def _cmd_data(args):
+    from pgen.data import dataset_info, load_dataset
+
+    ds = load_dataset(args.name, args.split, root=args.root, download=args.download)
+    info = dataset_info(args.name)
+    print(f"{args.name} {args.split}: {len(ds)} samples, input {info.input_shape}, {info.num_classes} classes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pgen import __version__
 
@@ -199,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_score, _add_report, _add_zoo, _add_study, _add_pvector]
+_SUBCOMMANDS = [_add_score, _add_report, _add_zoo, _add_data, _add_study, _add_pvector]
 
 
 def main(argv=None) -> int:

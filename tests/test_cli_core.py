@@ -65,3 +65,10 @@ def test_error_names_the_problem(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "pgen.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "pgen" in out.stdout
+
+
+def test_data_command(tmp_path, capsys):
+    assert main(["data", "digits", "--split", "test"]) == 0
+    assert "digits test: 450 samples" in capsys.readouterr().out
+    assert main(["data", "cifar10", "--root", str(tmp_path)]) == 2
+    assert "--download" in capsys.readouterr().err
