@@ -79,18 +79,18 @@ def _mnist5k(split: str) -> TensorDataset:
     return _tensor_dataset(*_fixed_split(x, y, 1000, split))
 
 
-class _TorchvisionAsTensors(Dataset):
-    """A torchvision dataset with ToTensor applied (float C x H x W in [0, 1], int label)."""
+class MappedDataset(Dataset):
+    """``base`` with ``fn(x, y) -> (x, y)`` applied to every item."""
 
-    def __init__(self, base):
+    def __init__(self, base, fn):
         self.base = base
+        self.fn = fn
 
     def __len__(self):
         return len(self.base)
 
     def __getitem__(self, i):
-        x, y = self.base[i]
-        return x, int(y)
+        return self.fn(*self.base[i])
 
 
 def _torchvision(name: str, split: str, root: str | Path | None, download: bool):
@@ -123,7 +123,11 @@ def _torchvision(name: str, split: str, root: str | Path | None, download: bool)
         ) from exc
     except OSError as exc:  # URLError and socket errors when offline
         raise RuntimeError(f"could not download {name} into {root} (no network?): {exc}") from exc
-    return _TorchvisionAsTensors(base)
+    return MappedDataset(base, _int_label)
+
+
+def _int_label(x, y):
+    return x, int(y)  # plain int labels, as the packaged datasets have
 
 
 def load_dataset(name: str, split: str = "train", *, root: str | Path | None = None, download: bool = False) -> Dataset:
@@ -147,15 +151,6 @@ def load_dataset(name: str, split: str = "train", *, root: str | Path | None = N
     if name == "mnist5k":
         return _mnist5k(split)
     return _torchvision(name, split, root, download)
-
-
-def subset_first(dataset: Dataset, n: int | None) -> Dataset:
-    """The first ``n`` samples (all when ``n`` is None or larger than the dataset)."""
-    if n is None or n >= len(dataset):
-        return dataset
-    if n < 2:
-        raise ValueError(f"need at least 2 samples; got {n}")
-    return torch.utils.data.Subset(dataset, range(n))
 
 
 def dataset_arrays(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

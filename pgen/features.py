@@ -164,6 +164,7 @@ def iter_feature_batches(
     """
     loader = as_loader(data, batch_size=batch_size, num_workers=num_workers)
     device = torch.device(device)
+    spec = None  # resolved on the first batch, which the hooks need as an example
     if model is None:
         layer_names = [INPUT] if layers is None else ([layers] if isinstance(layers, str) else list(layers))
         if layer_names != [INPUT]:
@@ -180,7 +181,6 @@ def iter_feature_batches(
             from tqdm.auto import tqdm
 
             iterator = tqdm(loader, desc=desc, unit="batch", leave=False)
-        spec = None if model is not None else spec
         for batch in iterator:
             x = _inputs_of(batch).to(device, non_blocking=True)
             if not x.is_floating_point():

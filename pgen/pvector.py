@@ -748,10 +748,10 @@ class StreamingPVector:
             self._chunks, self._chunk_bytes = [], 0
         self._spill.write(rows.cpu().numpy().tobytes())
 
-    def _matrix(self):
-        """The stored features: a torch tensor (in memory) or a numpy memmap (spilled)."""
+    def _matrix(self) -> np.ndarray:
+        """The stored features as one (n, d) float32 array (a memmap when spilled)."""
         if self._spill is None:
-            return _torch().cat(self._chunks)
+            return _torch().cat(self._chunks).cpu().numpy()
         self._spill.flush()
         return np.memmap(self._spill_path, dtype=np.float32, mode="r", shape=(self.n, self.d))
 
@@ -762,11 +762,9 @@ class StreamingPVector:
             raise ValueError(f"a P-vector needs at least 2 samples; got {self.n}")
         if self._bad is not None and int(self._bad) > 0:
             raise ValueError(f"the features contain {int(self._bad)} NaN or Inf value(s)")
-        x = self._matrix()
         k = min(self.k, self.n, self.d)
         if self._gram is None:
-            xn = x.cpu().numpy() if isinstance(x, torch.Tensor) else x
-            return _finish(*_lanczos(xn, self.center, k), n=self.n, d=self.d, center=self.center,
+            return _finish(*_lanczos(self._matrix(), self.center, k), n=self.n, d=self.d, center=self.center,
                            method="streaming", min_gap=self.min_gap, k=k)
         # Finish on the Gram's own device (a float64 eigh on the GPU when features are there).
         g, colsum, shift = self._gram, self._colsum, self._shift
@@ -784,9 +782,11 @@ class StreamingPVector:
         total = float(torch.trace(g))
         w = w_t.flip(0).cpu().numpy()
         v1 = v1_t.cpu().numpy()
-        if isinstance(x, torch.Tensor):  # second pass where the features live (GPU or CPU)
-            u = (x.to(torch.float64) @ v1_t.to(x.device)).cpu().numpy() - shift_dot
+        if self._spill is None:  # second pass chunk by chunk, where the features live
+            u = torch.cat([chunk.to(torch.float64) @ v1_t.to(chunk.device) for chunk in self._chunks])
+            u = u.cpu().numpy() - shift_dot
         else:
+            x = self._matrix()
             u = np.empty(self.n)
             for a, b in _row_blocks(self.n, self.d):
                 u[a:b] = np.asarray(x[a:b], dtype=np.float64) @ v1 - shift_dot

@@ -15,7 +15,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -58,7 +57,7 @@ class _Context:
         x, y = dataset_arrays(train)
         n = len(x) if s.n_samples is None else min(s.n_samples, len(x))
         self.x, self.y = x[:n], y[:n]
-        self.data_pv = {c: data_p_vector((self.x, self.y), center=c) for c in {s.center}}
+        self.data_pv = data_p_vector((self.x, self.y), center=s.center)
         self.x_train, self.y_train = x, y
         try:
             self.x_test, self.y_test = dataset_arrays(zoo.dataset("test"))
@@ -76,7 +75,7 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     t = time.perf_counter()
     pv = model_p_vectors(model, (ctx.x, ctx.y), layers=s.layer, center=s.center, batch_size=s.batch_size,
                          device=device)[s.layer]
-    values["pvector_angle"] = angle(pv.vector, ctx.data_pv[s.center].vector)
+    values["pvector_angle"] = angle(pv.vector, ctx.data_pv.vector)
     values["pvector_gap"] = pv.gap
     values["pvector_explained_variance"] = float(pv.explained_variance_ratio[0])
     seconds["pvector_angle"] = time.perf_counter() - t

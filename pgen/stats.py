@@ -8,7 +8,7 @@ competition's conditional mutual information score.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
 
@@ -201,24 +201,9 @@ def _mutual_information(table):
     return float(np.sum(p[nz] * np.log2(p[nz] / outer[nz])))
 
 
-def _normalise_configs(model_configs: Mapping) -> dict[str, dict]:
-    out = {}
-    for key, cfg in model_configs.items():
-        k = str(key)
-        if not k.startswith("model_"):
-            k = f"model_{k}"
-        out[k] = cfg
-    return out
-
-
-def _normalise_scores(scores: Mapping) -> dict[str, float]:
-    out = {}
-    for key, v in scores.items():
-        k = str(key)
-        if not k.startswith("model_"):
-            k = f"model_{k}"
-        out[k] = float(v)
-    return out
+def _model_keys(mapping: Mapping) -> dict:
+    """Keys as the scorer spells them: ``"3"`` and ``"model_3"`` both become ``"model_3"``."""
+    return {(k if str(k).startswith("model_") else f"model_{k}"): v for k, v in mapping.items()}
 
 
 def conditional_mutual_information(scores: Mapping, model_configs: Mapping, *, details: bool = False):
@@ -249,8 +234,8 @@ def conditional_mutual_information(scores: Mapping, model_configs: Mapping, *, d
     axis; the pair's score is mean MI / mean entropy over bins; the task score is the
     minimum over pairs.
     """
-    configs = _normalise_configs(model_configs)
-    sc = _normalise_scores(scores)
+    configs = _model_keys(model_configs)
+    sc = {k: float(v) for k, v in _model_keys(scores).items()}
     missing = sorted(set(configs) - set(sc))
     if missing:
         raise StatsError(f"scores lack {len(missing)} model(s) of the configs, e.g. {missing[:5]}")

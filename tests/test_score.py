@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,14 +14,6 @@ from pgen.cli import main
 from pgen.score import ScoreSettings, score_zoo
 from pgen.store import ResultsStore
 from pgen.zoo import load_zoo
-from pgen.zoo.builder import build_zoo
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    return build_zoo(FIXTURES / "tiny.toml", tmp_path_factory.mktemp("zoo") / "tiny", progress=False)
 
 
 def complete_ids(db):

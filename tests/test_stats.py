@@ -1,6 +1,5 @@
 """Statistics against scipy / statsmodels, and the PGDL CMI against the competition's published values."""
 
-import itertools
 import json
 from pathlib import Path
 

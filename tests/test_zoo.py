@@ -23,11 +23,6 @@ class PickledObject:
     """A module-level class: pickle can store it, weights_only loading must refuse it."""
 
 
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    return build_zoo(FIXTURES / "tiny.toml", tmp_path_factory.mktemp("zoo") / "tiny", progress=False)
-
-
 def copy_zoo(src, dst):
     shutil.copytree(src, dst)
     return dst

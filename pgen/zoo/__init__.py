@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
 
-__all__ = ["Zoo", "ZooEntry", "ZooError", "load_zoo", "safe_join", "FORMATS"]
+__all__ = ["Zoo", "ZooEntry", "ZooError", "load_zoo", "safe_join"]
 
 
 def _formats():
@@ -28,9 +28,6 @@ def _formats():
             continue
         formats.append(getattr(module, cls))
     return formats
-
-
-FORMATS = _formats
 
 
 def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True) -> Zoo:

@@ -79,10 +79,7 @@ def infer_sequential(state: dict, input_shape, nlin="relu", dropout=0.0, source=
         layers.append(act())
         if dropout:
             layers.append(nn.Dropout(dropout))
-    if convs:
-        layers.append(nn.Flatten())
-    else:
-        layers.append(nn.Flatten())
+    layers.append(nn.Flatten())
     for j, kernel in enumerate(linears):
         lin = nn.Linear(kernel.shape[1], kernel.shape[0])
         layers.append(lin)

@@ -132,29 +132,20 @@ class SmallCNNZoo(Zoo):
         return model
 
     def dataset(self, split="train"):
-        from pgen.data import load_dataset
+        from pgen.data import MappedDataset, load_dataset
 
         names = {str(e.hparams.get("dataset", "")) for e in self.entries}
         name = _DATASETS.get(next(iter(names), ""), None)
         if name is None:
             raise ZooError(f"zoo {self.root}: unknown dataset {names}; expected one of {sorted(_DATASETS)}")
-        return _GrayscaleSigned(load_dataset(name, split, root=self.data_root))
+        return MappedDataset(load_dataset(name, split, root=self.data_root), _grayscale_signed)
 
 
-class _GrayscaleSigned(torch.utils.data.Dataset):
+def _grayscale_signed(x, y):
     """The Small CNN Zoo's input convention: grayscale, scaled to [-1, 1]."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        x, y = self.base[i]
-        if x.shape[0] == 3:
-            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
-        return x * 2 - 1, y
+    if x.shape[0] == 3:
+        x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+    return x * 2 - 1, y
 
 
 def _metric_name(col: str) -> str:
