@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -294,3 +295,18 @@ def test_model_zoos_pickled_dataset_refused(tmp_path):
 def test_infer_sequential_errors():
     with pytest.raises(ZooError, match="no pooling pattern"):
         infer_sequential({"a.weight": torch.zeros(4, 1, 3, 3), "b.weight": torch.zeros(10, 999)}, (1, 8, 8))
+
+
+def test_zoo_cli_build_list_info(tmp_path, capsys):
+    from pgen.cli import main
+
+    out = tmp_path / "cli-zoo"
+    assert main(["zoo", "build", str(FIXTURES / "tiny.toml"), "--out", str(out), "--limit", "1"]) == 0
+    assert f"zoo at {out}" in capsys.readouterr().out
+    assert main(["zoo", "info", str(out), "--csv", str(tmp_path / "m.csv")]) == 0
+    text = capsys.readouterr().out
+    assert '"format": "pgen-zoo"' in text and "tiny-0000" in text
+    assert len(pd.read_csv(tmp_path / "m.csv")) == 3  # one run: final + 2 in-epoch checkpoints
+    assert main(["zoo", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "digits" in listing and "32 models" in listing and "mnist5k" in listing
