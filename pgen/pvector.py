@@ -21,8 +21,8 @@ Conventions used throughout pgen
   relative gap ``(sigma1 - sigma2) / sigma1`` below ``min_gap`` (default 1e-3) a
   perturbation of the features at float32 rounding level can turn the vector by a
   visible angle; pgen then warns (:class:`UnstablePVectorWarning`) and marks the result
-  ``stable=False``. It never substitutes a randomized solver: those are 3 to 48 degrees
-  off at gaps near 1.01 (see ``benchmarks/pvector.py``).
+  ``stable=False``. It never substitutes a randomized solver: those are 11 to 74 degrees
+  off at gaps near 1.02 (``python benchmarks/pvector.py``).
 """
 
 from __future__ import annotations
@@ -520,7 +520,7 @@ def p_vector_spectrum(
         Subtract column means first (PCA reading). See the module docstring.
     method : {"auto", "exact", "gram", "lanczos", "streaming"}, default="auto"
         ``exact``: float64 full SVD. ``gram``: float64 Gram matrix of the smaller side and
-        a dense eigensolver. ``lanczos``: Lanczos on the implicit Gram operator.
+        a dense eigensolver. ``lanczos``: cache-blocked Lanczos on the Gram operator.
         ``streaming``: :class:`StreamingPVector` fed in batches (features spilled to
         disk). ``auto``: ``gram`` on CUDA, for tiny matrices (min(n, d) <= 64) and for
         centered matrices with min(n, d) <= 1024; else ``lanczos``.
