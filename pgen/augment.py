@@ -38,6 +38,8 @@ POLICIES = {
     "grayscale": Policy("grayscale", 5, 0.1, (0.95, 1.05), True, 0.1, 0.02),
     "color": Policy("color", 5, 0.1, (0.95, 1.05), True, 0.1, 0.02),
     "color-digits": Policy("color-digits", 5, 0.1, (0.95, 1.05), False, 0.1, 0.02),
+    # Feature vectors (no image geometry): noise only.
+    "vector": Policy("vector", 0, 0.0, (1.0, 1.0), False, 0.0, 0.05),
 }
 
 
@@ -57,9 +59,17 @@ def pseudo_test_set(inputs: torch.Tensor, labels: torch.Tensor, policy: Policy, 
     g = torch.Generator().manual_seed(seed)
     xs, ys = [], []
     h, w = inputs.shape[-2:]
+    geometric = policy.rotate_deg or policy.translate or policy.scale != (1.0, 1.0) or policy.hflip
+    if geometric and inputs.dim() < 3:
+        raise ValueError(f"policy {policy.name!r} transforms images; inputs of shape {tuple(inputs.shape[1:])} "
+                         "are not images (use the 'vector' policy)")
     for _ in range(copies):
         out = torch.empty_like(inputs)
         for i in range(len(inputs)):
+            if not geometric:
+                u = torch.rand(6, generator=g).tolist()
+                out[i] = inputs[i] * (1 + (2 * u[5] - 1) * policy.brightness)
+                continue
             u = torch.rand(6, generator=g).tolist()
             angle = (2 * u[0] - 1) * policy.rotate_deg
             tx = round((2 * u[1] - 1) * policy.translate * w)

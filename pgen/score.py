@@ -45,6 +45,8 @@ class ScoreSettings:
 def _kind_of(zoo: Zoo) -> str:
     from pgen.data import DATASETS
 
+    if getattr(zoo, "data_kind", None):
+        return zoo.data_kind
     name = getattr(zoo, "dataset_name", None)
     return DATASETS[name].kind if name in DATASETS else "color"
 

@@ -12,7 +12,7 @@ import statsmodels.api as sm
 from pgen.stats import (StatsError, conditional_mutual_information, correlations, granulated_kendall,
                         kendall_tau, loglog_fit)
 
-KIT_TOY = Path(__file__).parent / "fixtures" / "pgdl_kit_toy"
+KIT_TOY = Path(__file__).parent / "fixtures" / "pgdl" / "kit_toy"
 
 
 def test_correlations_match_scipy():
