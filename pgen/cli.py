@@ -203,6 +203,84 @@ def _cmd_data(args):
     print(f"{args.name} {args.split}: {len(ds)} samples, input {info.input_shape}, {info.num_classes} classes")
 
 
+def _add_pgdl(sub):
+    p = sub.add_parser("pgdl", help="predict and score like the PGDL competition",
+                       description="Work with PGDL competition task folders: compute a measure on every "
+                                   "model (predict) and apply the official conditional-mutual-information "
+                                   "score (score).")
+    psub = p.add_subparsers(dest="pgdl_command", metavar="PGDL_COMMAND")
+    psub.required = True
+    sc = psub.add_parser("score", help="the official CMI score of a predictions file",
+                         description="Print the competition's conditional mutual information score of "
+                                     "PREDICTIONS (JSON: model id -> value) against MODEL_CONFIGS "
+                                     "(the task's model_configs.json), with Kendall's tau and the "
+                                     "granulated Kendall Psi against the generalization gap.")
+    sc.add_argument("predictions", help="JSON file, model id -> measure value (e.g. <task>.predict)")
+    sc.add_argument("model_configs", help="the task's model_configs.json")
+    sc.add_argument("--verbose", action="store_true", help="also print the per-hparam-pair table")
+    sc.set_defaults(func=_cmd_pgdl_score)
+    pr = psub.add_parser("predict", help="compute a measure on every model of a task",
+                         description="Compute a registered measure (see `pgen measures`) on every model of "
+                                     "a PGDL task folder and write OUT/<task>.predict (JSON, model id -> "
+                                     "sign x value, larger = predicted to generalize worse) and "
+                                     "OUT/<task>.csv (raw values, seconds, errors), as the competition's "
+                                     "ingestion did. Rerunning skips finished models.")
+    pr.add_argument("task_dir", help="PGDL task folder (input_data/<task> or the toy layout)")
+    pr.add_argument("--measure", default="pvector_angle", help="measure name (default pvector_angle)")
+    pr.add_argument("--out", default="predictions", help="output folder (default predictions)")
+    pr.add_argument("--samples", type=int, default=1000, help="first N training samples (default 1000; 0 = all)")
+    pr.add_argument("--time-budget", type=float, help="seconds per model; a model over budget is killed and "
+                                                      "recorded (the competition allowed 300)")
+    pr.add_argument("--device", default="cpu", help="cpu or cuda")
+    pr.add_argument("--seed", type=int, default=0, help="seed for measures that sample")
+    pr.set_defaults(func=_cmd_pgdl_predict)
+
+
+def _cmd_pgdl_score(args):
+    import pandas as pd
+
+    from pgen.pgdl import score_predictions
+
+    res = score_predictions(args.predictions, args.model_configs)
+    if args.verbose:
+        with pd.option_context("display.width", 200):
+            print(res["table"].to_string(index=False))
+        print(f"kendall tau vs gap: {res['kendall_tau']:.6f}")
+        print(f"granulated kendall psi vs gap: {res['psi']:.6f}  " +
+              "  ".join(f"{k}={v:.4f}" for k, v in res["psi_per_hparam"].items()))
+    print(f"CMI score: {res['cmi']!r}")
+
+
+def _cmd_pgdl_predict(args):
+    from pgen.measures import MeasureSettings
+    from pgen.pgdl import predict_task
+
+    settings = MeasureSettings(device=args.device, seed=args.seed)
+    table = predict_task(args.task_dir, args.measure, args.out, n_samples=args.samples or None,
+                         time_budget=args.time_budget, settings=settings)
+    failed = table["error"].notna().sum() if "error" in table else 0
+    print(f"{len(table) - failed} of {len(table)} models scored; wrote {Path(args.out) / (Path(args.task_dir).name + '.predict')}")
+    return 1 if failed else 0
+
+
+def _add_measures(sub):
+    p = sub.add_parser("measures", help="list the generalization measures",
+                       description="List every registered measure with its family, sign and description. "
+                                   "Sign +1: a larger value predicts worse generalization (larger gap); "
+                                   "-1: a larger value predicts better generalization.")
+    p.set_defaults(func=_cmd_measures)
+
+
+def _cmd_measures(args):
+    import pandas as pd
+
+    from pgen.measures import list_measures
+
+    print("sign +1: larger value predicts worse generalization (larger gap); -1: larger predicts better\n")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        print(list_measures().to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pgen import __version__
 
@@ -219,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_score, _add_report, _add_zoo, _add_data, _add_study, _add_pvector]
+_SUBCOMMANDS = [_add_score, _add_report, _add_zoo, _add_pgdl, _add_measures, _add_data, _add_study, _add_pvector]
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,7 @@ def hdf5_arrays(path):
 
 def kit_scores():
     ssw, dist = {}, {}
-    for d in sorted(p for p in KIT_TOY.iterdir() if p.is_dir()):
+    for d in sorted(p for p in KIT_TOY.iterdir() if p.is_dir() and p.name.startswith("model_")):
         w, w0 = hdf5_arrays(d / "weights.hdf5"), hdf5_arrays(d / "weights_init.hdf5")
         ssw[d.name] = sum(float(np.sum(a**2)) for a in w)
         dist[d.name] = sum(float(np.sum((a - b) ** 2)) for a, b in zip(w, w0))

@@ -1,0 +1,50 @@
+"""The PGDL kit's Jacobian norm: how strongly the logits react to every layer's input.
+
+For each batch of 16 samples (the first 33 batches, 528 samples, as the kit does), the
+Jacobian of the logits with respect to each layer's input is taken per sample; the value
+is the mean over layers of the mean squared Jacobian entry, averaged over batches.
+Entries are computed with one backward pass per class (samples are independent in eval
+mode, so summing the class logit over the batch gives every sample's row at once).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pgen.measures import register
+from pgen.measures._util import layers_of
+
+BATCH = 16
+MAX_BATCHES = 33
+
+
+@register("jacobian_norm", sign=1, family="sensitivity",
+          description="mean squared Jacobian of the logits w.r.t. every layer's input (PGDL kit baseline)",
+          reference="PGDL starting kit")
+def jacobian_norm(model, init_model, data, settings) -> float:
+    device = settings.device
+    model = model.to(device)
+    layers = layers_of(model)
+    captured: list[torch.Tensor] = []
+    handles = [layer.register_forward_pre_hook(lambda m, inp: captured.append(inp[0])) for layer in layers]
+    per_batch = []
+    try:
+        for b in range(min(MAX_BATCHES, -(-len(data.x) // BATCH))):
+            x = data.x[b * BATCH:(b + 1) * BATCH].to(device).float().requires_grad_(True)
+            captured.clear()
+            with torch.enable_grad():
+                out = model(x)
+                inputs = [t for t in captured]
+                sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in inputs]
+                for c in range(out.shape[1]):
+                    grads = torch.autograd.grad(out[:, c].sum(), inputs, retain_graph=True, allow_unused=True)
+                    for i, g in enumerate(grads):
+                        if g is not None:
+                            sums[i] += g.double().square().sum()
+            means = [s / (out.shape[1] * t.numel()) for s, t in zip(sums, inputs)]
+            per_batch.append(torch.stack(means).mean().item())
+    finally:
+        for h in handles:
+            h.remove()
+        model.to("cpu")
+    return float(sum(per_batch) / len(per_batch))

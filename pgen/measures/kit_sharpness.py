@@ -1,0 +1,93 @@
+"""The PGDL kit's sharpness: the largest box around the weights that keeps accuracy.
+
+Bisection on a relative box size ``m`` in [0, 0.5] (20 steps at most): for each ``m``,
+up to 3 restarts of 20 SGD steps (learning rate 1e-3, batches of 64 from a shuffled,
+repeated stream), every weight clipped after each step to ``w0 +- |w0| * m``; the
+accuracy of the perturbed model on 10 batches (3 once a restart fell below 0.8) gives
+``deviate = 1 - min accuracy``; stop when ``|deviate - 0.1| < 0.01``. Returns ``m``.
+
+Reproduced as the kit wrote it, including one quirk: the kit calls
+``CategoricalCrossentropy(from_logits=True)(logits, one_hot)``, i.e. with the arguments
+swapped, so the objective its SGD descends is ``-sum_c logits_c * log_softmax(one_hot)_c``
+(mean over the batch), not the usual cross-entropy. A larger ``m`` means a flatter model,
+so the measure's sign is -1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pgen.measures import register
+from pgen.measures._util import all_weights
+
+BATCH = 64
+
+
+def _batches(n: int, generator: torch.Generator):
+    """An endless stream of index batches over shuffled, repeated epochs."""
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < BATCH:
+            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
+        yield pending[:BATCH]
+        pending = pending[BATCH:]
+
+
+def _kit_objective(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).to(logits.dtype)
+    return -(logits * torch.log_softmax(one_hot, dim=1)).sum(1).mean()
+
+
+@register("kit_sharpness", sign=-1, family="flatness",
+          description="largest relative weight box keeping accuracy within 0.1, by bisection (PGDL kit baseline)",
+          reference="PGDL starting kit")
+def kit_sharpness(model, init_model, data, settings) -> float:
+    device = settings.device
+    model = model.to(device)
+    x, y = data.x.to(device).float(), data.y.to(device)
+    g = torch.Generator().manual_seed(settings.seed)
+    stream = _batches(len(x), g)
+    state = all_weights(model)
+    orig = {k: v.clone() for k, v in state.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3)
+
+    def accuracy(batches: int) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for _ in range(batches):
+                idx = next(stream).to(device)
+                total += (model(x[idx]).argmax(1) == y[idx]).float().mean().item()
+        return total / batches
+
+    high, low, m = 0.5, 0.0, 0.25
+    try:
+        for _ in range(20):
+            m = (high + low) / 2
+            min_acc = 10.0
+            for _ in range(3):
+                if min_acc < 0.8:
+                    continue
+                model.load_state_dict(orig, strict=False)
+                for _ in range(20):
+                    idx = next(stream).to(device)
+                    opt.zero_grad(set_to_none=True)
+                    with torch.enable_grad():
+                        _kit_objective(model(x[idx]), y[idx], data.num_classes).backward()
+                    opt.step()
+                    with torch.no_grad():
+                        for k, w in all_weights(model).items():
+                            box = orig[k].abs() * m
+                            w.copy_(torch.minimum(torch.maximum(w, orig[k] - box), orig[k] + box))
+                min_acc = min(min_acc, accuracy(3 if min_acc < 0.8 else 10))
+            deviate = 1.0 - min_acc
+            if high - low < 1e-5 or abs(deviate - 0.1) < 1e-2:
+                break
+            if deviate > 0.1:
+                high = m
+            else:
+                low = m
+    finally:
+        model.load_state_dict(orig, strict=False)
+        model.to("cpu")
+    return float(m)

@@ -1,0 +1,216 @@
+"""Predict and score like the PGDL competition.
+
+``predict_task`` computes one registered measure on every model of a PGDL task folder and
+writes ``<task>.predict`` (JSON, model id -> value) as the competition's ingestion did;
+``score_predictions`` applies the official conditional-mutual-information score to such a
+file and the task's ``model_configs.json``.
+
+With a per-model time budget each model runs in a worker process that is killed when the
+budget runs out (the competition allowed 300 s per model); the model is recorded as timed
+out and the run goes on with a fresh worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pgen.measures import MeasureData, MeasureSettings, compute_measure, get_measure
+from pgen.stats import conditional_mutual_information, granulated_kendall, kendall_tau
+from pgen.zoo import Zoo, ZooError, load_zoo
+
+__all__ = ["predict_task", "score_predictions", "measure_data_for"]
+
+
+def measure_data_for(zoo: Zoo, n_samples: int | None = 1000, split: str = "train") -> MeasureData:
+    """The first ``n_samples`` samples of the zoo's split, as every measure sees them."""
+    from pgen.data import dataset_arrays
+
+    x, y = dataset_arrays(zoo.dataset(split))
+    n = len(x) if n_samples is None else min(n_samples, len(x))
+    return MeasureData(x[:n], y[:n])
+
+
+def _measure_one(zoo: Zoo, model_id: str, measure: str, data: MeasureData, settings: MeasureSettings):
+    t = time.perf_counter()
+    entry = zoo[model_id]
+    model = entry.load_model()
+    init = None
+    if get_measure(measure).needs_init:
+        init = entry.load_model(initial=True)
+    value = compute_measure(measure, model, init, data, settings)
+    return value, time.perf_counter() - t
+
+
+def _worker(conn, task_dir, measure, n_samples, settings):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    zoo = load_zoo(task_dir, build=False, progress=False)
+    data = measure_data_for(zoo, n_samples)
+    conn.send("ready")
+    while True:
+        model_id = conn.recv()
+        if model_id is None:
+            return
+        try:
+            conn.send((model_id, *_measure_one(zoo, model_id, measure, data, settings), None))
+        except Exception as exc:  # reported to the parent, which records it
+            conn.send((model_id, None, None, f"{type(exc).__name__}: {exc}"))
+
+
+class _BudgetedRunner:
+    """One worker process at a time; a model over budget kills it and the next model starts a new one."""
+
+    def __init__(self, task_dir, measure, n_samples, settings, budget):
+        self.args = (str(task_dir), measure, n_samples, settings)
+        self.budget = budget
+        self.proc = self.conn = None
+
+    def _start(self):
+        ctx = mp.get_context("spawn")  # never fork a process that holds torch threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, *self.args), daemon=True)
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(600) or self.conn.recv() != "ready":
+            raise RuntimeError("the measure worker did not start within 600 s")
+
+    def run(self, model_id):
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        self.conn.send(model_id)
+        if self.conn.poll(self.budget):
+            try:
+                return self.conn.recv()
+            except EOFError:
+                self.close()
+                return model_id, None, None, "the worker process died (out of memory?)"
+        self.close()
+        return model_id, None, None, f"timed out after the {self.budget:g} s budget"
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.join()
+        self.proc = self.conn = None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_samples: int | None = 1000,
+                 time_budget: float | None = None, settings: MeasureSettings | None = None,
+                 progress: bool = True) -> pd.DataFrame:
+    """Compute ``measure`` on every model of a PGDL task; write ``<task>.predict`` and ``<task>.csv``.
+
+    The ``.predict`` file maps model id to ``sign * value`` (see :mod:`pgen.measures`),
+    so larger always means "predicted to generalize worse"; the CSV keeps the raw value,
+    seconds and any error per model. Both are rewritten after every model, so a crash
+    loses nothing finished; a rerun skips models already in the CSV.
+
+    Parameters
+    ----------
+    task_dir : a PGDL task folder (or any zoo folder)
+    measure : a registered measure name (``pgen measures`` lists them)
+    out : output folder
+    n_samples : the first n training samples every model sees (None: all)
+    time_budget : seconds per model (None: no limit, run in this process)
+    """
+    m = get_measure(measure)
+    settings = settings or MeasureSettings()
+    zoo = load_zoo(task_dir, build=False, progress=False)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, pred_path = out / f"{zoo.name}.csv", out / f"{zoo.name}.predict"
+    rows: dict[str, dict] = {}
+    if csv_path.is_file():
+        old = pd.read_csv(csv_path, dtype={"model_id": str})
+        if "measure" in old and (old["measure"] == measure).all():
+            rows = {r["model_id"]: r for r in old.to_dict("records") if pd.notna(r.get("value"))}
+    todo = [e.id for e in zoo if e.id not in rows]
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{measure} on {zoo.name}", unit="model")
+
+    def record(model_id, value, seconds, error):
+        rows[model_id] = {"model_id": model_id, "measure": measure, "value": value,
+                          "predicted_badness": None if value is None else m.sign * value,
+                          "seconds": seconds, "error": error}
+        table = pd.DataFrame(list(rows.values()))
+        _write_atomic(csv_path, table.to_csv(index=False))
+        preds = {r["model_id"]: r["predicted_badness"] for r in rows.values()
+                 if r["predicted_badness"] is not None and math.isfinite(r["predicted_badness"])}
+        _write_atomic(pred_path, json.dumps(preds, indent=1, sort_keys=True))
+        if bar is not None:
+            if error:
+                bar.write(f"{zoo.name}/{model_id}: {error}")
+            bar.update(1)
+
+    runner = None
+    try:
+        if time_budget is not None:
+            runner = _BudgetedRunner(zoo.root, measure, n_samples, settings, time_budget)
+            for mid in todo:
+                record(*runner.run(mid))
+        else:
+            data = measure_data_for(zoo, n_samples) if todo else None
+            for mid in todo:
+                try:
+                    record(mid, *_measure_one(zoo, mid, measure, data, settings), None)
+                except Exception as exc:  # recorded; the run goes on
+                    record(mid, None, None, f"{type(exc).__name__}: {exc}")
+    finally:
+        if runner is not None:
+            runner.close()
+        if bar is not None:
+            bar.close()
+    return pd.DataFrame([rows[e.id] for e in zoo if e.id in rows])
+
+
+def score_predictions(predictions: str | Path | dict, model_configs: str | Path | dict) -> dict:
+    """The official PGDL score of a predictions file, plus Kendall's tau and Psi against the gap.
+
+    Returns ``{"cmi": float, "table": DataFrame (per hparam pair), "kendall_tau": float,
+    "psi": float, "psi_per_hparam": dict}``.
+    """
+    preds = _read_json(predictions, "predictions")
+    configs = _read_json(model_configs, "model configs")
+    cmi, table = conditional_mutual_information(preds, configs, details=True)
+    ids, gaps, hparams = [], {}, {}
+    for key, cfg in configs.items():
+        mid = next((k for k in (key, f"model_{key}", key.removeprefix("model_")) if k in preds), None)
+        metrics = cfg.get("metrics", {})
+        if mid is None or "train_acc" not in metrics or "test_acc" not in metrics:
+            continue
+        ids.append(mid)
+        gaps[mid] = metrics["train_acc"] - metrics["test_acc"]
+        hparams[mid] = {k: v.get("current_value") if isinstance(v, dict) else v for k, v in cfg.get("hparams", {}).items()}
+    scores = {m: preds[m] for m in ids}
+    psi = granulated_kendall(scores, hparams, gaps)
+    return {"cmi": cmi, "table": table, "kendall_tau": kendall_tau([scores[m] for m in ids], [gaps[m] for m in ids]),
+            "psi": psi["psi"], "psi_per_hparam": psi["per_hparam"]}
+
+
+def _read_json(src, what: str) -> dict:
+    if isinstance(src, dict):
+        return src
+    path = Path(src)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ZooError(f"{path}: cannot read {what}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ZooError(f"{path}: {what} must be a JSON object")
+    return data
