@@ -129,6 +129,8 @@ def _add_score(sub):
     p.add_argument("--seed", type=int, default=0, help="pseudo-test augmentation seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
+    p.add_argument("--measures", default="", help="extra registered measures, comma-separated "
+                                                  "(`pgen measures` lists them), e.g. distance_from_init,jacobian_norm")
     p.add_argument("--angle-matrix", action="store_true", help="also write the model-to-model angle matrix")
     p.add_argument("--limit", type=int, help="score at most N models not yet scored")
     p.add_argument("--no-report", action="store_true", help="skip the report")
@@ -147,7 +149,8 @@ def _cmd_score(args):
 
     out = Path(args.out) if args.out else _default_out(args.zoo)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
-                             center=not args.no_center, seed=args.seed)
+                             center=not args.no_center, seed=args.seed,
+                             measures=tuple(m.strip() for m in args.measures.split(",") if m.strip()))
     table = score_zoo(args.zoo, out, settings=settings, device=args.device, workers=args.workers,
                       angle_matrix_out=args.angle_matrix, limit=args.limit)
     print(f"scored {len(table)} models; results in {out / 'results.sqlite'}")

@@ -90,6 +90,39 @@ class ResultsStore:
                 self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
                                    (zoo, model_id, "_error", h, None, error, None, js, now))
 
+    def put_measure(self, zoo: str, model_id: str, settings: dict, measure: str, value: float | None,
+                    seconds: float | None, error: str | None = None) -> None:
+        """One registered measure's value (or its error) for one model, in one transaction."""
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                               (zoo, model_id, measure, settings_hash(settings), None if value is None else float(value),
+                                error, seconds, json.dumps(settings, sort_keys=True, default=str), time.time()))
+
+    def measure_done(self, zoo: str, settings: dict, measure: str) -> set[str]:
+        """Model ids with a stored value (no error) of ``measure`` under these settings."""
+        rows = self._conn.execute("SELECT model_id FROM results WHERE zoo=? AND settings_hash=? AND measure=? "
+                                  "AND error IS NULL", (zoo, settings_hash(settings), measure))
+        return {r[0] for r in rows}
+
+    def measure_frame(self, zoo: str, settings_by_measure: dict[str, dict]) -> pd.DataFrame:
+        """``model_id``, one column per measure and ``seconds.<measure>``, for the given settings."""
+        frames = []
+        for measure, settings in settings_by_measure.items():
+            df = pd.read_sql_query("SELECT model_id, value, seconds FROM results WHERE zoo=? AND settings_hash=? "
+                                   "AND measure=? AND error IS NULL", self._conn,
+                                   params=(zoo, settings_hash(settings), measure))
+            if not df.empty:
+                frames.append(df.rename(columns={"value": measure, "seconds": f"seconds.{measure}"}).set_index("model_id"))
+        if not frames:
+            return pd.DataFrame(columns=["model_id"])
+        return pd.concat(frames, axis=1).reset_index()
+
+    def measure_errors(self, zoo: str) -> pd.DataFrame:
+        """Per-measure failures: zoo, model_id, measure, error."""
+        df = pd.read_sql_query("SELECT zoo, model_id, measure, error FROM results WHERE error IS NOT NULL "
+                               "AND measure NOT LIKE '\\_%' ESCAPE '\\'", self._conn)
+        return df[df.zoo == zoo]
+
     def long_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM results", self._conn)
 

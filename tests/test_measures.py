@@ -124,3 +124,12 @@ def test_every_registered_measure_runs_on_a_tiny_model(data):
     for name in names:
         value = compute_measure(name, model, init, data)
         assert np.isfinite(value), name
+
+
+def test_cli_lists_measures_with_the_sign_convention(capsys):
+    from pgen.cli import main
+
+    assert main(["measures"]) == 0
+    out = capsys.readouterr().out
+    assert "sign +1: larger value predicts worse generalization" in out
+    assert "kit_sharpness" in out and "-1" in out

@@ -130,3 +130,29 @@ def test_torchvision_dataset_without_files_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="cifar10 .* not found under .*--download"):
         load_dataset("cifar10", "train", root=tmp_path)
+
+
+def test_registered_measures_are_stored_and_resume_one_by_one(tiny_zoo, tmp_path):
+    from pgen.data import dataset_arrays
+    from pgen.measures import MeasureData, compute_measure
+
+    s1 = ScoreSettings(n_samples=200, measures=("sum_squared_weights",))
+    first = score_zoo(tiny_zoo, tmp_path, settings=s1, progress=False).set_index("model_id")
+    zoo = load_zoo(tiny_zoo)
+    entry = zoo.entries[0]
+    x, y = dataset_arrays(zoo.dataset("train"))
+    # the stored value is the measure's value on the same model
+    assert first.loc[entry.id, "sum_squared_weights"] == pytest.approx(
+        compute_measure("sum_squared_weights", entry.load_model(), None, MeasureData(x[:200], y[:200])), rel=1e-12)
+    with sqlite3.connect(tmp_path / "results.sqlite") as conn:
+        stamp = dict(conn.execute("SELECT model_id, created FROM results WHERE measure='sum_squared_weights'"))
+    # adding a measure computes only that measure; the first is reused, the core is not redone
+    s2 = ScoreSettings(n_samples=200, measures=("sum_squared_weights", "jacobian_norm"))
+    second = score_zoo(tiny_zoo, tmp_path, settings=s2, progress=False).set_index("model_id")
+    with sqlite3.connect(tmp_path / "results.sqlite") as conn:
+        assert dict(conn.execute("SELECT model_id, created FROM results WHERE measure='sum_squared_weights'")) == stamp
+        assert conn.execute("SELECT COUNT(*) FROM results WHERE measure='_complete'").fetchone()[0] == len(first)
+    assert second["jacobian_norm"].notna().all() and (second["seconds.jacobian_norm"] > 0).all()
+    pd.testing.assert_series_equal(first["pvector_angle"], second["pvector_angle"])
+    with pytest.raises(KeyError, match="unknown measure"):
+        score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(measures=("no_such",)), progress=False)
