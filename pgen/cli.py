@@ -284,6 +284,41 @@ def _cmd_measures(args):
         print(list_measures().to_string(index=False))
 
 
+def _add_benchmark(sub):
+    p = sub.add_parser("benchmark", help="compare every generalization measure on one or more zoos",
+                       description="Compute the selected measures (default: all but the optional "
+                                   "WeightWatcher ones) on every model of each zoo, reusing OUT/results.sqlite "
+                                   "(rerunning resumes), then write per zoo a table of Kendall tau vs the gap "
+                                   "and vs test accuracy, Psi, CMI, Spearman, log-log R^2 and median seconds "
+                                   "per model, and a combined HTML/Markdown report with a ranking plot.")
+    p.add_argument("zoos", nargs="+", help="zoo folders or embedded zoo names (digits, mnist5k)")
+    p.add_argument("--out", default="reports/benchmark", help="output folder (default reports/benchmark)")
+    p.add_argument("--measures", default="", help="comma-separated measure names (default: all; `pgen measures`)")
+    p.add_argument("--samples", type=int, default=1000, help="first N training samples per model (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
+    p.set_defaults(func=_cmd_benchmark)
+
+
+def _cmd_benchmark(args):
+    import pandas as pd
+
+    from pgen.benchmark import run_benchmark
+    from pgen.score import ScoreSettings
+
+    measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
+    res = run_benchmark(args.zoos, args.out, measures=measures, settings=ScoreSettings(n_samples=args.samples or None,
+                                                                                       seed=args.seed),
+                        device=args.device, workers=args.workers)
+    cols = ["measure", "tau_gap", "tau_test_acc", "psi_gap", "cmi_gap", "median_seconds"]
+    with pd.option_context("display.width", 200):
+        for name, summary in res["summaries"].items():
+            print(f"\n{name}")
+            print(summary.reindex(columns=cols).round(3).to_string(index=False))
+    print("\nreport: " + ", ".join(str(f) for f in res["files"][:2]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pgen import __version__
 
@@ -300,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_score, _add_report, _add_zoo, _add_pgdl, _add_measures, _add_data, _add_study, _add_pvector]
+_SUBCOMMANDS = [_add_score, _add_report, _add_benchmark, _add_zoo, _add_pgdl, _add_measures, _add_data, _add_study, _add_pvector]
 
 
 def main(argv=None) -> int:

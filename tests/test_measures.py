@@ -1,5 +1,8 @@
 """Each measure against a value computed by hand (numpy, float64) on a tiny network."""
 
+import copy
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -121,8 +124,20 @@ def test_every_registered_measure_runs_on_a_tiny_model(data):
     model, init = tiny_mlp(7), tiny_mlp(8)
     names = list(list_measures()["name"])
     assert len(names) == len(REGISTRY) >= 6
+    images = MeasureData(torch.rand(30, 1, 6, 6, generator=torch.Generator().manual_seed(0)), torch.arange(30) % 3)
+    torch.manual_seed(9)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    cnn0 = copy.deepcopy(cnn)
     for name in names:
-        value = compute_measure(name, model, init, data)
+        if name.startswith("ww_") and importlib.util.find_spec("weightwatcher") is None:
+            continue
+        value = compute_measure(name, cnn, cnn0, images)
+        assert np.isfinite(value), name
+        try:
+            value = compute_measure(name, model, init, data)
+        except MeasureError as exc:
+            assert "image inputs" in str(exc)
+            continue
         assert np.isfinite(value), name
 
 
@@ -133,3 +148,169 @@ def test_cli_lists_measures_with_the_sign_convention(capsys):
     out = capsys.readouterr().out
     assert "sign +1: larger value predicts worse generalization" in out
     assert "kit_sharpness" in out and "-1" in out
+
+
+# --------------------------------------------------------------------- Fantastic-style measures
+
+def _np_margins(model, data):
+    with torch.no_grad():
+        z = model(data.x).double().numpy()
+    y = data.y.numpy()
+    correct = z[np.arange(len(y)), y]
+    z[np.arange(len(y)), y] = -np.inf
+    return correct - z.max(1)
+
+
+def test_norm_and_margin_measures_by_hand(data):
+    model, init = tiny_mlp(10), tiny_mlp(11)
+    w = [model[0].weight.detach().double().numpy(), model[2].weight.detach().double().numpy()]
+    w0 = [init[0].weight.detach().double().numpy(), init[2].weight.detach().double().numpy()]
+    m = _np_margins(model, data)
+    gamma = abs(np.sort(m)[len(m) // 10 - 1])  # the (n//10)-th smallest margin
+    spec = [np.linalg.svd(a, compute_uv=False)[0] ** 2 for a in w]
+    fro = [float((a ** 2).sum()) for a in w]
+    d = 2
+    expected = {
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "inverse_margin": 1 / gamma ** 2,
+        "log_prod_of_spec": np.log(spec).sum(),
+        "log_sum_of_spec": np.log(d) + np.log(spec).sum() / d,
+        "log_prod_of_spec_over_margin": np.log(spec).sum() - 2 * np.log(gamma),
+        "log_sum_of_spec_over_margin": np.log(d) + (np.log(spec).sum() - 2 * np.log(gamma)) / d,
+        "log_prod_of_fro": np.log(fro).sum(),
+        "log_sum_of_fro": np.log(d) + np.log(fro).sum() / d,
+        "log_prod_of_fro_over_margin": np.log(fro).sum() - 2 * np.log(gamma),
+        "log_sum_of_fro_over_margin": np.log(d) + (np.log(fro).sum() - 2 * np.log(gamma)) / d,
+        "param_norm": sum(fro),
+        "dist_fro_init": sum(float(((a - b) ** 2).sum()) for a, b in zip(w, w0)),
+        "dist_spec_init": sum(np.linalg.svd(a - b, compute_uv=False)[0] ** 2 for a, b in zip(w, w0)),
+    }
+    for name, value in expected.items():
+        # margins come from float32 logits
+        rel = 1e-6 if "margin" in name else 1e-9
+        assert compute_measure(name, model, init, data) == pytest.approx(value, rel=rel), name
+
+
+def test_path_norm_by_hand(data):
+    model = tiny_mlp(12)
+    w1, b1, w2, b2 = _np_weights(model)
+    # all-ones input through squared weights; squared entries stay >= 0, so ReLU is the identity
+    expected = ((w2 ** 2) @ ((w1 ** 2) @ np.ones(4) + b1 ** 2) + b2 ** 2).sum()
+    assert compute_measure("path_norm", model, None, data) == pytest.approx(expected, rel=1e-12)
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 3)).eval()
+    with pytest.raises(MeasureError, match="BatchNorm"):
+        compute_measure("path_norm", bn, None, data)
+
+
+def trained(model, data, steps=300):
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.x), data.y).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_flatness_measures_see_weight_scale(data):
+    """A ReLU net with every layer scaled by 10 predicts the same classes but tolerates 10x
+    larger absolute noise: plain PAC-Bayes flatness drops ~100x, the magnitude-aware one barely moves."""
+    model = trained(tiny_mlp(13, hidden=16), data)
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        big[0].weight.mul_(10), big[0].bias.mul_(10), big[2].weight.mul_(10), big[2].bias.mul_(100)
+    s = MeasureSettings(seed=1)
+    small_flat = compute_measure("pacbayes_flatness", model, None, data, s)
+    big_flat = compute_measure("pacbayes_flatness", big, None, data, s)
+    assert big_flat < small_flat / 20
+    mag_small = compute_measure("pacbayes_mag_flatness", model, None, data, s)
+    mag_big = compute_measure("pacbayes_mag_flatness", big, None, data, s)
+    assert 0.2 < mag_big / mag_small < 5
+    sharp = compute_measure("mag_sharpness", model, None, data, s)
+    assert np.isfinite(sharp) and sharp > 0
+    assert compute_measure("mag_sharpness", model, None, data, s) == sharp  # seeded
+
+
+def test_pgdl_winner_measures_by_hand(data):
+    from sklearn.metrics import davies_bouldin_score
+
+    from pgen.measures._util import within_class_mixup
+
+    linear = nn.Sequential(nn.Linear(4, 3)).eval()
+    torch.manual_seed(14)
+    # first layer = the whole (linear) model: d(top1 - top2)/d(logits) = e1 - e2, norm sqrt(2)
+    with torch.no_grad():
+        top = linear(data.x).topk(2, dim=1).values.double().numpy()
+    assert compute_measure("augment_margin", linear, None, data) == pytest.approx(
+        np.mean(top[:, 0] - top[:, 1]) / np.sqrt(2), rel=1e-6)
+
+    model = tiny_mlp(15)
+    with torch.no_grad():
+        feats = model[0](data.x).double().numpy()
+        mixed = within_class_mixup(data.x, data.y, torch.Generator().manual_seed(0))
+        mix_acc = (model(mixed).argmax(1) == data.y).double().mean().item()
+    expected = davies_bouldin_score(feats, data.y.numpy()) * (1 - mix_acc)
+    assert compute_measure("dbi_mixup", model, None, data) == pytest.approx(expected, rel=1e-9)
+
+
+def test_within_class_mixup_keeps_classes():
+    from pgen.measures._util import within_class_mixup
+
+    x = torch.tensor([[0.0], [2.0], [10.0], [20.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    mixed = within_class_mixup(x, y, torch.Generator().manual_seed(3))
+    assert all(float(mixed[i]) in ({0.0, 1.0, 2.0} if y[i] == 0 else {10.0, 15.0, 20.0}) for i in range(4))
+
+
+def test_augmentation_robustness_zero_for_a_constant_model():
+    x = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    data = MeasureData(x, torch.arange(20) % 3)
+    const = nn.Sequential(nn.Flatten(), nn.Linear(192, 3)).eval()
+    with torch.no_grad():
+        const[1].weight.zero_()
+        const[1].bias.copy_(torch.tensor([1.0, 2.0, 0.0]))
+    assert compute_measure("augmentation_robustness", const, None, data) == 0.0
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
+    assert 0 < compute_measure("augmentation_robustness", cnn, None, data) <= 1
+    with pytest.raises(MeasureError, match="image inputs"):
+        compute_measure("augmentation_robustness", tiny_mlp(0), None, MeasureData(torch.zeros(4, 4), torch.zeros(4).long()))
+
+
+def test_label_variation_against_numpy(data):
+    from pgen.measures._util import within_class_mixup
+
+    model = tiny_mlp(16)
+    with torch.no_grad():
+        mixed = within_class_mixup(data.x, data.y, torch.Generator().manual_seed(0))
+        f = model[1](model[0](mixed)).double().numpy()
+    n = len(f)
+    d2 = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    j = d2.argmin(1)
+    s2 = np.median(d2[np.arange(n), j])
+    w = np.zeros((n, n))
+    w[np.arange(n), j] = np.exp(-d2[np.arange(n), j] / s2)
+    w = np.maximum(w, w.T)
+    y = np.eye(data.num_classes)[data.y.numpy()]
+    expected = np.trace(y.T @ (np.diag(w.sum(1)) - w) @ y) / n
+    assert compute_measure("label_variation", model, None, data) == pytest.approx(expected, rel=1e-6)
+
+
+def test_linear_cka_reference_values():
+    """Kornblith et al.'s reference: numpy seed 1337, X = randn(100, 10), Y = randn(100, 10) + X."""
+    from pgen.measures.cka import linear_cka
+
+    np.random.seed(1337)
+    x = np.random.randn(100, 10)
+    y = np.random.randn(100, 10) + x
+    assert linear_cka(x, y) == pytest.approx(0.55761, abs=5e-6)
+    assert linear_cka(x, y, debiased=True) == pytest.approx(0.51346, abs=5e-6)
+    assert linear_cka(x, 3 * x @ np.linalg.qr(np.random.randn(10, 10))[0]) == pytest.approx(1.0)  # rotation, scale
+
+
+def test_weightwatcher_measures_when_installed(data):
+    pytest.importorskip("weightwatcher")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 3)).eval()
+    for name in ("ww_alpha", "ww_log_norm", "ww_log_spectral_norm", "ww_stable_rank"):
+        assert np.isfinite(compute_measure(name, model, None, data)), name

@@ -21,6 +21,20 @@ TARGETS = {"test_acc": "test accuracy", "test_error": "test error", "pseudo_test
            "gap": "generalization gap"}
 
 
+def grid_configs(table: pd.DataFrame, hparam_grid: dict | None) -> dict | None:
+    """The table as a PGDL ``model_configs`` dict (hparams and the accuracies that define
+    ``gap``), or None when the zoo is not an hparam grid or has no gap."""
+    hp_cols = [c for c in table.columns if c.startswith("hp.")]
+    if not hparam_grid or not hp_cols or "gap" not in table.columns:
+        return None
+    train = table["zoo.train_acc"] if "zoo.train_acc" in table.columns else table["train_acc"]
+    test = train - table["gap"]
+    return {m: {"hparams": {h: {"possible_values": hparam_grid[h], "current_value": row.get(f"hp.{h}")}
+                            for h in hparam_grid},
+                "metrics": {"train_acc": float(tr), "test_acc": float(te)}}
+            for m, row, tr, te in zip(table["model_id"], table.to_dict("records"), train, test)}
+
+
 def analyze(table: pd.DataFrame, *, measure: str = MEASURE, hparam_grid: dict | None = None,
             n_boot: int = 1000) -> dict:
     """Correlation table, log-log fits, and Psi / CMI (when a full hparam grid is known)."""
@@ -40,20 +54,15 @@ def analyze(table: pd.DataFrame, *, measure: str = MEASURE, hparam_grid: dict | 
             out["notes"].append(f"log-log fit against {label}: {exc}")
     out["correlations"] = pd.concat(out["correlations"], ignore_index=True) if out["correlations"] else pd.DataFrame()
     hp_cols = [c for c in table.columns if c.startswith("hp.")]
-    if hparam_grid and hp_cols and {"train_acc", "test_acc"} <= set(table.columns):
+    configs = grid_configs(table, hparam_grid)
+    if configs is not None:
         ids = list(table["model_id"])
         scores = dict(zip(ids, table[measure]))
         hps = {m: {c[3:]: v for c, v in row.items()} for m, row in zip(ids, table[hp_cols].to_dict("records"))}
-        gap = dict(zip(ids, table["train_acc"] - table["test_acc"]))
         try:
-            out["psi"] = granulated_kendall(scores, hps, gap)
+            out["psi"] = granulated_kendall(scores, hps, dict(zip(ids, table["gap"])))
         except StatsError as exc:
             out["notes"].append(f"granulated Kendall: {exc}")
-        configs = {
-            m: {"hparams": {h: {"possible_values": hparam_grid[h], "current_value": hps[m][h]} for h in hparam_grid},
-                "metrics": {"train_acc": float(row["train_acc"]), "test_acc": float(row["test_acc"])}}
-            for m, row in zip(ids, table.to_dict("records"))
-        }
         try:
             out["cmi"] = conditional_mutual_information(scores, configs)
         except (StatsError, KeyError) as exc:
@@ -129,7 +138,7 @@ def _fmt(v, digits=4):
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
@@ -175,9 +184,9 @@ def make_report(table: pd.DataFrame, out: str | Path, *, zoo_info: dict | None =
           "## Settings", "", "```", json.dumps(settings or {}, indent=1, default=str), "```", "",
           f"Models scored: {summary['models_scored']}; failed: {summary['models_failed']}.", "",
           "## Correlations", "", "Bootstrap 95% CIs resample models (1000 resamples).", "",
-          _md_table(corr_show) if not corr.empty else "(none)", "",
+          md_table(corr_show) if not corr.empty else "(none)", "",
           "## Log-log fits", "", "OLS of log(target) on log(angle), HC3 robust errors.", "",
-          _md_table(fit_show) if not fits.empty else "(none)", ""]
+          md_table(fit_show) if not fits.empty else "(none)", ""]
     if analysis["psi"] is not None:
         per = ", ".join(f"{k}: {_fmt(v, 3)}" for k, v in analysis["psi"]["per_hparam"].items())
         md += ["## Hparam-grid statistics", "",
@@ -186,9 +195,9 @@ def make_report(table: pd.DataFrame, out: str | Path, *, zoo_info: dict | None =
     if analysis["notes"]:
         md += ["## Notes", ""] + [f"- {n}" for n in analysis["notes"]] + [""]
     md += ["## Plots", ""] + [f"![{t}]({p.name})" for t, p in plots] + [""]
-    md += ["## Models", "", _md_table(shown), ""]
+    md += ["## Models", "", md_table(shown), ""]
     if errors is not None and len(errors):
-        md += ["## Failed models", "", _md_table(errors[["model_id", "error"]]), ""]
+        md += ["## Failed models", "", md_table(errors[["model_id", "error"]]), ""]
     (out / "report.md").write_text("\n".join(md))
 
     def img(p):

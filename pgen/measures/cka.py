@@ -1,0 +1,47 @@
+"""Linear CKA (Kornblith et al. 2019) between the model's penultimate features and the data.
+
+``linear_cka`` is the similarity index itself (plain and debiased); the measure
+``cka_to_data`` compares a model's representation with the raw inputs over the same
+samples, a representation-level counterpart of the P-vector angle: higher similarity to
+the data predicts better generalization (sign -1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pgen.features import extract_features
+from pgen.measures import register
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float:
+    """Linear CKA of two (n, d1), (n, d2) feature matrices, float64."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"linear CKA needs the same samples: {x.shape[0]} vs {y.shape[0]} rows")
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    if not debiased:
+        xy = np.linalg.norm(x.T @ y) ** 2
+        return float(xy / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+    # the unbiased HSIC estimator (Song et al. 2012) on Gram matrices with zeroed diagonals
+    n = x.shape[0]
+
+    def hsic(k, l):
+        k, l = k.copy(), l.copy()
+        np.fill_diagonal(k, 0)
+        np.fill_diagonal(l, 0)
+        return (np.sum(k * l) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * (k.sum(0) @ l.sum(0)) / (n - 2)) / (n * (n - 3))
+
+    kx, ky = x @ x.T, y @ y.T
+    return float(hsic(kx, ky) / np.sqrt(hsic(kx, kx) * hsic(ky, ky)))
+
+
+@register("cka_to_data", sign=-1, family="representation",
+          description="linear CKA between penultimate features and the raw inputs",
+          reference="Kornblith et al., ICML 2019")
+def cka_to_data(model, init_model, data, settings) -> float:
+    f = extract_features(model, (data.x, data.y), layers=settings.layer, batch_size=settings.batch_size,
+                         device=settings.device)[settings.layer]
+    return linear_cka(f, data.x.reshape(len(data.x), -1).numpy())

@@ -1,0 +1,68 @@
+"""Magnitude-aware sharpness (Jiang et al. 2020, eq. 60, "sharpness-mag").
+
+alpha' is the largest relative box |nu_i| <= alpha' |w_i| + eps (eps = 1e-3) in which a
+worst-case perturbation, found by projected gradient ascent on the cross-entropy (10 sign
+steps of alpha'/4 |w|, from a random start in the box), lowers the accuracy on the data by
+at most 0.1; found by bisection. The measure is 1/alpha'^2: sharper models score higher.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from pgen.measures import register
+from pgen.measures._util import accuracy
+
+TARGET_DROP = 0.1
+TOLERANCE = 0.01
+DEPTH = 12
+STEPS = 10
+EPS = 1e-3
+
+
+def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.Generator) -> float:
+    pert = copy.deepcopy(model).to(settings.device)
+    params = list(pert.parameters())
+    originals = [p.detach().clone() for p in params]
+    bounds = [alpha * w.abs() + EPS for w in originals]
+    x, y = data.x.to(settings.device).float(), data.y.to(settings.device)
+    with torch.no_grad():
+        for p, w, b in zip(params, originals, bounds):
+            p.copy_(w + (2 * torch.rand(w.shape, generator=g).to(w.device) - 1) * b)
+    for _ in range(STEPS):
+        pert.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            F.cross_entropy(pert(x[: settings.batch_size * 4]), y[: settings.batch_size * 4]).backward()
+        with torch.no_grad():
+            for p, w, b in zip(params, originals, bounds):
+                if p.grad is not None:
+                    p.add_(p.grad.sign() * b / 4)
+                    p.copy_(torch.minimum(torch.maximum(p, w - b), w + b))
+    return base - accuracy(pert.cpu(), data.x, data.y, settings)
+
+
+@register("mag_sharpness", sign=1, family="flatness",
+          description="1/alpha^2, alpha = relative weight box whose worst case costs 0.1 accuracy (bisection)",
+          reference="Jiang et al., ICLR 2020 (eq. 60)")
+def mag_sharpness(model, init_model, data, settings) -> float:
+    base = accuracy(model, data.x, data.y, settings)
+    g = torch.Generator().manual_seed(settings.seed)
+    lower, upper = 0.0, 1.0
+    for _ in range(10):  # widen until the worst case hurts enough
+        if _worst_case_drop(model, data, settings, upper, base, g) >= TARGET_DROP:
+            break
+        lower, upper = upper, upper * 2
+    alpha = upper
+    for _ in range(DEPTH):
+        alpha = (lower + upper) / 2
+        d = _worst_case_drop(model, data, settings, alpha, base, g)
+        if abs(d - TARGET_DROP) < TOLERANCE:
+            break
+        if d > TARGET_DROP:
+            upper = alpha
+        else:
+            lower = alpha
+    return 1.0 / alpha ** 2

@@ -1,0 +1,46 @@
+"""pgen benchmark end to end on the tiny zoo and a PGDL fixture task."""
+
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import scipy.stats
+
+from pgen.cli import main
+
+PGDL = Path(__file__).parent / "fixtures" / "pgdl"
+
+
+def test_benchmark_end_to_end_and_resume(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["benchmark", str(tiny_zoo), str(PGDL / "task_nin"), "--out", str(out), "--samples", "200",
+            "--measures", "pvector_angle,sum_squared_weights,inverse_margin,mixup_margin"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "tau_gap" in text and "task_nin" in text
+    for name in ("benchmark.html", "benchmark.md", "ranking.png", "summary_tiny.csv", "summary_task_nin.csv",
+                 "models_tiny.csv", "results.sqlite"):
+        assert (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "summary_tiny.csv").set_index("measure")
+    models = pd.read_csv(out / "models_tiny.csv")
+    assert list(summary.index) == ["pvector_angle", "sum_squared_weights", "inverse_margin", "mixup_margin"]
+    # the statistics are those of sign x value, recomputed here with scipy
+    for name, sign in (("sum_squared_weights", 1), ("mixup_margin", -1)):
+        ref = scipy.stats.kendalltau(sign * models[name], models["gap"])[0]
+        assert summary.loc[name, "tau_gap"] == pytest.approx(ref, abs=1e-12)
+        ref = scipy.stats.kendalltau(sign * models[name], models["test_acc"])[0]
+        assert summary.loc[name, "tau_test_acc"] == pytest.approx(ref, abs=1e-12)
+    assert (summary["median_seconds"] > 0).all()
+    html = (out / "benchmark.html").read_text()
+    assert "data:image/png;base64," in html and "tiny" in html
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        before = conn.execute("SELECT COUNT(*), MAX(created) FROM results").fetchone()
+    assert main(args) == 0  # resumes: nothing is recomputed
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*), MAX(created) FROM results").fetchone() == before
+
+
+def test_benchmark_rejects_unknown_measure(tmp_path, capsys):
+    assert main(["benchmark", str(PGDL / "task_nin"), "--out", str(tmp_path), "--measures", "nope"]) == 2
+    assert "unknown measure 'nope'" in capsys.readouterr().err
