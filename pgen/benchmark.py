@@ -120,28 +120,41 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
 
 
 def _ranking_plot(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Two panels, measures ordered by their mean over zoos: Kendall tau vs the gap, and
+    minus tau vs test accuracy (both: higher = ranks models as its authors intended)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def column(s, name, flip=1):
+        col = s.set_index("measure").get(name)
+        return (flip * col) if col is not None else pd.Series(dtype=float)
+
     names = sorted({m for s in summaries.values() for m in s["measure"]})
-    mean_tau = {m: np.nanmean([s.set_index("measure").get("tau_gap", pd.Series(dtype=float)).get(m, np.nan)
-                               for s in summaries.values()] or [np.nan]) for m in names}
-    order = sorted(names, key=lambda m: (-np.nan_to_num(mean_tau[m], nan=-9)))
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(order) + 1.5))
+    panels = [("tau_gap", 1, "Kendall tau(sign x measure, gap)"),
+              ("tau_test_acc", -1, "-Kendall tau(sign x measure, test accuracy)")]
+    def mean_score(m):
+        vals = np.array([column(s, "tau_test_acc", -1).get(m, np.nan) for s in summaries.values()], dtype=float)
+        return float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else np.nan
+
+    score = {m: mean_score(m) for m in names}
+    order = sorted(names, key=lambda m: -np.nan_to_num(score[m], nan=-9))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.26 * len(order) + 1.6), sharey=True)
     height = 0.8 / max(1, len(summaries))
-    for k, (zname, s) in enumerate(summaries.items()):
-        taus = s.set_index("measure").get("tau_gap", pd.Series(dtype=float)).reindex(order)
-        ax.barh(np.arange(len(order)) + k * height, taus.to_numpy(float), height=height, label=zname)
-    ax.set_yticks(np.arange(len(order)) + 0.4 - height / 2)
-    ax.set_yticklabels(order, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("Kendall tau of sign x measure vs generalization gap (higher is better)")
-    ax.legend(fontsize=8)
+    for ax, (col, flip, label) in zip(axes, panels):
+        for k, (zname, s) in enumerate(summaries.items()):
+            vals = column(s, col, flip).reindex(order).to_numpy(float)
+            ax.barh(np.arange(len(order)) + k * height, vals, height=height, label=zname)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(label + "\n(higher is better)", fontsize=9)
+        ax.set_xlim(-1, 1)
+    axes[0].set_yticks(np.arange(len(order)) + 0.4 - height / 2)
+    axes[0].set_yticklabels(order, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -163,8 +176,9 @@ def _write_report(summaries, tables, out: Path, settings: ScoreSettings) -> list
             f"<p>{md[1]}</p>",
             f'<img src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">']
     for zname, s in summaries.items():
-        shown = s.reindex(columns=[c for c in cols if c in s.columns]).sort_values("tau_gap", ascending=False) \
-            if "tau_gap" in s else s
+        shown = s.reindex(columns=[c for c in cols if c in s.columns])
+        if "tau_test_acc" in shown:
+            shown = shown.sort_values("tau_test_acc")  # most negative first: best ranking of test accuracy
         n = len(tables[zname])
         md += [f"\n## {zname} ({n} models)\n", md_table(shown.round(4)), ""]
         html += [f"<h2>{zname} ({n} models)</h2>", shown.round(4).to_html(index=False, na_rep="")]

@@ -344,3 +344,19 @@ def test_score_rejects_incomplete_predictions(tmp_path):
     configs = PGDL / "kit_toy" / "model_configs.json"
     (tmp_path / "p.json").write_text(json.dumps({"model_0": 1.0, "model_1": 2.0}))
     assert main(["pgdl", "score", str(tmp_path / "p.json"), str(configs)]) == 2
+
+
+def test_pgen_score_on_a_task_without_test_data(tmp_path):
+    """PGDL tasks ship train data only: the gap comes from model_configs.json."""
+    import pandas as pd
+
+    out = tmp_path / "score"
+    assert main(["score", str(PGDL / "task_nin"), "--out", str(out), "--samples", "64"]) == 0
+    models = pd.read_csv(out / "models.csv")
+    assert len(models) == 4 and models["pvector_angle"].between(0, 90).all()
+    configs = json.loads((PGDL / "task_nin" / "model_configs.json").read_text())
+    for row in models.itertuples():
+        m = configs[row.model_id.removeprefix("model_")]["metrics"]
+        assert row.gap == pytest.approx(m["train_acc"] - m["test_acc"])
+        assert row.test_acc == pytest.approx(m["test_acc"])
+    assert "PGDL conditional mutual information" in (out / "report.md").read_text()
