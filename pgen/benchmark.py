@@ -87,8 +87,11 @@ def _core_seconds(store: ResultsStore, zoo: Zoo, sdict: dict) -> pd.Series:
 
 def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: list[str] | None = None,
                   settings: ScoreSettings | None = None, device: str = "cpu", workers: int = 1,
-                  progress: bool = True) -> dict:
+                  final_only: bool = True, progress: bool = True) -> dict:
     """Score every measure on every zoo, summarize, and write the report into ``out``.
+
+    With ``final_only`` (the default) intermediate checkpoints are left out, so that every
+    hparam combination is one model and Psi / CMI keep their meaning.
 
     Returns ``{"summaries": {zoo name: DataFrame}, "files": [...]}``.
     """
@@ -104,6 +107,8 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     summaries, tables = {}, {}
     for z in zoos:
         zoo = z if isinstance(z, Zoo) else load_zoo(z, progress=progress)
+        if final_only:
+            zoo = zoo.final_models()
         score_zoo(zoo, out, settings=settings, device=device, workers=workers, progress=progress)
         store = ResultsStore(out / "results.sqlite")
         sdict = {"zoo_root": str(Path(zoo.root).resolve()), **settings.core()}

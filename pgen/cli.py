@@ -298,6 +298,8 @@ def _add_benchmark(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
+    p.add_argument("--with-checkpoints", action="store_true",
+                   help="also score intermediate checkpoints (default: final models only)")
     p.set_defaults(func=_cmd_benchmark)
 
 
@@ -310,7 +312,7 @@ def _cmd_benchmark(args):
     measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
     res = run_benchmark(args.zoos, args.out, measures=measures, settings=ScoreSettings(n_samples=args.samples or None,
                                                                                        seed=args.seed),
-                        device=args.device, workers=args.workers)
+                        device=args.device, workers=args.workers, final_only=not args.with_checkpoints)
     cols = ["measure", "tau_gap", "tau_test_acc", "psi_gap", "cmi_gap", "median_seconds"]
     with pd.option_context("display.width", 200):
         for name, summary in res["summaries"].items():

@@ -243,6 +243,7 @@ def results_table(store: ResultsStore, zoo: Zoo, sdict: dict) -> pd.DataFrame:
     if not extra.empty:
         wide = wide.merge(extra, on="model_id", how="left")
     meta = zoo.to_frame()
+    wide = wide[wide["model_id"].isin(meta["model_id"])]  # a view (e.g. final models only) shows only its models
     recorded = [c for c in meta.columns if c not in ("model_id",) and not c.startswith("hp.")]
     meta = meta.rename(columns={c: f"zoo.{c}" for c in recorded})
     table = meta.merge(wide, on="model_id", how="right")

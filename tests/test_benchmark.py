@@ -44,3 +44,12 @@ def test_benchmark_end_to_end_and_resume(tiny_zoo, tmp_path, capsys):
 def test_benchmark_rejects_unknown_measure(tmp_path, capsys):
     assert main(["benchmark", str(PGDL / "task_nin"), "--out", str(tmp_path), "--measures", "nope"]) == 2
     assert "unknown measure 'nope'" in capsys.readouterr().err
+
+
+def test_final_models_view_drops_checkpoints(tiny_zoo):
+    from pgen.zoo import load_zoo
+
+    zoo = load_zoo(tiny_zoo)
+    finals = zoo.final_models()
+    assert 0 < len(finals) < len(zoo)
+    assert all("@" not in e.id for e in finals) and len(zoo) == 12  # the full zoo is untouched

@@ -106,6 +106,15 @@ class Zoo(ABC):
                 return e
         raise KeyError(f"zoo {self.name} has no model {key!r}")
 
+    def final_models(self) -> Zoo:
+        """A view of this zoo without intermediate checkpoints (entries whose ``extra``
+        says ``final: False``); zoos without checkpoints come back unchanged."""
+        import copy
+
+        view = copy.copy(self)
+        view._cache = [e for e in self.entries if e.extra.get("final", True)]
+        return view
+
     def hparam_grid(self) -> dict[str, list] | None:
         """``{hparam: possible values}`` when the zoo is a full grid (PGDL style), else None."""
         return None
