@@ -314,3 +314,12 @@ def test_weightwatcher_measures_when_installed(data):
     model = nn.Sequential(nn.Linear(4, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 3)).eval()
     for name in ("ww_alpha", "ww_log_norm", "ww_log_spectral_norm", "ww_stable_rank"):
         assert np.isfinite(compute_measure(name, model, None, data)), name
+
+
+def test_non_finite_value_is_an_error(data, monkeypatch):
+    from pgen.measures import Measure
+
+    list_measures()  # load the registry before patching it
+    monkeypatch.setitem(REGISTRY, "always_nan", Measure("always_nan", lambda *a: float("nan"), "test", 1))
+    with pytest.raises(MeasureError, match="always_nan returned nan"):
+        compute_measure("always_nan", tiny_mlp(0), None, data)

@@ -19,7 +19,7 @@ from pgen.cli import main
 from pgen.zoo import ZooError, load_zoo
 from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
 from pgen.zoo.pgdl import PGDLZoo, read_tfrecord_dataset
-from pgen.zoo.tfrecord import (TFRecordError, _crc32c_python, crc32c, iter_records, masked_crc32c,
+from pgen.zoo.tfrecord import (TFRecordError, _crc32c_python, crc32c, index_records, iter_records, masked_crc32c,
                                parse_example, parse_tensor)
 
 PGDL = Path(__file__).parent / "fixtures" / "pgdl"
@@ -108,6 +108,10 @@ def test_corrupted_and_truncated_shards_name_the_file(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ZooError, match=r"shard_0\.tfrecord.*bad data CRC in record 1"):
         read_tfrecord_dataset(bad.parent)
+    assert len(index_records(src)) == 32
+    with pytest.raises(TFRecordError, match="bad data CRC in record 1"):
+        index_records(bad)
+    assert len(index_records(bad, check_payload=False)) == 32  # framing intact, payload not checked
     cut = tmp_path / "cut" / "shard_0.tfrecord"
     cut.parent.mkdir()
     cut.write_bytes(src.read_bytes()[:-100])

@@ -18,7 +18,7 @@ tau against the gap is positive when a measure works the way its authors meant.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,11 +131,7 @@ def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, d
     if init_model is not None:
         init_model.eval()
     value = float(m.fn(model, init_model, data, settings))
+    if not math.isfinite(value):
+        raise MeasureError(f"measure {name} returned {value} for this model")
     return value
 
-
-def timed(name: str, model, init_model, data, settings=None) -> tuple[float, float]:
-    """``(value, seconds)`` of one measure."""
-    t = time.perf_counter()
-    value = compute_measure(name, model, init_model, data, settings)
-    return value, time.perf_counter() - t
