@@ -297,6 +297,15 @@ def test_hdf5_that_does_not_match_config_names_file_and_model(tmp_path):
         load_keras_weights(build_keras_model(nin), tmp_path / "empty.h5")
 
 
+def test_model_folder_linked_out_of_the_task_is_refused(tmp_path):
+    task = tmp_path / "task"
+    shutil.copytree(PGDL / "task_nin", task)
+    shutil.move(task / "model_3", tmp_path / "outside")
+    (task / "model_3").symlink_to(tmp_path / "outside")
+    with pytest.raises(ZooError, match="escapes the zoo folder"):
+        load_zoo(task).entries
+
+
 def test_input_data_reference_data_layout(tmp_path):
     root = tmp_path / "public_data"
     shutil.copytree(PGDL / "task_nin", root / "input_data" / "task_nin",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
 from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
 from pgen.zoo.tfrecord import TFRecordError, iter_records, parse_example, parse_tensor
 
@@ -120,6 +120,7 @@ class PGDLZoo(Zoo):
         for d in _model_dirs(self.root):
             if not (d / "config.json").is_file():
                 continue
+            safe_join(self.root, d.name, what=f"model folder {d.name}")  # a symlink out of the task is refused
             cfg = self._config_for(d.name)
             hp = {k: v.get("current_value") if isinstance(v, dict) else v for k, v in cfg.get("hparams", {}).items()}
             entries.append(ZooEntry(d.name, hp, dict(cfg.get("metrics", {})), self, {"dir": d}))
