@@ -247,8 +247,9 @@ def results_table(store: ResultsStore, zoo: Zoo, sdict: dict) -> pd.DataFrame:
     recorded = [c for c in meta.columns if c not in ("model_id",) and not c.startswith("hp.")]
     meta = meta.rename(columns={c: f"zoo.{c}" for c in recorded})
     table = meta.merge(wide, on="model_id", how="right")
-    # PGDL tasks ship no test data: their recorded metrics are the ground truth the
-    # competition used. Recorded metrics define the gap whenever the zoo has both.
+    # The gap uses the zoo's recorded metrics whenever it has both: a recorded train
+    # accuracy is measured on the labels the model was trained on (a subset, possibly
+    # noisy), pgen's on the whole clean split; and PGDL tasks ship no test data at all.
     if "test_acc" not in table.columns and "zoo.test_acc" in table.columns:
         table["test_acc"] = table["zoo.test_acc"]
     if {"zoo.train_acc", "zoo.test_acc"} <= set(table.columns):

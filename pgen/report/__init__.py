@@ -171,7 +171,8 @@ def make_report(table: pd.DataFrame, out: str | Path, *, zoo_info: dict | None =
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
-    per_model_cols = [c for c in ["model_id", measure, "pvector_gap", "train_acc", "test_acc", "pseudo_test_acc", "gap"]
+    per_model_cols = [c for c in ["model_id", measure, "pvector_gap", "train_acc", "zoo.train_acc", "test_acc",
+                                  "pseudo_test_acc", "gap"]
                       if c in table.columns] + [c for c in table.columns if c.startswith("hp.")]
     shown = table[per_model_cols].sort_values(measure)
     corr_show = corr[["target", "method", "value", "p_value", "ci_low", "ci_high", "n"]] if not corr.empty else corr
@@ -195,7 +196,10 @@ def make_report(table: pd.DataFrame, out: str | Path, *, zoo_info: dict | None =
     if analysis["notes"]:
         md += ["## Notes", ""] + [f"- {n}" for n in analysis["notes"]] + [""]
     md += ["## Plots", ""] + [f"![{t}]({p.name})" for t, p in plots] + [""]
-    md += ["## Models", "", md_table(shown), ""]
+    gap_note = ("`train_acc` is pgen's, on the whole scored split; `zoo.train_acc` is the zoo's record, on the "
+                "labels the model was trained on; `gap` = recorded train accuracy - test accuracy."
+                if "zoo.train_acc" in shown.columns else "")
+    md += ["## Models", "", gap_note, "", md_table(shown), ""]
     if errors is not None and len(errors):
         md += ["## Failed models", "", md_table(errors[["model_id", "error"]]), ""]
     (out / "report.md").write_text("\n".join(md))
@@ -220,7 +224,7 @@ def make_report(table: pd.DataFrame, out: str | Path, *, zoo_info: dict | None =
     if analysis["notes"]:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in analysis["notes"]) + "</ul>")
     parts.append("<h2>Plots</h2>" + "".join(img(p) for _, p in plots))
-    parts.append("<h2>Models</h2>" + shown.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+    parts.append("<h2>Models</h2>" + (f"<p>{gap_note}</p>" if gap_note else "") + shown.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
     if errors is not None and len(errors):
         parts.append("<h2>Failed models</h2>" + errors[["model_id", "error"]].to_html(index=False))
     parts.append("</body></html>")
