@@ -308,6 +308,25 @@ def test_linear_cka_reference_values():
     assert linear_cka(x, 3 * x @ np.linalg.qr(np.random.randn(10, 10))[0]) == pytest.approx(1.0)  # rotation, scale
 
 
+def test_cka_measures_against_the_reference_formula(data):
+    from pgen.measures.cka import linear_cka
+
+    model, init = tiny_mlp(17, hidden=8), tiny_mlp(18, hidden=8)
+    with torch.no_grad():
+        f = model[1](model[0](data.x)).double().numpy()
+        f0 = init[1](init[0](data.x)).double().numpy()
+    x = data.x.double().numpy()
+
+    def cka(a, b):  # Kornblith et al., eq. for linear CKA with centered features
+        a, b = a - a.mean(0), b - b.mean(0)
+        return np.linalg.norm(a.T @ b) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+    assert compute_measure("cka_to_data", model, None, data) == pytest.approx(cka(f, x), rel=1e-5)
+    assert compute_measure("cka_to_init", model, init, data) == pytest.approx(cka(f, f0), rel=1e-5)
+    assert compute_measure("cka_to_init", model, model, data) == pytest.approx(1.0, rel=1e-9)
+    assert linear_cka(f, x) == pytest.approx(cka(f, x), rel=1e-12)
+
+
 def test_weightwatcher_measures_when_installed(data):
     pytest.importorskip("weightwatcher")
     torch.manual_seed(0)

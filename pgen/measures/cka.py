@@ -1,9 +1,14 @@
-"""Linear CKA (Kornblith et al. 2019) between the model's penultimate features and the data.
+"""Linear CKA (Kornblith et al. 2019) of the model's penultimate features to a reference.
 
-``linear_cka`` is the similarity index itself (plain and debiased); the measure
-``cka_to_data`` compares a model's representation with the raw inputs over the same
-samples, a representation-level counterpart of the P-vector angle: higher similarity to
-the data predicts better generalization (sign -1).
+``linear_cka`` is the similarity index itself (plain and debiased), for any pair of
+feature matrices over the same samples (e.g. a model and a reference model of your
+choice). Two registered measures use references every zoo has:
+
+* ``cka_to_data``: the raw inputs, a representation-level counterpart of the P-vector
+  angle; higher similarity to the data predicts better generalization (sign -1);
+* ``cka_to_init``: the same architecture at its initial weights (same layer); a
+  representation that stayed close to its initialization predicts a smaller gap, as a
+  small distance from init does (sign -1).
 """
 
 from __future__ import annotations
@@ -45,3 +50,14 @@ def cka_to_data(model, init_model, data, settings) -> float:
     f = extract_features(model, (data.x, data.y), layers=settings.layer, batch_size=settings.batch_size,
                          device=settings.device)[settings.layer]
     return linear_cka(f, data.x.reshape(len(data.x), -1).numpy())
+
+
+@register("cka_to_init", sign=-1, needs_init=True, family="representation",
+          description="linear CKA between penultimate features of the model and of its initialization",
+          reference="Kornblith et al., ICML 2019")
+def cka_to_init(model, init_model, data, settings) -> float:
+    def feats(m):
+        return extract_features(m, (data.x, data.y), layers=settings.layer, batch_size=settings.batch_size,
+                                device=settings.device)[settings.layer]
+
+    return linear_cka(feats(model), feats(init_model))
