@@ -233,6 +233,18 @@ _MAX_CANCELLATION = 10.0  # raw / centered energy up to which Lanczos centres im
 _RITZ_VALUE_RTOL = 1e-4  # Lanczos residual (relative to sigma1^2) for sigma2..sigma_k
 
 
+def _top_eigenpairs(g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenvalues (descending) and the top eigenvector of a symmetric matrix.
+
+    LAPACK's MRRR driver (dsyevr) computes only the requested pairs: 3-5x faster than a
+    full ``eigh`` at d = 512-2048 (tridiagonalization stays, the back-transformation of
+    the other d - k vectors goes), with the same backward stability.
+    """
+    d = g.shape[0]
+    w, vecs = scipy.linalg.eigh(g, subset_by_index=[d - k, d - 1], driver="evr", check_finite=False)
+    return w[::-1], vecs[:, -1]
+
+
 def _gram(x: np.ndarray, center: bool, k: int):
     """Float64 Gram matrix of the smaller side and a dense symmetric eigensolver.
 
@@ -257,8 +269,7 @@ def _gram(x: np.ndarray, center: bool, k: int):
         for a, b in bounds:
             blk = centered64(x[a:b])
             g += blk.T @ blk
-        w, vecs = np.linalg.eigh(g)
-        v1 = vecs[:, -1]
+        w, v1 = _top_eigenpairs(g, k)
         u = np.empty(n)
         for a, b in bounds:
             u[a:b] = centered64(x[a:b]) @ v1
@@ -274,13 +285,12 @@ def _gram(x: np.ndarray, center: bool, k: int):
 
         for _, cols in column_blocks():
             g += cols @ cols.T
-        w, vecs = np.linalg.eigh(g)
-        u = vecs[:, -1]
+        w, u = _top_eigenpairs(g, k)
         v1 = np.zeros(d)
         for c, cols in column_blocks():
             v1[c : c + cols.shape[1]] = cols.T @ u
     total = float(np.trace(g))
-    s = np.sqrt(np.clip(w[::-1][:k], 0.0, None))
+    s = np.sqrt(np.clip(w[:k], 0.0, None))
     return u, s, total, v1
 
 
@@ -776,11 +786,15 @@ class StreamingPVector:
             # X^T X = S^T S + s c^T + c s^T + n s s^T, with S the shifted rows, c = colsum.
             g = g + torch.outer(shift, colsum) + torch.outer(colsum, shift) + self.n * torch.outer(shift, shift)
             offset = torch.zeros_like(shift)
-        w_t, v_t = torch.linalg.eigh((g + g.T) / 2)
-        v1_t = v_t[:, -1]
-        shift_dot = float(offset @ v1_t)
+        g = (g + g.T) / 2
+        if g.is_cuda:  # stays on the device that holds the features
+            w_t, v_t = torch.linalg.eigh(g)
+            w, v1_t = w_t.flip(0).cpu().numpy(), v_t[:, -1]
+        else:
+            w, v1 = _top_eigenpairs(g.numpy(), k)
+            v1_t = torch.from_numpy(np.ascontiguousarray(v1))
+        shift_dot = float(offset.to(v1_t.device) @ v1_t)
         total = float(torch.trace(g))
-        w = w_t.flip(0).cpu().numpy()
         v1 = v1_t.cpu().numpy()
         if self._spill is None:  # second pass chunk by chunk, where the features live
             u = torch.cat([chunk.to(torch.float64) @ v1_t.to(chunk.device) for chunk in self._chunks])
