@@ -118,10 +118,10 @@ def test_pseudo_test_set_is_deterministic_and_label_preserving():
 
 
 def test_workers_give_the_same_results(tiny_zoo, tmp_path):
-    s = ScoreSettings(n_samples=200)
+    s = ScoreSettings(n_samples=200, measures=("sum_squared_weights", "inverse_margin"))
     one = score_zoo(tiny_zoo, tmp_path / "one", settings=s, progress=False).set_index("model_id").sort_index()
     two = score_zoo(tiny_zoo, tmp_path / "two", settings=s, progress=False, workers=2).set_index("model_id").sort_index()
-    cols = ["pvector_angle", "train_acc", "test_acc", "pseudo_test_acc"]
+    cols = ["pvector_angle", "train_acc", "test_acc", "pseudo_test_acc", "sum_squared_weights", "inverse_margin"]
     pd.testing.assert_frame_equal(one[cols], two[cols], atol=1e-6)
 
 
