@@ -356,7 +356,8 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, FileNotFoundError, RuntimeError, KeyError, ZooError) as exc:
-        print(f"pgen {args.command}: error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"pgen {args.command}: error: {message}", file=sys.stderr)
         return 2
     return int(result or 0)
 
