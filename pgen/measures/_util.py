@@ -107,3 +107,29 @@ def first_layer(model: nn.Module) -> nn.Module:
 def require_images(data, name: str) -> None:
     if data.x.dim() != 4:
         raise MeasureError(f"{name} needs image inputs (N, C, H, W); got shape {tuple(data.x.shape)}")
+
+
+def bisect_scale(drop, *, target: float, tolerance: float, depth: int, upper: float = 1.0,
+                 max_doublings: int = 10) -> float:
+    """The perturbation scale whose accuracy ``drop(scale)`` is ``target`` (+- tolerance).
+
+    Doubles ``upper`` (at most ``max_doublings`` times) until the drop reaches the target,
+    then bisects at most ``depth`` times; returns the last midpoint (or the bracket's top
+    when the target was never reached). Shared by the flatness and sharpness measures.
+    """
+    lower = 0.0
+    for _ in range(max_doublings):
+        if drop(upper) >= target:
+            break
+        lower, upper = upper, upper * 2
+    scale = upper
+    for _ in range(depth):
+        scale = (lower + upper) / 2
+        d = drop(scale)
+        if abs(d - target) < tolerance:
+            break
+        if d > target:
+            upper = scale
+        else:
+            lower = scale
+    return scale

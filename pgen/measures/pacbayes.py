@@ -17,7 +17,7 @@ import copy
 import torch
 
 from pgen.measures import register
-from pgen.measures._util import accuracy
+from pgen.measures._util import accuracy, bisect_scale
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
@@ -44,23 +44,7 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
             accs.append(accuracy(noisy, data.x, data.y, settings))
         return base - sum(accs) / len(accs)
 
-    # grow the bracket until the noise hurts enough (at most 2^10 x the start)
-    lower = 0.0
-    for _ in range(10):
-        if drop(upper) >= TARGET_DROP:
-            break
-        lower, upper = upper, upper * 2
-    sigma = upper
-    for _ in range(DEPTH):
-        sigma = (lower + upper) / 2
-        d = drop(sigma)
-        if abs(d - TARGET_DROP) < TOLERANCE:
-            break
-        if d > TARGET_DROP:
-            upper = sigma
-        else:
-            lower = sigma
-    return sigma
+    return bisect_scale(drop, target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, upper=upper)
 
 
 @register("pacbayes_flatness", sign=1, family="flatness",

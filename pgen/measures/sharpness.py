@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pgen.measures import register
-from pgen.measures._util import accuracy
+from pgen.measures._util import accuracy, bisect_scale
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
@@ -51,19 +51,6 @@ def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.
 def mag_sharpness(model, init_model, data, settings) -> float:
     base = accuracy(model, data.x, data.y, settings)
     g = torch.Generator().manual_seed(settings.seed)
-    lower, upper = 0.0, 1.0
-    for _ in range(10):  # widen until the worst case hurts enough
-        if _worst_case_drop(model, data, settings, upper, base, g) >= TARGET_DROP:
-            break
-        lower, upper = upper, upper * 2
-    alpha = upper
-    for _ in range(DEPTH):
-        alpha = (lower + upper) / 2
-        d = _worst_case_drop(model, data, settings, alpha, base, g)
-        if abs(d - TARGET_DROP) < TOLERANCE:
-            break
-        if d > TARGET_DROP:
-            upper = alpha
-        else:
-            lower = alpha
+    alpha = bisect_scale(lambda a: _worst_case_drop(model, data, settings, a, base, g),
+                         target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH)
     return 1.0 / alpha ** 2
