@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from pgen.zoo import load_zoo
 from pgen.zoo.pgdl import read_tfrecord_dataset
-from pgen.zoo.tfrecord import crc32c, masked_crc32c
+from pgen.zoo.tfrecord import crc32c, write_pgdl_shard
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pgdl"
 
@@ -45,35 +44,9 @@ def fidelity() -> None:
     print(f"worst: {worst:.2e} (requirement 1e-4)\n")
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def _field(num: int, payload: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _tensor(dtype: int, shape, content: bytes) -> bytes:
-    dims = b"".join(_field(2, b"\x08" + _varint(s)) for s in shape)
-    return b"\x08" + _varint(dtype) + _field(2, dims) + _field(4, content)
-
-
 def _write_shard(path: Path, n: int) -> None:
     rng = np.random.default_rng(0)
-    with path.open("wb") as fh:
-        for i in range(n):
-            x = rng.random((32, 32, 3), dtype=np.float32)
-            feats = {"inputs": _tensor(1, [32, 32, 3], x.tobytes()),
-                     "output": _tensor(3, [], struct.pack("<i", i % 10))}
-            ex = _field(1, b"".join(_field(1, _field(1, k.encode()) + _field(2, _field(1, _field(1, v))))
-                                    for k, v in feats.items()))
-            header = struct.pack("<Q", len(ex))
-            fh.write(header + struct.pack("<I", masked_crc32c(header)) + ex + struct.pack("<I", masked_crc32c(ex)))
+    write_pgdl_shard(path, (rng.random((32, 32, 3), dtype=np.float32) for _ in range(n)), (i % 10 for i in range(n)))
 
 
 def reading(records: int) -> None:

@@ -7,7 +7,6 @@ and numpy re-implementations of TensorFlow's padding rules.
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import h5py
@@ -19,8 +18,8 @@ from pgen.cli import main
 from pgen.zoo import ZooError, load_zoo
 from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
 from pgen.zoo.pgdl import PGDLZoo, read_tfrecord_dataset
-from pgen.zoo.tfrecord import (TFRecordError, _crc32c_python, crc32c, index_records, iter_records, masked_crc32c,
-                               parse_example, parse_tensor)
+from pgen.zoo.tfrecord import (TFRecordError, _crc32c_python, crc32c, frame_record, index_records, iter_records,
+                               parse_example, parse_tensor, write_pgdl_shard)
 
 PGDL = Path(__file__).parent / "fixtures" / "pgdl"
 KERAS_TASKS = ["task_vgg_like", "task_nin", "task_fullconv_bn"]
@@ -61,11 +60,6 @@ def _example(features: dict[str, bytes]) -> bytes:
     return _field(1, entries)
 
 
-def _record(payload: bytes) -> bytes:
-    header = struct.pack("<Q", len(payload))
-    return header + struct.pack("<I", masked_crc32c(header)) + payload + struct.pack("<I", masked_crc32c(payload))
-
-
 # --------------------------------------------------------------------- TFRecord
 
 def test_crc32c_known_value_and_fallback():
@@ -83,6 +77,16 @@ def test_shards_read_in_reference_order(task):
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), ref_x)  # NCHW out, same values
     np.testing.assert_array_equal(y.numpy(), ref_y)
+
+
+@pytest.mark.parametrize("task", KERAS_TASKS)
+def test_writer_reproduces_tensorflow_shards_byte_for_byte(task, tmp_path):
+    x = np.load(PGDL / task / "reference_inputs_in_shard_order.npy")
+    y = np.load(PGDL / task / "reference_labels_in_shard_order.npy")
+    for k in range(3):  # 32 records per shard
+        path = tmp_path / f"shard_{k}.tfrecord"
+        write_pgdl_shard(path, x[32 * k:32 * (k + 1)], y[32 * k:32 * (k + 1)])
+        assert path.read_bytes() == (PGDL / task / "dataset_1" / "train" / f"shard_{k}.tfrecord").read_bytes()
 
 
 def test_tensor_proto_value_fields_and_example_roundtrip():
@@ -151,7 +155,7 @@ def test_fuzz_reader_only_raises_its_own_error(tmp_path):
             body = bytes(body[: int(rng.integers(1, len(body) + 1))])
         else:
             body = rng.bytes(int(rng.integers(1, 120)))
-        path.write_bytes(_record(body))
+        path.write_bytes(frame_record(body))
         try:
             for rec in iter_records(path):
                 ex = parse_example(rec)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["TFRecordError", "crc32c", "masked_crc32c", "iter_records", "index_records",
-           "parse_example", "parse_tensor"]
+           "parse_example", "parse_tensor", "serialize_tensor", "serialize_example", "frame_record",
+           "write_pgdl_shard"]
 
 
 class TFRecordError(ValueError):
@@ -295,3 +296,56 @@ def parse_tensor(data: bytes) -> np.ndarray:
     if len(vals) != count:
         raise TFRecordError(f"tensor holds {len(vals)} values; shape {shape} needs {count}")
     return vals.astype(_DTYPES[dtype_code]).reshape(shape)
+
+
+# --- writing (PGDL-style shards: for tests, benchmarks and users who build tasks) --------
+
+def _encode_varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+_CODES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.uint8): 4,
+          np.dtype(np.int64): 9}
+
+
+def serialize_tensor(array) -> bytes:
+    """A TensorProto with ``tensor_content``, as ``tf.io.serialize_tensor`` writes it."""
+    a = np.asarray(array)  # (np.ascontiguousarray would turn a scalar into shape (1,))
+    if a.dtype not in _CODES:
+        raise TFRecordError(f"cannot serialize dtype {a.dtype} (supported: {sorted(str(d) for d in _CODES)})")
+    dims = b"".join(_length_delimited(2, b"\x08" + _encode_varint(s)) for s in a.shape)
+    return (b"\x08" + _encode_varint(_CODES[a.dtype]) + _length_delimited(2, dims)
+            + _length_delimited(4, a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(order="C")))
+
+
+def serialize_example(features: dict[str, bytes]) -> bytes:
+    """A ``tf.train.Example`` whose features each hold one bytes value."""
+    entries = b"".join(
+        _length_delimited(1, _length_delimited(1, k.encode()) + _length_delimited(2, _length_delimited(1, _length_delimited(1, v))))
+        for k, v in features.items())
+    return _length_delimited(1, entries)
+
+
+def frame_record(payload: bytes) -> bytes:
+    """One TFRecord: length, its masked CRC, the payload, its masked CRC."""
+    header = struct.pack("<Q", len(payload))
+    return header + struct.pack("<I", masked_crc32c(header)) + payload + struct.pack("<I", masked_crc32c(payload))
+
+
+def write_pgdl_shard(path: str | Path, inputs, labels) -> None:
+    """A PGDL shard: one record per sample, ``inputs`` (HWC float32) and ``output`` (int32)."""
+    with Path(path).open("wb") as fh:
+        for x, y in zip(inputs, labels):
+            # TensorFlow writes "output" first; keeping its order makes shards byte-identical.
+            example = serialize_example({"output": serialize_tensor(np.asarray(y, dtype=np.int32)),
+                                         "inputs": serialize_tensor(np.asarray(x, dtype=np.float32))})
+            fh.write(frame_record(example))
