@@ -197,9 +197,54 @@ def test_path_norm_by_hand(data):
     # all-ones input through squared weights; squared entries stay >= 0, so ReLU is the identity
     expected = ((w2 ** 2) @ ((w1 ** 2) @ np.ones(4) + b1 ** 2) + b2 ** 2).sum()
     assert compute_measure("path_norm", model, None, data) == pytest.approx(expected, rel=1e-12)
-    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 3)).eval()
+    # a BatchNorm after a Linear folds into it: path norm of the folded network by hand
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 3)).eval()
+    with torch.no_grad():
+        bn[1].running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn[1].running_var.copy_(torch.tensor([2.0, 0.5, 1.5]))
+        bn[1].weight.copy_(torch.tensor([1.5, -0.7, 0.3]))
+        bn[1].bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    w1, b1, gamma, beta, w2, b2 = [p.detach().double().numpy() for p in bn.parameters()]
+    a = gamma / np.sqrt(bn[1].running_var.double().numpy() + bn[1].eps)
+    fw1, fb1 = a[:, None] * w1, a * b1 + beta - a * bn[1].running_mean.double().numpy()
+    expected = ((w2 ** 2) @ ((fw1 ** 2) @ np.ones(4) + fb1 ** 2) + b2 ** 2).sum()
+    assert compute_measure("path_norm", bn, None, data) == pytest.approx(expected, rel=1e-12)
+    after_relu = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.Linear(3, 3)).eval()
     with pytest.raises(MeasureError, match="BatchNorm"):
-        compute_measure("path_norm", bn, None, data)
+        compute_measure("path_norm", after_relu, None, data)
+
+
+def test_fold_batchnorm_keeps_outputs_and_feeds_the_norms():
+    from pathlib import Path
+
+    from pgen.measures._util import fold_batchnorm, has_batchnorm
+    from pgen.zoo import load_zoo
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 36, 5), nn.BatchNorm1d(5)).eval()
+    for bn in (net[1], net[5]):
+        with torch.no_grad():
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-2, 2)
+    x = torch.randn(7, 3, 8, 8)
+    folded = fold_batchnorm(net)
+    assert not has_batchnorm(folded) and has_batchnorm(net)  # the original is untouched
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+    # the ported Keras Conv2D(use_bias=False) + BatchNormalization task: same logits as Keras
+    task = Path(__file__).parent / "fixtures" / "pgdl" / "task_fullconv_bn"
+    zoo = load_zoo(task)
+    xs, ys = zoo.dataset("train").tensors
+    model = zoo.entries[0].load_model()
+    ref = np.load(task / "model_0" / "reference_logits.npy")
+    with torch.no_grad():
+        out = fold_batchnorm(model)(xs).numpy()
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    # norm measures see the folded weights
+    w = [m.weight.detach().reshape(m.weight.shape[0], -1).numpy()
+         for m in fold_batchnorm(model, torch.float64).modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    expected = sum(np.log(np.linalg.svd(a, compute_uv=False)[0] ** 2) for a in w)
+    value = compute_measure("log_prod_of_spec", model, None, MeasureData(xs, ys, num_classes=10))
+    assert value == pytest.approx(expected, rel=1e-9)
 
 
 def trained(model, data, steps=300):

@@ -37,8 +37,11 @@ def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
     """Each layer's kernel as a float64 matrix (out, in * kh * kw), biases excluded.
 
     Conv kernels are reshaped, as Jiang et al. (2020) do (an approximation of the
-    convolution's operator norm, Yoshida & Miyato 2017).
+    convolution's operator norm, Yoshida & Miyato 2017), after folding BatchNorm layers
+    into the weights before them (:func:`fold_batchnorm`).
     """
+    if has_batchnorm(model):
+        model = fold_batchnorm(model, torch.float64)
     mats = [m.weight.detach().double().reshape(m.weight.shape[0], -1) for _, m in weight_layers(model)]
     if not mats:
         raise MeasureError("the model has no Conv or Linear layer")
@@ -133,3 +136,66 @@ def bisect_scale(drop, *, target: float, tolerance: float, depth: int, upper: fl
         else:
             lower = scale
     return scale
+
+
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Inference-mode BatchNorm as ``y = a * x + b`` per channel (float64), or None."""
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
+        gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_mean, dtype=torch.float64)
+        beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(bn.running_mean, dtype=torch.float64)
+        a = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+        return a, beta - a * bn.running_mean.double()
+    if type(bn).__name__ == "BatchNormalization" and hasattr(bn, "moving_mean"):  # pgen's Keras port
+        a = torch.rsqrt(bn.moving_variance.double() + bn.epsilon)
+        if bn.gamma is not None:
+            a = a * bn.gamma.detach().double()
+        b = -a * bn.moving_mean.double()
+        if bn.beta is not None:
+            b = b + bn.beta.detach().double()
+        return a, b
+    return None
+
+
+def _linear_core(layer: nn.Module) -> nn.Module | None:
+    """The Conv/Linear a BatchNorm right after ``layer`` can fold into (none if an activation sits between)."""
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        return layer
+    inner = getattr(layer, "conv", None) or getattr(layer, "linear", None)  # pgen's Keras Conv2D / Dense
+    if isinstance(inner, (nn.Conv2d, nn.Linear)) and getattr(layer, "act", "missing") is None:
+        return inner
+    return None
+
+
+def fold_batchnorm(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm that directly follows a Conv/Linear inside a
+    Sequential folded into that layer's weight and bias (as Jiang et al. 2020 do before
+    norm measures). Inference outputs are unchanged; BatchNorms that cannot be folded
+    (after an activation, or in a non-sequential block) stay. With ``dtype`` the copy is
+    converted first (float64 keeps the folding exact for the measures)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    if dtype is not None:
+        model = model.to(dtype)
+    for container in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(container._modules)
+        for prev, name in zip(names, names[1:]):
+            core = _linear_core(container._modules[prev])
+            affine = _bn_affine(container._modules[name])
+            if core is None or affine is None:
+                continue
+            a, b = affine
+            if a.numel() != core.weight.shape[0]:
+                continue
+            with torch.no_grad():
+                w = core.weight.double() * a.view(-1, *([1] * (core.weight.dim() - 1)))
+                bias = core.bias.double() if core.bias is not None else torch.zeros_like(a)
+                core.weight.copy_(w.to(core.weight.dtype))
+                core.bias = nn.Parameter((a * bias + b).to(core.weight.dtype))
+            container._modules[name] = nn.Identity()
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__ == "BatchNormalization"
+               for m in model.modules())

@@ -1,30 +1,26 @@
 """Path norm (Neyshabur et al. 2015; Jiang et al. 2020, eq. 44).
 
 The sum over all input-output paths of the product of squared weights: square every
-parameter, feed an all-ones input, sum the outputs. Defined for networks without
-BatchNorm (a running-statistics normalization has no path decomposition); those raise.
+parameter, feed an all-ones input, sum the outputs. BatchNorm layers right after a
+Conv/Linear are folded into it first (as Jiang et al. do); a network with a BatchNorm
+that cannot be folded (after an activation) raises, having no path decomposition.
 """
 
 import copy
 
 import torch
-from torch import nn
 
 from pgen.measures import MeasureError, register
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__ == "BatchNormalization"
-               for m in model.modules())
+from pgen.measures._util import fold_batchnorm, has_batchnorm
 
 
 @register("path_norm", sign=1, family="path",
           description="sum over paths of the product of squared weights (all-ones input, squared parameters)",
           reference="Neyshabur et al. 2015; Jiang et al., ICLR 2020 (eq. 44)")
 def path_norm(model, init_model, data, settings) -> float:
-    if _has_batchnorm(model):
-        raise MeasureError("path norm is undefined for networks with BatchNorm")
-    squared = copy.deepcopy(model).double()
+    squared = fold_batchnorm(model, torch.float64) if has_batchnorm(model) else copy.deepcopy(model).double()
+    if has_batchnorm(squared):
+        raise MeasureError("path norm is undefined for networks with a BatchNorm that does not follow a Conv/Linear")
     with torch.no_grad():
         for p in squared.parameters():
             p.pow_(2)
