@@ -66,11 +66,10 @@ def pseudo_test_set(inputs: torch.Tensor, labels: torch.Tensor, policy: Policy, 
     for _ in range(copies):
         out = torch.empty_like(inputs)
         for i in range(len(inputs)):
+            u = torch.rand(6, generator=g).tolist()
             if not geometric:
-                u = torch.rand(6, generator=g).tolist()
                 out[i] = inputs[i] * (1 + (2 * u[5] - 1) * policy.brightness)
                 continue
-            u = torch.rand(6, generator=g).tolist()
             angle = (2 * u[0] - 1) * policy.rotate_deg
             tx = round((2 * u[1] - 1) * policy.translate * w)
             ty = round((2 * u[2] - 1) * policy.translate * h)

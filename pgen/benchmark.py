@@ -27,7 +27,7 @@ from pgen.measures import get_measure, list_measures
 from pgen.report import grid_configs, md_table
 from pgen.score import ScoreSettings, results_table, score_zoo
 from pgen.stats import StatsError, conditional_mutual_information, granulated_kendall, kendall_tau, loglog_fit
-from pgen.store import ResultsStore, settings_hash
+from pgen.store import ResultsStore
 from pgen.zoo import Zoo, load_zoo
 
 __all__ = ["run_benchmark", "summarize_zoo", "DEFAULT_EXCLUDED"]
@@ -79,12 +79,6 @@ def summarize_zoo(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
     return pd.DataFrame(rows)
 
 
-def _core_seconds(store: ResultsStore, zoo: Zoo, sdict: dict) -> pd.Series:
-    df = store.long_frame()
-    df = df[(df.zoo == zoo.name) & (df.measure == CORE) & (df.settings_hash == settings_hash(sdict))]
-    return df["seconds"].dropna()
-
-
 def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: list[str] | None = None,
                   settings: ScoreSettings | None = None, device: str = "cpu", workers: int = 1,
                   final_only: bool = True, progress: bool = True) -> dict:
@@ -114,7 +108,8 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
         sdict = {"zoo_root": str(Path(zoo.root).resolve()), **settings.core()}
         table = results_table(store, zoo, sdict)
         seconds = {n: table[f"seconds.{n}"].dropna() for n in extra if f"seconds.{n}" in table}
-        seconds[CORE] = _core_seconds(store, zoo, sdict)
+        core = store.measure_frame(zoo.name, {CORE: sdict})  # the core run stores its seconds per measure
+        seconds[CORE] = core[f"seconds.{CORE}"].dropna() if f"seconds.{CORE}" in core else pd.Series(dtype=float)
         store.close()
         summary = summarize_zoo(table, [CORE, *extra], zoo.hparam_grid(), seconds)
         summaries[zoo.name], tables[zoo.name] = summary, table

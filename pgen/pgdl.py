@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pgen.measures import MeasureData, MeasureSettings, compute_measure, get_measure
+from pgen.measures import MeasureData, MeasureSettings, compute_for_entry, get_measure
 from pgen.stats import conditional_mutual_information, granulated_kendall, kendall_tau
 from pgen.zoo import Zoo, ZooError, load_zoo
 
@@ -39,12 +39,7 @@ def measure_data_for(zoo: Zoo, n_samples: int | None = 1000, split: str = "train
 
 def _measure_one(zoo: Zoo, model_id: str, measure: str, data: MeasureData, settings: MeasureSettings):
     t = time.perf_counter()
-    entry = zoo[model_id]
-    model = entry.load_model()
-    init = None
-    if get_measure(measure).needs_init:
-        init = entry.load_model(initial=True)
-    value = compute_measure(measure, model, init, data, settings)
+    value = compute_for_entry(measure, zoo[model_id], data, settings)
     return value, time.perf_counter() - t
 
 

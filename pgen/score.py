@@ -21,7 +21,7 @@ import torch
 from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
 from pgen.features import data_p_vector, model_p_vectors
-from pgen.measures import MeasureData, MeasureSettings, compute_measure, get_measure
+from pgen.measures import MeasureData, MeasureSettings, compute_for_entry, get_measure
 from pgen.pvector import angle, angle_matrix
 from pgen.store import ResultsStore
 from pgen.train import evaluate
@@ -96,9 +96,9 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     for name in measures:
         t = time.perf_counter()
         try:
-            init = entry.load_model(initial=True) if get_measure(name).needs_init else None
-            value = compute_measure(name, model, init, ctx.measure_data,
-                                    MeasureSettings(device=device, batch_size=s.batch_size, seed=s.seed, layer=s.layer))
+            value = compute_for_entry(name, entry, ctx.measure_data,
+                                      MeasureSettings(device=device, batch_size=s.batch_size, seed=s.seed,
+                                                      layer=s.layer), model=model)
             measure_results[name] = (value, time.perf_counter() - t, None)
         except Exception as exc:  # recorded with the measure; the model's other scores stand
             measure_results[name] = (None, time.perf_counter() - t, f"{type(exc).__name__}: {exc}")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 __all__ = ["Measure", "MeasureData", "MeasureSettings", "MeasureError", "REGISTRY", "register",
-           "get_measure", "list_measures", "compute_measure"]
+           "get_measure", "list_measures", "compute_measure", "compute_for_entry"]
 
 
 class MeasureError(ValueError):
@@ -134,4 +134,13 @@ def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, d
     if not math.isfinite(value):
         raise MeasureError(f"measure {name} returned {value} for this model")
     return value
+
+
+def compute_for_entry(name: str, entry, data: MeasureData, settings: MeasureSettings | None = None,
+                      model: nn.Module | None = None) -> float:
+    """A measure of one zoo entry: loads its model (unless given) and, only when the
+    measure needs them, its initial weights."""
+    model = entry.load_model() if model is None else model
+    init = entry.load_model(initial=True) if get_measure(name).needs_init else None
+    return compute_measure(name, model, init, data, settings)
 

@@ -380,6 +380,12 @@ class KerasSequential(nn.Sequential):
         return list(self.children())
 
 
+def torch_input_shape(keras_shape) -> tuple[int, ...]:
+    """A config's ``input_shape`` ([H, W, C] or [features]) in torch order ((C, H, W) or (features,))."""
+    s = [int(v) for v in keras_shape]
+    return (s[2], s[0], s[1]) if len(s) == 3 else tuple(s)
+
+
 def build_keras_model(config: dict, *, where: str = "config") -> KerasSequential:
     """Build the torch twin of a PGDL ``config.json`` (random weights).
 
@@ -396,8 +402,7 @@ def build_keras_model(config: dict, *, where: str = "config") -> KerasSequential
     if not isinstance(shape_in, list) or not all(isinstance(s, (int, float)) and s >= 1 for s in shape_in) \
             or len(shape_in) not in (1, 3):
         raise KerasPortError(f"{where}: input_shape must be [H, W, C] or [features], got {shape_in!r}")
-    shape_in = [int(s) for s in shape_in]
-    shape: tuple[int, ...] = (shape_in[2], shape_in[0], shape_in[1]) if len(shape_in) == 3 else (shape_in[0],)
+    shape: tuple[int, ...] = torch_input_shape(shape_in)
     input_shape = shape
     layers: dict[str, KerasLayer] = {}
     counts: dict[str, int] = {}

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
-from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
+from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights, torch_input_shape
 from pgen.zoo.tfrecord import TFRecordError, iter_records, parse_example, parse_tensor
 
 __all__ = ["PGDLZoo", "read_tfrecord_dataset", "read_model_configs"]
@@ -156,8 +156,7 @@ class PGDLZoo(Zoo):
     def input_shape(self) -> tuple[int, ...]:
         """The models' input shape in torch order, from the first model's config."""
         config = json.loads((self.entries[0].extra["dir"] / "config.json").read_text())
-        s = [int(v) for v in config["input_shape"]]
-        return (s[2], s[0], s[1]) if len(s) == 3 else tuple(s)
+        return torch_input_shape(config["input_shape"])
 
     @property
     def data_kind(self) -> str:
