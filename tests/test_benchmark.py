@@ -53,3 +53,14 @@ def test_final_models_view_drops_checkpoints(tiny_zoo):
     finals = zoo.final_models()
     assert 0 < len(finals) < len(zoo)
     assert all("@" not in e.id for e in finals) and len(zoo) == 12  # the full zoo is untouched
+
+
+def test_benchmark_with_checkpoints_scores_every_entry(tiny_zoo, tmp_path):
+    out = tmp_path / "bench"
+    base = ["benchmark", str(tiny_zoo), "--samples", "100", "--measures", "sum_squared_weights"]
+    assert main(base + ["--out", str(out / "finals")]) == 0
+    assert main(base + ["--out", str(out / "all"), "--with-checkpoints"]) == 0
+    finals = pd.read_csv(out / "finals" / "models_tiny.csv")
+    every = pd.read_csv(out / "all" / "models_tiny.csv")
+    assert len(every) == 12 and 0 < len(finals) < 12
+    assert not finals["model_id"].str.contains("@").any() and every["model_id"].str.contains("@").any()
