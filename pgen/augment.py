@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from pgen.errors import UnknownNameError
+
 __all__ = ["POLICIES", "Policy", "pseudo_test_set", "policy_for"]
 
 
@@ -47,7 +49,7 @@ def policy_for(kind: str) -> Policy:
     try:
         return POLICIES[kind]
     except KeyError:
-        raise ValueError(f"no pseudo-test policy for data kind {kind!r}; known: {sorted(POLICIES)}") from None
+        raise UnknownNameError(f"no pseudo-test policy for data kind {kind!r}; known: {sorted(POLICIES)}") from None
 
 
 def pseudo_test_set(inputs: torch.Tensor, labels: torch.Tensor, policy: Policy, *, seed: int = 0,

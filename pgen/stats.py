@@ -16,19 +16,21 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from pgen.errors import StatsError
+
 __all__ = [
     "StatsError",
+    "MeasureStatistics",
     "bootstrap_ci",
+    "cmi_from_table",
+    "cmi_null",
     "conditional_mutual_information",
     "correlations",
     "granulated_kendall",
     "kendall_tau",
     "loglog_fit",
+    "measure_statistics",
 ]
-
-
-class StatsError(ValueError):
-    """Too few models, a constant column, or an incomplete hparam grid."""
 
 
 def _clean_pair(x, y, name_x="x", name_y="y", min_n=3):
@@ -72,6 +74,42 @@ def bootstrap_ci(x, y, statistic, *, n_boot: int = 1000, level: float = 0.95, se
     return tuple(float(q) for q in np.quantile(vals, [alpha, 1 - alpha]))
 
 
+def _resample_statistics(xs: np.ndarray, ys: np.ndarray, method: str) -> np.ndarray:
+    """One correlation per row of (B, n) resamples, vectorized (equal to scipy's to ~1e-15)."""
+    if method == "spearman":
+        xs, ys = scipy.stats.rankdata(xs, axis=1), scipy.stats.rankdata(ys, axis=1)
+    if method in ("pearson", "spearman"):
+        xc, yc = xs - xs.mean(1, keepdims=True), ys - ys.mean(1, keepdims=True)
+        return (xc * yc).sum(1) / np.sqrt((xc * xc).sum(1) * (yc * yc).sum(1))
+    # Kendall tau-b = sum sgn(dx) sgn(dy) / sqrt(sum sgn(dx)^2 sum sgn(dy)^2) over pairs
+    out = np.empty(len(xs))
+    step = max(1, 4_000_000 // (xs.shape[1] ** 2))
+    for a in range(0, len(xs), step):
+        sx = np.sign(xs[a:a + step, :, None] - xs[a:a + step, None, :])
+        sy = np.sign(ys[a:a + step, :, None] - ys[a:a + step, None, :])
+        out[a:a + step] = (sx * sy).sum((1, 2)) / np.sqrt((sx * sx).sum((1, 2)) * (sy * sy).sum((1, 2)))
+    return out
+
+
+def _bootstrap_correlation_ci(x, y, method: str, *, n_boot: int, level: float, seed: int):
+    """:func:`bootstrap_ci` of a correlation, the same resamples, computed in one pass."""
+    if method not in _METHODS or len(x) > 300:  # O(B n^2) for Kendall: past ~300 models scipy's loop wins
+        fn = _METHODS[method]
+        return bootstrap_ci(x, y, lambda a, b: float(fn(a, b)[0]), n_boot=n_boot, level=level, seed=seed)
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    idx = np.stack([rng.integers(0, n, n) for _ in range(n_boot)])  # the same draws as bootstrap_ci
+    xs, ys = x[idx], y[idx]
+    keep = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)  # a constant resample has no correlation
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vals = _resample_statistics(xs[keep], ys[keep], method)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) < n_boot // 2:
+        return (math.nan, math.nan)
+    alpha = (1 - level) / 2
+    return tuple(float(q) for q in np.quantile(vals, [alpha, 1 - alpha]))
+
+
 def correlations(x, y, *, methods=("pearson", "spearman", "kendall"), n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0, name_x: str = "measure", name_y: str = "target") -> pd.DataFrame:
     """Pearson, Spearman and Kendall tau with p-values and bootstrap CIs.
@@ -85,8 +123,7 @@ def correlations(x, y, *, methods=("pearson", "spearman", "kendall"), n_boot: in
     for m in methods:
         fn = _METHODS[m]
         res = fn(x, y)
-        stat = lambda a, b, fn=fn: float(fn(a, b)[0])
-        lo, hi = bootstrap_ci(x, y, stat, n_boot=n_boot, level=level, seed=seed) if n_boot else (math.nan, math.nan)
+        lo, hi = _bootstrap_correlation_ci(x, y, m, n_boot=n_boot, level=level, seed=seed) if n_boot else (math.nan, math.nan)
         rows.append({"method": m, "value": float(res[0]), "p_value": float(res[1]), "ci_low": lo, "ci_high": hi, "n": len(x)})
     return pd.DataFrame(rows)
 
@@ -186,21 +223,6 @@ def granulated_kendall(scores: Mapping[str, float], hparams: Mapping[str, Mappin
 # --------------------------------------------------------------------------- PGDL CMI
 
 
-def _entropy(p):
-    return -np.sum(p * np.log2(p + 1e-12))
-
-
-def _mutual_information(table):
-    """Mutual information in bits of a 2-D joint count table; empty cells contribute 0."""
-    total = table.sum()
-    if total == 0:
-        return 0.0
-    p = table / total
-    outer = p.sum(axis=1, keepdims=True) * p.sum(axis=0, keepdims=True)
-    nz = p > 0  # a cell with p > 0 has both marginals > 0
-    return float(np.sum(p[nz] * np.log2(p[nz] / outer[nz])))
-
-
 def _model_keys(mapping: Mapping) -> dict:
     """Keys as the scorer spells them: ``"3"`` and ``"model_3"`` both become ``"model_3"``."""
     return {(k if str(k).startswith("model_") else f"model_{k}"): v for k, v in mapping.items()}
@@ -241,43 +263,230 @@ def conditional_mutual_information(scores: Mapping, model_configs: Mapping, *, d
         raise StatsError(f"scores lack {len(missing)} model(s) of the configs, e.g. {missing[:5]}")
     ids = sorted(configs)
     hp_names = sorted(configs[ids[0]]["hparams"])
+    possible = {h: configs[ids[0]]["hparams"][h]["possible_values"] for h in hp_names}
+    values = {h: [configs[m]["hparams"][h]["current_value"] for m in ids] for h in hp_names}
+    gap = np.array([configs[m]["metrics"]["train_acc"] - configs[m]["metrics"]["test_acc"] for m in ids])
+    return _cmi(np.array([sc[m] for m in ids]), gap, values, possible, details)
+
+
+def cmi_from_table(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list], *, target: str = "gap",
+                   details: bool = False):
+    """The PGDL CMI of one measure column of a per-model table (``hp.<name>`` columns and a
+    ``gap`` column), without building the competition's JSON; equal to
+    :func:`conditional_mutual_information` on the same models."""
+    cols = [f"hp.{h}" for h in sorted(hparam_grid)]
+    absent = [c for c in cols + [measure, target] if c not in table.columns]
+    if absent:
+        raise StatsError(f"the table lacks {', '.join(absent)}")
+    values = {h: list(table[f"hp.{h}"]) for h in sorted(hparam_grid)}
+    return _cmi(table[measure].to_numpy(float), table[target].to_numpy(float), values,
+                {h: list(hparam_grid[h]) for h in sorted(hparam_grid)}, details)
+
+
+def _cmi(s: np.ndarray, gap: np.ndarray, values: Mapping[str, list], possible: Mapping[str, list], details: bool):
+    hp_names = sorted(values)
     if len(hp_names) < 2:
         raise StatsError("the CMI score needs at least two hparams")
-    possible = {h: configs[ids[0]]["hparams"][h]["possible_values"] for h in hp_names}
     # Full-grid check: every combination of possible values must be present (by str()).
-    present = {tuple(str(configs[m]["hparams"][h]["current_value"]) for h in hp_names) for m in ids}
+    present = {tuple(str(values[h][i]) for h in hp_names) for i in range(len(s))}
     expected = math.prod(len(v) for v in possible.values())
     if len(present) < expected:
         raise StatsError(f"incomplete hparam grid: {len(present)} of {expected} combinations of "
                          f"{', '.join(hp_names)} are present")
-    gap = np.array([configs[m]["metrics"]["train_acc"] - configs[m]["metrics"]["test_acc"] for m in ids])
-    s = np.array([sc[m] for m in ids])
-    gap_gt = gap[:, None] > gap[None, :]  # all ordered pairs, self-pairs included
-    score_gt = s[:, None] > s[None, :]
-    values = {h: [str(configs[m]["hparams"][h]["current_value"]) for m in ids] for h in hp_names}
+    gap_row = np.where(gap[:, None] > gap[None, :], 0, 1)  # all ordered pairs, self-pairs included
+    score_col = np.where(s[:, None] > s[None, :], 0, 1)
+    strs = {h: [str(v) for v in values[h]] for h in hp_names}
     rows = []
     for h1, h2 in ((a, b) for a in hp_names for b in hp_names if a != b):
-        keys = [str(a) + str(b) + str(c) + str(d) for a, b, c, d in
-                product(possible[h1], possible[h1], possible[h2], possible[h2])]
-        index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        v1 = np.array(values[h1])
-        v2 = np.array(values[h2])
-        bin_key = np.char.add(np.char.add(np.char.add(v1[:, None], v1[None, :]), v2[:, None]), v2[None, :])
-        table = np.zeros((2, 2, len(index)))
-        flat_bins = np.vectorize(lambda k: index.get(k, -1))(bin_key)
+        flat_bins, n_bins = _bin_index(strs[h1], strs[h2], possible[h1], possible[h2])
         # As the scorer: a pair whose key is not among the possible values' str() forms
         # (say current_value 1 where possible_values hold 1.0) is skipped, not counted.
         known = flat_bins >= 0
-        np.add.at(table, (np.where(gap_gt, 0, 1)[known], np.where(score_gt, 0, 1)[known], flat_bins[known]), 1)
-        mis, ents = [], []
-        for b in range(table.shape[2]):
-            t = table[:, :, b]
-            mis.append(_mutual_information(t))
-            total = t.sum()
-            ents.append(_entropy(t.sum(axis=1) / total) if total else 0.0)
-        score = float(np.mean(mis) / np.mean(ents)) if np.mean(ents) > 0 else 0.0
-        rows.append({"h1": h1, "h2": h2, "mi": float(np.mean(mis)), "entropy": float(np.mean(ents)), "score": score,
+        table = np.zeros((2, 2, n_bins))
+        np.add.at(table, (gap_row[known], score_col[known], flat_bins[known]), 1)
+        mi, ent = _bin_mi_and_entropy(table)
+        score = float(mi.mean() / ent.mean()) if ent.mean() > 0 else 0.0
+        rows.append({"h1": h1, "h2": h2, "mi": float(mi.mean()), "entropy": float(ent.mean()), "score": score,
                      "skipped_pairs": int((~known).sum())})
     table = pd.DataFrame(rows)
     result = float(table["score"].min())
     return (result, table) if details else result
+
+
+def _bin_index(v1: list[str], v2: list[str], possible1: list, possible2: list) -> tuple[np.ndarray, int]:
+    """The scorer's bin of every ordered model pair, -1 where its key is not a known one.
+
+    The scorer keys a bin by the string ``str(a) + str(b) + str(c) + str(d)`` over all
+    combinations of possible values, so two combinations whose strings concatenate alike
+    share a bin; that is kept. Values are mapped to indices once and the (n, n) bins are
+    looked up in one (P1, P1, P2, P2) table, instead of building n^2 strings.
+    """
+    keys = [str(a) + str(b) + str(c) + str(d) for a, b, c, d in product(possible1, possible1, possible2, possible2)]
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    p1 = list(dict.fromkeys(str(v) for v in possible1))
+    p2 = list(dict.fromkeys(str(v) for v in possible2))
+    c1 = np.array([p1.index(v) if v in p1 else -1 for v in v1])
+    c2 = np.array([p2.index(v) if v in p2 else -1 for v in v2])
+    if (c1 < 0).any() or (c2 < 0).any():  # values outside the grid: the scorer's string keys, pair by pair
+        a, b = np.array(v1, dtype=object), np.array(v2, dtype=object)
+        key = a[:, None] + a[None, :] + b[:, None] + b[None, :]
+        return np.vectorize(lambda k: index.get(k, -1), otypes=[int])(key), len(index)
+    lookup = np.array([index[x + y + z + w] for x in p1 for y in p1 for z in p2 for w in p2]).reshape(
+        len(p1), len(p1), len(p2), len(p2))
+    return lookup[c1[:, None], c1[None, :], c2[:, None], c2[None, :]], len(index)
+
+
+def _bin_mi_and_entropy(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin of a (2, 2, B) count table: MI (bits) between the two axes, and the entropy
+    of axis 0 (log2 with +1e-12 inside, as the scorer); empty bins give 0 and 0."""
+    total = table.sum(axis=(0, 1))
+    safe = np.where(total > 0, total, 1)
+    p = table / safe
+    row = p.sum(axis=1, keepdims=True)
+    col = p.sum(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log2(p / (row * col)), 0.0)
+    mi = terms.sum(axis=(0, 1))
+    r = row[:, 0, :]
+    ent = np.where(total > 0, -np.sum(r * np.log2(r + 1e-12), axis=0), 0.0)
+    return mi, ent
+
+
+# --------------------------------------------------------------------------- one entry point
+
+TARGETS = {"test_acc": "test accuracy", "test_error": "test error", "pseudo_test_acc": "pseudo-test accuracy",
+           "gap": "generalization gap"}
+
+
+def kendall_null_sd(n: int) -> float:
+    """Standard deviation of Kendall's tau between two random rankings of n items (no ties):
+    sqrt(2 (2n + 5) / (9 n (n - 1))), the scale a tau needs beside it."""
+    return math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1))) if n > 1 else math.nan
+
+
+@dataclass
+class MeasureStatistics:
+    """How one measure relates to generalization over the models of one table.
+
+    Attributes
+    ----------
+    measure : str
+    n : int
+        Models with a finite value of the measure.
+    correlations : DataFrame
+        target, method (pearson, spearman, kendall = tau-b), value, p_value, ci_low,
+        ci_high (percentile bootstrap over models), n; of the RAW value.
+    fits : list of LogLogFit
+        log(target) on log(measure), HC3 errors (positive values only).
+    kendall : dict
+        target -> Kendall tau-b of the raw value (``nan`` where undefined).
+    kendall_null_sd : float
+        Standard deviation of tau under random rankings of n models.
+    psi : dict or None
+        Granulated Kendall ``{"psi", "per_hparam"}`` against the gap (zoos with hparams).
+    cmi : float or None
+        The PGDL conditional mutual information (zoos that are a full hparam grid).
+    cmi_null : dict or None
+        ``{"median", "q95", "p_value", "permutations"}``: the CMI of random rankings
+        (the measure's values permuted over the models), with ``cmi_permutations``.
+    notes : list of str
+        Why a statistic is missing.
+    """
+
+    measure: str
+    n: int
+    correlations: pd.DataFrame
+    fits: list
+    kendall: dict
+    kendall_null_sd: float
+    psi: dict | None = None
+    cmi: float | None = None
+    cmi_null: dict | None = None
+    notes: list = None
+
+    def kendall_row(self, target: str) -> dict | None:
+        """The Kendall row (value, p_value, ci_low, ci_high) against ``target``, if computed."""
+        c = self.correlations
+        if c.empty:
+            return None
+        rows = c[(c["target"] == target) & (c["method"] == "kendall")]
+        return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[str, str] | None = None,
+                       hparam_grid: Mapping[str, list] | None = None, n_boot: int = 1000, seed: int = 0,
+                       cmi_permutations: int = 0, fits: bool = True) -> MeasureStatistics:
+    """Every statistic of one measure column against the target columns of a per-model table.
+
+    The one entry point the report and the benchmark share. ``table`` holds ``measure``,
+    the target columns present among ``targets`` (default :data:`TARGETS`), ``gap``,
+    ``hp.<name>`` columns for Psi and, with ``hparam_grid``, the CMI.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"m": [1.0, 2, 3, 4, 5], "test_acc": [0.9, 0.8, 0.85, 0.7, 0.6]})
+    >>> round(measure_statistics(t, "m", n_boot=0).kendall["test_acc"], 2)
+    -0.8
+    """
+    targets = dict(TARGETS if targets is None else targets)
+    notes: list[str] = []
+    if measure not in table.columns:
+        raise StatsError(f"the table has no column {measure!r}")
+    sub = table[np.isfinite(table[measure].to_numpy(float))]
+    corr, fit_list, kendall = [], [], {}
+    for col, label in targets.items():
+        if col not in sub.columns:
+            continue
+        try:
+            c = correlations(sub[measure], sub[col], n_boot=n_boot, seed=seed, name_x=measure, name_y=col)
+            c.insert(0, "target", col)
+            corr.append(c)
+            kendall[col] = float(c.loc[c["method"] == "kendall", "value"].iloc[0])
+        except StatsError as exc:
+            notes.append(f"{measure} vs {label}: {exc}")
+            kendall[col] = math.nan
+        if fits:
+            try:
+                fit_list.append(loglog_fit(sub[measure], sub[col], name_x=measure, name_y=col))
+            except StatsError as exc:
+                notes.append(f"log-log fit of {label} on {measure}: {exc}")
+    corr_df = pd.concat(corr, ignore_index=True) if corr else pd.DataFrame(
+        columns=["target", "method", "value", "p_value", "ci_low", "ci_high", "n"])
+    stats = MeasureStatistics(measure, len(sub), corr_df, fit_list, kendall, kendall_null_sd(len(sub)), notes=notes)
+    hp_cols = [c for c in sub.columns if c.startswith("hp.")]
+    if hp_cols and "gap" in sub.columns:
+        ids = list(sub["model_id"]) if "model_id" in sub.columns else list(range(len(sub)))
+        hps = {m: {c[3:]: v for c, v in row.items()} for m, row in zip(ids, sub[hp_cols].to_dict("records"))}
+        try:
+            stats.psi = granulated_kendall(dict(zip(ids, sub[measure])), hps, dict(zip(ids, sub["gap"])))
+        except StatsError as exc:
+            notes.append(f"granulated Kendall: {exc}")
+    if hparam_grid and "gap" in table.columns:
+        if len(sub) < len(table):
+            notes.append(f"PGDL CMI: {measure} is missing for {len(table) - len(sub)} model(s) of the grid")
+        else:
+            try:
+                stats.cmi = cmi_from_table(sub, measure, hparam_grid)
+                if cmi_permutations:
+                    stats.cmi_null = cmi_null(sub, measure, hparam_grid, stats.cmi, cmi_permutations, seed)
+            except StatsError as exc:
+                notes.append(f"PGDL CMI: {exc}")
+    return stats
+
+
+def cmi_null(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list], observed: float,
+             permutations: int = 200, seed: int = 0) -> dict:
+    """The CMI of random rankings: the measure's values permuted over the models.
+
+    Returns ``{"median", "q95", "p_value", "permutations"}``, with the p-value
+    (1 + #{null >= observed}) / (1 + permutations).
+    """
+    rng = np.random.default_rng(seed)
+    shuffled = table.copy()
+    values = table[measure].to_numpy(float)
+    null = []
+    for _ in range(permutations):
+        shuffled[measure] = rng.permutation(values)
+        null.append(cmi_from_table(shuffled, measure, hparam_grid))
+    null = np.array(null)
+    return {"median": float(np.median(null)), "q95": float(np.quantile(null, 0.95)),
+            "p_value": float((1 + np.sum(null >= observed)) / (1 + permutations)), "permutations": permutations}

@@ -54,13 +54,22 @@ class ResultsStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(SCHEMA)
 
-    def register_run(self, zoo: str, settings: dict, info: dict | None = None) -> str:
+    def register_run(self, zoo: str, settings: dict, info: dict | None = None, measures: tuple[str, ...] = ()) -> str:
+        """Record a run (its settings and ``info``); ``measures`` are added to those the run
+        already had, so scoring the same zoo again with another measure extends the run."""
         h = settings_hash(settings)
+        old = self.run_info(h)
+        known = list(old.get("measures", [])) if old else []
+        info = {**(info or {}), "measures": known + [m for m in measures if m not in known]}
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
                                (h, zoo, json.dumps(settings, sort_keys=True, default=str),
-                                json.dumps(info or {}, default=str)))
+                                json.dumps(info, default=str)))
         return h
+
+    def run_info(self, run_id: str) -> dict | None:
+        row = self._conn.execute("SELECT info FROM runs WHERE settings_hash=?", (run_id,)).fetchone()
+        return None if row is None else json.loads(row[0] or "{}")
 
     def done(self, zoo: str, settings: dict) -> set[str]:
         """Model ids with a complete result (no error) under these settings."""
@@ -91,12 +100,17 @@ class ResultsStore:
                                    (zoo, model_id, "_error", h, None, error, None, js, now))
 
     def put_measure(self, zoo: str, model_id: str, settings: dict, measure: str, value: float | None,
-                    seconds: float | None, error: str | None = None) -> None:
-        """One registered measure's value (or its error) for one model, in one transaction."""
+                    seconds: float | None, error: str | None = None, extra: dict[str, float | None] | None = None) -> None:
+        """One registered measure's value (or its error) for one model, with its extra values
+        (rows ``<measure>.<key>``), in one transaction."""
+        h, js, now = settings_hash(settings), json.dumps(settings, sort_keys=True, default=str), time.time()
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
-                               (zoo, model_id, measure, settings_hash(settings), None if value is None else float(value),
-                                error, seconds, json.dumps(settings, sort_keys=True, default=str), time.time()))
+                               (zoo, model_id, measure, h, None if value is None else float(value),
+                                error, seconds, js, now))
+            for key, v in (extra or {}).items():
+                self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
+                                   (zoo, model_id, f"{measure}.{key}", h, v, None, None, js, now))
 
     def measure_done(self, zoo: str, settings: dict, measure: str) -> set[str]:
         """Model ids with a stored value (no error) of ``measure`` under these settings."""
@@ -105,23 +119,34 @@ class ResultsStore:
         return {r[0] for r in rows}
 
     def measure_frame(self, zoo: str, settings_by_measure: dict[str, dict]) -> pd.DataFrame:
-        """``model_id``, one column per measure and ``seconds.<measure>``, for the given settings."""
+        """``model_id``, one column per measure, its extra values ``<measure>.<key>`` and
+        ``seconds.<measure>``, for the given settings (stored values only, no errors)."""
         frames = []
         for measure, settings in settings_by_measure.items():
+            h = settings_hash(settings)
             df = pd.read_sql_query("SELECT model_id, value, seconds FROM results WHERE zoo=? AND settings_hash=? "
-                                   "AND measure=? AND error IS NULL", self._conn,
-                                   params=(zoo, settings_hash(settings), measure))
-            if not df.empty:
-                frames.append(df.rename(columns={"value": measure, "seconds": f"seconds.{measure}"}).set_index("model_id"))
+                                   "AND measure=? AND error IS NULL", self._conn, params=(zoo, h, measure))
+            if df.empty:
+                continue
+            frames.append(df.rename(columns={"value": measure, "seconds": f"seconds.{measure}"}).set_index("model_id"))
+            extra = pd.read_sql_query("SELECT model_id, measure, value FROM results WHERE zoo=? AND settings_hash=? "
+                                      "AND measure LIKE ? ESCAPE '\\'", self._conn,
+                                      params=(zoo, h, measure.replace("_", "\\_") + ".%"))
+            if not extra.empty:
+                wide = extra.pivot_table(index="model_id", columns="measure", values="value", aggfunc="first",
+                                         dropna=False)
+                frames.append(wide.reindex(frames[-1].index))
         if not frames:
             return pd.DataFrame(columns=["model_id"])
-        return pd.concat(frames, axis=1).reset_index()
+        return pd.concat(frames, axis=1).rename_axis("model_id").reset_index()
 
-    def measure_errors(self, zoo: str) -> pd.DataFrame:
-        """Per-measure failures: zoo, model_id, measure, error."""
-        df = pd.read_sql_query("SELECT zoo, model_id, measure, error FROM results WHERE error IS NOT NULL "
-                               "AND measure NOT LIKE '\\_%' ESCAPE '\\'", self._conn)
-        return df[df.zoo == zoo]
+    def measure_errors(self, zoo: str, settings_by_measure: dict[str, dict]) -> pd.DataFrame:
+        """Failures of the given measures under their settings: model_id, measure, error."""
+        frames = [pd.read_sql_query("SELECT model_id, measure, error FROM results WHERE zoo=? AND settings_hash=? "
+                                    "AND measure=? AND error IS NOT NULL", self._conn,
+                                    params=(zoo, settings_hash(s), m)) for m, s in settings_by_measure.items()]
+        frames = [f for f in frames if not f.empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model_id", "measure", "error"])
 
     def long_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM results", self._conn)
@@ -133,11 +158,15 @@ class ResultsStore:
 
     def wide_frame(self, zoo: str | None = None, settings: dict | None = None) -> pd.DataFrame:
         """One row per model, one column per measure (complete models only)."""
-        df = self.long_frame()
-        if zoo is not None:
-            df = df[df.zoo == zoo]
-        if settings is not None:
-            df = df[df.settings_hash == settings_hash(settings)]
+        if zoo is not None and settings is not None:
+            df = pd.read_sql_query("SELECT * FROM results WHERE zoo=? AND settings_hash=?", self._conn,
+                                   params=(zoo, settings_hash(settings)))
+        else:
+            df = self.long_frame()
+            if zoo is not None:
+                df = df[df.zoo == zoo]
+            if settings is not None:
+                df = df[df.settings_hash == settings_hash(settings)]
         complete = set(df.loc[df.measure == "_complete", "model_id"])
         df = df[df.model_id.isin(complete) & ~df.measure.str.startswith("_")]
         if df.empty:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pgen.data import dataset_arrays
+from pgen.errors import InputError
 
 __all__ = ["TrainConfig", "evaluate", "train_model"]
 
@@ -38,22 +39,28 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"invalid training settings: {self}")
+            raise InputError(f"invalid training settings: {self}")
         if not 0 <= self.label_noise < 1 or not 0 < self.train_fraction <= 1:
-            raise ValueError("label_noise must be in [0, 1) and train_fraction in (0, 1]")
+            raise InputError("label_noise must be in [0, 1) and train_fraction in (0, 1]")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+            raise InputError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
 
 
 @torch.inference_mode()
+@torch.no_grad()
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on tensors, in eval mode."""
+    """(accuracy, mean cross-entropy) of ``model`` on tensors, in eval mode, batched on the
+    model's device. The one accuracy function: training, scoring and the measures use it."""
+    from pgen.measures import model_device
+
     was_training = model.training
     model.eval()
+    device = model_device(model)
     correct, loss, n = 0, 0.0, len(labels)
     for a in range(0, n, batch_size):
-        logits = model(inputs[a : a + batch_size])
-        y = labels[a : a + batch_size]
+        x = inputs[a : a + batch_size].to(device)
+        logits = model(x if x.is_floating_point() else x.float()).float()
+        y = labels[a : a + batch_size].to(device)
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from pgen.errors import UnknownNameError
 from pgen.measures import (REGISTRY, MeasureData, MeasureError, MeasureSettings, compute_measure, get_measure,
                            list_measures)
 
@@ -35,7 +36,7 @@ def test_registry_lists_every_measure_with_a_sign():
     assert set(table["sign"]) <= {"+1", "-1"}
     assert get_measure("kit_sharpness").sign == -1  # a wider box means flatter: better generalization
     assert get_measure("sum_squared_weights").sign == 1
-    with pytest.raises(KeyError, match="unknown measure 'nope'"):
+    with pytest.raises(UnknownNameError, match="unknown measure 'nope'"):
         get_measure("nope")
 
 

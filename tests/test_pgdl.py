@@ -376,4 +376,4 @@ def test_pgen_score_on_a_task_without_test_data(tmp_path):
         m = configs[row.model_id.removeprefix("model_")]["metrics"]
         assert row.gap == pytest.approx(m["train_acc"] - m["test_acc"])
         assert row.test_acc == pytest.approx(m["test_acc"])
-    assert "PGDL conditional mutual information" in (out / "report.md").read_text()
+    assert "PGDL CMI against the gap" in (out / "report.md").read_text()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pgen.cli import main
+from pgen.errors import UnknownNameError
 from pgen.score import ScoreSettings, score_zoo
 from pgen.store import ResultsStore
 from pgen.zoo import load_zoo
@@ -25,17 +26,22 @@ def test_cli_score_and_report(tiny_zoo, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "300", "--angle-matrix"]) == 0
     text = capsys.readouterr().out
-    assert "scored 12 models" in text and "spearman" in text
+    assert "computed 12 model(s) in this call; 12 of 12 models" in text and "Kendall tau with test accuracy" in text
     for name in ("report.html", "report.md", "models.csv", "correlations.csv", "loglog_fits.csv", "summary.json",
-                 "loglog_angle_test_acc.png", "angle_pseudo_test_acc.png", "test_vs_pseudo_test.png",
-                 "angle_histogram.png", "angle_matrix.csv"):
+                 "errors.csv", "pvector_angle_vs_test_acc.png", "pvector_angle_vs_pseudo_test_acc.png",
+                 "pvector_angle_vs_gap.png", "test_vs_pseudo_test.png", "pvector_angle_histogram.png",
+                 "angle_matrix.csv"):
         assert (out / name).stat().st_size > 0, name
+    assert f"report: {out / 'report.html'} and {out / 'report.md'}" in text  # exactly the files written
     md = (out / "report.md").read_text()
-    for section in ("## Zoo", "## Settings", "## Correlations", "## Log-log fits", "## Plots", "## Models",
-                    "pseudo_test_policy", "## Hparam-grid statistics"):
+    for section in ("## Answer", "## Zoo", "## Settings", "## Measure pvector_angle", "Log-log fits", "## Models",
+                    "pseudo-test policy", "Granulated Kendall Psi", "PGDL CMI against the gap"):
         assert section in md, section
+    assert md.index("## Answer") < md.index("## Zoo")  # the answer comes first
+    assert "random rankings give 0 +- " in md  # a null beside every tau
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4  # self-contained
+    assert html.count("data:image/png;base64,") == 5  # self-contained
+    assert "`" not in html.split("<body>")[1]  # no raw Markdown in the HTML
     models = pd.read_csv(out / "models.csv")
     assert len(models) == 12 and models["pvector_angle"].between(0, 90).all()
     assert models["pseudo_test_acc"].between(0, 1).all()
@@ -53,9 +59,9 @@ def test_rerun_recomputes_nothing(tiny_zoo, tmp_path):
     s = ScoreSettings(n_samples=200)
     score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
     before = pd.read_sql_query("SELECT model_id, created FROM results", sqlite3.connect(tmp_path / "results.sqlite"))
-    table = score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
+    run = score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
     after = pd.read_sql_query("SELECT model_id, created FROM results", sqlite3.connect(tmp_path / "results.sqlite"))
-    assert len(table) == 12
+    assert len(run.table) == 12 and run.computed == 0
     pd.testing.assert_frame_equal(before, after)
     # other settings are new rows, not overwrites
     score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(n_samples=200, center=False), progress=False, limit=2)
@@ -99,7 +105,7 @@ def test_failing_model_is_recorded_and_skipped(tiny_zoo, tmp_path):
     assert list(errors.model_id) == ["tiny-0002"]
     assert "tiny-0002.safetensors cannot be read" in errors.error.iloc[0]
     assert len(complete_ids(out / "results.sqlite")) == 11
-    assert "## Failed models" in (out / "report.md").read_text()
+    assert "## Failures" in (out / "report.md").read_text()
 
 
 def test_pseudo_test_set_is_deterministic_and_label_preserving():
@@ -119,9 +125,10 @@ def test_pseudo_test_set_is_deterministic_and_label_preserving():
 
 def test_workers_give_the_same_results(tiny_zoo, tmp_path):
     s = ScoreSettings(n_samples=200, measures=("sum_squared_weights", "inverse_margin"))
-    one = score_zoo(tiny_zoo, tmp_path / "one", settings=s, progress=False).set_index("model_id").sort_index()
-    two = score_zoo(tiny_zoo, tmp_path / "two", settings=s, progress=False, workers=2).set_index("model_id").sort_index()
-    cols = ["pvector_angle", "train_acc", "test_acc", "pseudo_test_acc", "sum_squared_weights", "inverse_margin"]
+    one = score_zoo(tiny_zoo, tmp_path / "one", settings=s, progress=False).table.set_index("model_id").sort_index()
+    two = score_zoo(tiny_zoo, tmp_path / "two", settings=s, progress=False, workers=2).table
+    two = two.set_index("model_id").sort_index()
+    cols = ["train_acc", "test_acc", "pseudo_test_acc", "sum_squared_weights", "inverse_margin"]
     pd.testing.assert_frame_equal(one[cols], two[cols], atol=1e-6)
 
 
@@ -136,8 +143,8 @@ def test_registered_measures_are_stored_and_resume_one_by_one(tiny_zoo, tmp_path
     from pgen.data import dataset_arrays
     from pgen.measures import MeasureData, compute_measure
 
-    s1 = ScoreSettings(n_samples=200, measures=("sum_squared_weights",))
-    first = score_zoo(tiny_zoo, tmp_path, settings=s1, progress=False).set_index("model_id")
+    s1 = ScoreSettings(n_samples=200, measures=("pvector_angle", "sum_squared_weights"))
+    first = score_zoo(tiny_zoo, tmp_path, settings=s1, progress=False).table.set_index("model_id")
     zoo = load_zoo(tiny_zoo)
     entry = zoo.entries[0]
     x, y = dataset_arrays(zoo.dataset("train"))
@@ -148,11 +155,13 @@ def test_registered_measures_are_stored_and_resume_one_by_one(tiny_zoo, tmp_path
         stamp = dict(conn.execute("SELECT model_id, created FROM results WHERE measure='sum_squared_weights'"))
     # adding a measure computes only that measure; the first is reused, the core is not redone
     s2 = ScoreSettings(n_samples=200, measures=("sum_squared_weights", "jacobian_norm"))
-    second = score_zoo(tiny_zoo, tmp_path, settings=s2, progress=False).set_index("model_id")
+    run = score_zoo(tiny_zoo, tmp_path, settings=s2, progress=False)
+    assert run.measures == ["pvector_angle", "sum_squared_weights", "jacobian_norm"]  # the run grows
+    second = run.table.set_index("model_id")
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         assert dict(conn.execute("SELECT model_id, created FROM results WHERE measure='sum_squared_weights'")) == stamp
         assert conn.execute("SELECT COUNT(*) FROM results WHERE measure='_complete'").fetchone()[0] == len(first)
     assert second["jacobian_norm"].notna().all() and (second["seconds.jacobian_norm"] > 0).all()
     pd.testing.assert_series_equal(first["pvector_angle"], second["pvector_angle"])
-    with pytest.raises(KeyError, match="unknown measure"):
+    with pytest.raises(UnknownNameError, match="unknown measure"):
         score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(measures=("no_such",)), progress=False)

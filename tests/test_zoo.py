@@ -143,7 +143,9 @@ def test_recipe_errors(tmp_path):
 
 
 def test_embedded_digits_recipe_is_a_full_grid_of_32():
-    r = Recipe.load(Path(__file__).parents[1] / "model_zoos" / "digits.toml")
+    from pgen.zoo.builder import embedded_recipes
+
+    r = Recipe.load(embedded_recipes()["digits"])
     assert len(r.runs()) >= 32
     assert len({json.dumps(run["hparams"], sort_keys=True) for run in r.runs()}) == len(r.runs())
 

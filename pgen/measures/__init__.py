@@ -1,13 +1,22 @@
 """Generalization measures: one small module per measure, one signature, one registry.
 
-Every measure is a function ``fn(model, init_model, data, settings) -> float``:
+Every measure is a function ``fn(model, init_model, data, settings)`` returning a float,
+or a :class:`MeasureValue` (the value plus extra named values stored beside it, e.g. the
+P-vector's spectral gap):
 
-* ``model``: the trained ``nn.Module`` (eval mode, on CPU; move it to
-  ``settings.device`` when the measure runs batches);
-* ``init_model``: the same architecture with its initial weights, or ``None`` when the
-  zoo records none (measures that need it declare ``needs_init``);
-* ``data``: :class:`MeasureData`, the samples every model of a zoo sees, in one fixed order;
+* ``model``: the trained ``nn.Module``, already in eval mode on ``settings.device``;
+* ``init_model``: the same architecture with its initial weights (eval, same device), or
+  ``None`` when the zoo records none (measures that need it declare ``needs_init``);
+* ``data``: :class:`MeasureData`, the samples every model of a zoo sees, in one fixed
+  order, on the CPU (move batches to the model's device, :func:`model_device`);
 * ``settings``: :class:`MeasureSettings`.
+
+The contract is enforced in one place, :func:`evaluate_measure`: it checks what the
+measure declares (initial weights, image inputs, an optional package), places both models
+on the device in eval mode, runs the measure, and in ``finally`` restores each model's
+device, training flag and weights; a non-finite value is an error. Measures therefore
+never call ``.to()`` on a model themselves, and a model shared by several measures comes
+back exactly as it went in, whatever the order.
 
 Sign convention (stated once, here): a measure's ``sign`` is +1 when a LARGER value
 predicts WORSE generalization (a larger generalization gap, a lower test accuracy), and
@@ -18,8 +27,11 @@ tau against the gap is positive when a measure works the way its authors meant.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +39,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["Measure", "MeasureData", "MeasureSettings", "MeasureError", "REGISTRY", "register",
-           "get_measure", "list_measures", "compute_measure", "compute_for_entry"]
+from pgen.errors import MeasureError, UnknownNameError
 
-
-class MeasureError(ValueError):
-    """A measure cannot run on this model or data; the message says why."""
+__all__ = ["Measure", "MeasureData", "MeasureSettings", "MeasureValue", "MeasureResult", "MeasureError",
+           "REGISTRY", "register", "get_measure", "list_measures", "compute_measure", "evaluate_measure",
+           "compute_for_entry", "model_device", "tf32_mode"]
 
 
 @dataclass
@@ -60,18 +71,44 @@ class MeasureSettings:
     device: str = "cpu"
     batch_size: int = 256
     seed: int = 0
-    layer: str = "penultimate"  # the P-vector angle's feature layer
+    layer: str = "penultimate"  # the P-vector measures' feature layer
+    center: bool = True  # the P-vector angle on centered features (pgen's default; see the README)
+    allow_tf32: bool = False  # CUDA only: TF32 matmuls are faster but move P-vectors by ~0.1 degree
+
+
+@dataclass(frozen=True)
+class MeasureValue:
+    """What a measure may return instead of a float: its value and extra named values
+    (stored beside it as ``<measure>.<key>``; a non-finite extra is stored as missing)."""
+
+    value: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    """One measure on one model: value, extra values and wall-clock seconds."""
+
+    name: str
+    value: float
+    extra: dict[str, float]
+    seconds: float
 
 
 @dataclass(frozen=True)
 class Measure:
+    """A registered measure and what it declares about itself."""
+
     name: str
-    fn: Callable[[nn.Module, nn.Module | None, MeasureData, MeasureSettings], float]
+    fn: Callable[[nn.Module, nn.Module | None, MeasureData, MeasureSettings], float | MeasureValue]
     description: str
     sign: int  # +1: larger predicts worse generalization; -1: larger predicts better
-    needs_init: bool = False
+    needs_init: bool = False  # needs the model's initial weights
     family: str = ""
-    reference: str = ""
+    reference: str = ""  # the paper (and code) whose definition it computes
+    needs_images: bool = False  # inputs must be (N, C, H, W)
+    stochastic: bool = False  # draws random numbers (seeded by settings.seed)
+    requires: str = ""  # an optional package it imports, e.g. "weightwatcher"
 
     def __call__(self, model, init_model, data, settings=None) -> float:
         return compute_measure(self.name, model, init_model, data, settings)
@@ -81,15 +118,18 @@ REGISTRY: dict[str, Measure] = {}
 
 
 def register(name: str, *, description: str, sign: int, needs_init: bool = False, family: str = "",
-             reference: str = ""):
-    """Decorator: register ``fn(model, init_model, data, settings) -> float`` under ``name``."""
+             reference: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = ""):
+    """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``."""
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
+    if not reference:
+        raise ValueError(f"measure {name}: say which paper or code it follows (reference=...)")
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
-        REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference)
+        REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference, needs_images,
+                                 stochastic, requires)
         return fn
 
     return deco
@@ -106,34 +146,108 @@ def _load_all():
 
 
 def get_measure(name: str) -> Measure:
+    """The registered measure ``name``; an :class:`~pgen.errors.UnknownNameError` lists the known ones."""
     _load_all()
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown measure {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        raise UnknownNameError(f"unknown measure {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
 def list_measures() -> pd.DataFrame:
-    """Name, family, sign, whether it needs initial weights, and a one-line description."""
+    """One row per measure: name, family, sign, what it needs, and its description and reference.
+
+    >>> "pvector_angle" in set(list_measures()["name"])
+    True
+    """
     _load_all()
     return pd.DataFrame([{"name": m.name, "family": m.family, "sign": f"{m.sign:+d}", "needs_init": m.needs_init,
-                          "description": m.description} for m in sorted(REGISTRY.values(), key=lambda m: m.name)])
+                          "needs_images": m.needs_images, "stochastic": m.stochastic, "requires": m.requires,
+                          "description": m.description, "reference": m.reference}
+                         for m in sorted(REGISTRY.values(), key=lambda m: m.name)])
 
 
-def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, data: MeasureData,
-                    settings: MeasureSettings | None = None) -> float:
-    """Run one measure, checking its inputs and its output."""
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def tf32_mode(device: str | torch.device, allow: bool) -> Iterator[None]:
+    """On CUDA, set TF32 for matmuls and cuDNN to ``allow`` for the duration, then restore."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def _placed(model: nn.Module | None, device: torch.device) -> Iterator[None]:
+    """``model`` on ``device`` in eval mode; afterwards its device, mode and weights as before."""
+    if model is None:
+        yield
+        return
+    home, was_training = model_device(model), model.training
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.to(device).eval()
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)  # a measure that perturbs weights in place cannot leak them
+        model.to(home)
+        model.train(was_training)
+
+
+def evaluate_measure(name: str, model: nn.Module, init_model: nn.Module | None, data: MeasureData,
+                     settings: MeasureSettings | None = None) -> MeasureResult:
+    """Run one measure under the measure contract (see the module docstring).
+
+    Raises :class:`~pgen.errors.MeasureError` when the measure cannot run here (missing
+    initial weights, non-image inputs, a missing optional package) or returns a
+    non-finite value.
+    """
     m = get_measure(name)
     settings = settings or MeasureSettings()
     if m.needs_init and init_model is None:
         raise MeasureError(f"measure {name} needs the model's initial weights, which this zoo does not record")
-    model.eval()
-    if init_model is not None:
-        init_model.eval()
-    value = float(m.fn(model, init_model, data, settings))
+    if m.needs_images and data.x.dim() != 4:
+        raise MeasureError(f"measure {name} needs image inputs (N, C, H, W); got shape {tuple(data.x.shape)}")
+    if m.requires and importlib.util.find_spec(m.requires) is None:
+        raise MeasureError(f"measure {name} needs the optional package {m.requires!r}: "
+                           f"pip install 'pgen[{m.requires}]'")
+    device = torch.device(settings.device)
+    start = time.perf_counter()
+    with _placed(model, device), _placed(init_model, device), tf32_mode(device, settings.allow_tf32):
+        out = m.fn(model, init_model, data, settings)
+    seconds = time.perf_counter() - start
+    value, extra = (out.value, out.extra) if isinstance(out, MeasureValue) else (out, {})
+    value = float(value)
     if not math.isfinite(value):
         raise MeasureError(f"measure {name} returned {value} for this model")
-    return value
+    extra = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in extra.items()}
+    return MeasureResult(name, value, extra, seconds)
+
+
+def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, data: MeasureData,
+                    settings: MeasureSettings | None = None) -> float:
+    """The value of one measure (:func:`evaluate_measure` without the extras and timing).
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    >>> data = MeasureData(torch.randn(20, 4), torch.arange(20) % 3)
+    >>> compute_measure("num_params", net, None, data)
+    15.0
+    """
+    return evaluate_measure(name, model, init_model, data, settings).value
 
 
 def compute_for_entry(name: str, entry, data: MeasureData, settings: MeasureSettings | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pgen.measures import MeasureError
+from pgen.measures import MeasureError, model_device
 
 
 def all_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,14 +54,10 @@ def spectral_norm(w: torch.Tensor) -> float:
 
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, settings) -> torch.Tensor:
-    """The model's outputs on ``x``, batched on ``settings.device``, back on CPU."""
-    device = settings.device
-    model.to(device)
-    try:
-        return torch.cat([model(x[a:a + settings.batch_size].to(device).float()).float().cpu()
-                          for a in range(0, len(x), settings.batch_size)])
-    finally:
-        model.to("cpu")
+    """The model's outputs on ``x``, batched on the model's device, back on CPU."""
+    device = model_device(model)
+    return torch.cat([model(x[a:a + settings.batch_size].to(device).float()).float().cpu()
+                      for a in range(0, len(x), settings.batch_size)])
 
 
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,7 +78,10 @@ def margin_10th_percentile(model: nn.Module, data, settings) -> float:
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings) -> float:
-    return float((logits_of(model, x, settings).argmax(1) == y).double().mean())
+    """Top-1 accuracy through the one accuracy function pgen also trains and scores with."""
+    from pgen.train import evaluate
+
+    return evaluate(model, x, y, batch_size=settings.batch_size)[0]
 
 
 def within_class_mixup(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, lam: float = 0.5) -> torch.Tensor:
@@ -105,11 +104,6 @@ def first_layer(model: nn.Module) -> nn.Module:
     if not layers:
         raise MeasureError("the model has no Conv or Linear layer")
     return layers[0][1]
-
-
-def require_images(data, name: str) -> None:
-    if data.x.dim() != 4:
-        raise MeasureError(f"{name} needs image inputs (N, C, H, W); got shape {tuple(data.x.shape)}")
 
 
 def bisect_scale(drop, *, target: float, tolerance: float, depth: int, upper: float = 1.0,

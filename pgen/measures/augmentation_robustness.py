@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pgen.measures import register
-from pgen.measures._util import logits_of, require_images
+from pgen.measures._util import logits_of
 
 
 def _saturate(x, factor=1.5):
@@ -58,11 +58,11 @@ def augmentations(x: torch.Tensor, generator: torch.Generator) -> dict[str, torc
             "brightness": x * 1.2, "flip_saturation": _saturate(x.flip(-1)), "erasing": _erase(x, generator)}
 
 
-@register("augmentation_robustness", sign=1, family="pgdl-runner-up",
+@register("augmentation_robustness", sign=1, family="pgdl-runner-up", stochastic=True,
+          needs_images=True,
           description="mean softmax drop under 7 augmentations, 1 per prediction the augmentation flips",
           reference="Aithal & Kashyap 2020 (PGDL second place)")
 def augmentation_robustness(model, init_model, data, settings) -> float:
-    require_images(data, "augmentation_robustness")
     x = data.x.float()
     p = torch.softmax(logits_of(model, x, settings).double(), 1)
     pred = p.argmax(1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgen.features import extract_features
-from pgen.measures import register
+from pgen.measures import MeasureError, register
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float:
@@ -24,7 +24,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"linear CKA needs the same samples: {x.shape[0]} vs {y.shape[0]} rows")
+        raise MeasureError(f"linear CKA needs the same samples: {x.shape[0]} vs {y.shape[0]} rows")
     x = x - x.mean(0)
     y = y - y.mean(0)
     if not debiased:
@@ -48,7 +48,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float
           reference="Kornblith et al., ICML 2019")
 def cka_to_data(model, init_model, data, settings) -> float:
     f = extract_features(model, (data.x, data.y), layers=settings.layer, batch_size=settings.batch_size,
-                         device=settings.device)[settings.layer]
+                         device=settings.device, allow_tf32=settings.allow_tf32)[settings.layer]
     return linear_cka(f, data.x.reshape(len(data.x), -1).numpy())
 
 
@@ -58,6 +58,6 @@ def cka_to_data(model, init_model, data, settings) -> float:
 def cka_to_init(model, init_model, data, settings) -> float:
     def feats(m):
         return extract_features(m, (data.x, data.y), layers=settings.layer, batch_size=settings.batch_size,
-                                device=settings.device)[settings.layer]
+                                device=settings.device, allow_tf32=settings.allow_tf32)[settings.layer]
 
     return linear_cka(feats(model), feats(init_model))

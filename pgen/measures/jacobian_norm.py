@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from pgen.measures import register
+from pgen.measures import model_device, register
 from pgen.measures._util import layers_of
 
 BATCH = 16
@@ -22,8 +22,7 @@ MAX_BATCHES = 33
           description="mean squared Jacobian of the logits w.r.t. every layer's input (PGDL kit baseline)",
           reference="PGDL starting kit")
 def jacobian_norm(model, init_model, data, settings) -> float:
-    device = settings.device
-    model = model.to(device)
+    device = model_device(model)
     layers = layers_of(model)
     captured: list[torch.Tensor] = []
     handles = [layer.register_forward_pre_hook(lambda m, inp: captured.append(inp[0])) for layer in layers]
@@ -46,5 +45,4 @@ def jacobian_norm(model, init_model, data, settings) -> float:
     finally:
         for h in handles:
             h.remove()
-        model.to("cpu")
     return float(sum(per_batch) / len(per_batch))

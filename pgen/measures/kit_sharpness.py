@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from pgen.measures import register
+from pgen.measures import model_device, register
 from pgen.measures._util import all_weights
 
 BATCH = 64
@@ -38,12 +38,11 @@ def _kit_objective(logits: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return -(logits * torch.log_softmax(one_hot, dim=1)).sum(1).mean()
 
 
-@register("kit_sharpness", sign=-1, family="flatness",
+@register("kit_sharpness", sign=-1, family="flatness", stochastic=True,
           description="largest relative weight box keeping accuracy within 0.1, by bisection (PGDL kit baseline)",
           reference="PGDL starting kit")
 def kit_sharpness(model, init_model, data, settings) -> float:
-    device = settings.device
-    model = model.to(device)
+    device = model_device(model)
     x, y = data.x.to(device).float(), data.y.to(device)
     g = torch.Generator().manual_seed(settings.seed)
     stream = _batches(len(x), g)
@@ -89,5 +88,4 @@ def kit_sharpness(model, init_model, data, settings) -> float:
                 low = m
     finally:
         model.load_state_dict(orig, strict=False)
-        model.to("cpu")
     return float(m)

@@ -16,14 +16,14 @@ from pgen.measures import register
 from pgen.measures._util import within_class_mixup
 
 
-@register("label_variation", sign=1, family="pgdl-third",
+@register("label_variation", sign=1, family="pgdl-third", stochastic=True,
           description="tr(Y^T L Y)/n on a 1-NN RBF graph of penultimate features of within-class mixups",
           reference="PGDL third place (label variation on a latent kNN graph)")
 def label_variation(model, init_model, data, settings) -> float:
     g = torch.Generator().manual_seed(settings.seed)
     mixed = within_class_mixup(data.x, data.y, g)
     f = torch.from_numpy(extract_features(model, (mixed, data.y), layers=settings.layer, batch_size=settings.batch_size,
-                                          device=settings.device)[settings.layer]).double()
+                                          device=settings.device, allow_tf32=settings.allow_tf32)[settings.layer]).double()
     d2 = torch.cdist(f, f, compute_mode="donot_use_mm_for_euclid_dist").square()  # exact, not |a|^2+|b|^2-2ab
     d2.fill_diagonal_(float("inf"))
     nn_dist, nn_idx = d2.min(1)

@@ -38,7 +38,7 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
         for _ in range(DRAWS):
             with torch.no_grad():
                 for p, w in zip(noisy.parameters(), originals):
-                    z = torch.randn(w.shape, generator=g, dtype=w.dtype)
+                    z = torch.randn(w.shape, generator=g, dtype=w.dtype, device="cpu").to(w.device)
                     scale = torch.sqrt(sigma ** 2 * w ** 2 + MAG_EPS ** 2) if magnitude_aware else sigma
                     p.copy_(w + z * scale)
             accs.append(accuracy(noisy, data.x, data.y, settings))
@@ -47,14 +47,14 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
     return bisect_scale(drop, target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, upper=upper)
 
 
-@register("pacbayes_flatness", sign=1, family="flatness",
+@register("pacbayes_flatness", sign=1, family="flatness", stochastic=True,
           description="1/sigma^2, sigma = Gaussian weight noise that costs 0.1 accuracy (bisection)",
           reference="Jiang et al., ICLR 2020 (eq. 53)")
 def pacbayes_flatness(model, init_model, data, settings) -> float:
     return 1.0 / noise_sigma(model, data, settings, magnitude_aware=False) ** 2
 
 
-@register("pacbayes_mag_flatness", sign=1, family="flatness",
+@register("pacbayes_mag_flatness", sign=1, family="flatness", stochastic=True,
           description="1/sigma'^2, magnitude-aware noise N(0, sigma'^2 w^2 + 1e-6) that costs 0.1 accuracy",
           reference="Jiang et al., ICLR 2020 (eq. 61)")
 def pacbayes_mag_flatness(model, init_model, data, settings) -> float:

@@ -16,27 +16,27 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import davies_bouldin_score
 
-from pgen.measures import MeasureError, register
+from pgen.measures import MeasureError, model_device, register
 from pgen.measures._util import accuracy, first_layer, within_class_mixup
 
 
 def _first_layer_features(model, x, settings) -> torch.Tensor:
-    layer = first_layer(model)
+    layer, device = first_layer(model), model_device(model)
     out = []
     handle = layer.register_forward_hook(lambda m, i, o: out.append(o.detach()))
     try:
         with torch.no_grad():
             for a in range(0, len(x), settings.batch_size):
-                model(x[a:a + settings.batch_size].float())
+                model(x[a:a + settings.batch_size].to(device).float())
     finally:
         handle.remove()
-    f = torch.cat(out)
+    f = torch.cat(out).cpu()
     if f.dim() == 4 and min(f.shape[2:]) >= 2:
         f = F.max_pool2d(f, 2)
     return f.reshape(len(f), -1)
 
 
-@register("dbi_mixup", sign=1, family="pgdl-winner",
+@register("dbi_mixup", sign=1, family="pgdl-winner", stochastic=True,
           description="Davies-Bouldin index of first-layer features x (1 - within-class mixup accuracy)",
           reference="Natekar & Sharma 2020 (PGDL first place)")
 def dbi_mixup(model, init_model, data, settings) -> float:
@@ -51,7 +51,7 @@ def dbi_mixup(model, init_model, data, settings) -> float:
 
 def normalized_margin(model, x, settings) -> float:
     """Mean over samples of (top1 - top2 logit) / ||d(top1 - top2) / d(first-layer output)||."""
-    layer = first_layer(model)
+    layer, device = first_layer(model), model_device(model)
     captured = []
     handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
     values = []
@@ -59,12 +59,12 @@ def normalized_margin(model, x, settings) -> float:
         for a in range(0, len(x), settings.batch_size):
             captured.clear()
             with torch.enable_grad():
-                out = model(x[a:a + settings.batch_size].float())
+                out = model(x[a:a + settings.batch_size].to(device).float())
                 top = out.topk(2, dim=1).values
                 margin = top[:, 0] - top[:, 1]
                 (grad,) = torch.autograd.grad(margin.sum(), captured[0])
             norm = grad.reshape(len(grad), -1).norm(dim=1).clamp_min(1e-12)
-            values.append((margin.detach() / norm).double())
+            values.append((margin.detach() / norm).double().cpu())
     finally:
         handle.remove()
     return float(torch.cat(values).mean())
@@ -83,7 +83,7 @@ def augment_margin(model, init_model, data, settings) -> float:
     return normalized_margin(model, _augment(data.x), settings)
 
 
-@register("mixup_margin", sign=-1, family="pgdl-winner",
+@register("mixup_margin", sign=-1, family="pgdl-winner", stochastic=True,
           description="mean (top1 - top2 logit) / first-layer gradient norm, on within-class mixups",
           reference="Natekar & Sharma 2020 (PGDL first place)")
 def mixup_margin(model, init_model, data, settings) -> float:

@@ -1,36 +1,46 @@
 """The P-vector angle (Liu et al. 2022): pgen's own measure.
 
 The angle, in degrees, between the model's P-vector (top left singular vector of its
-penultimate features over the n samples) and the data P-vector (the same for the raw
-inputs). Two variants: centered features (pgen's default; see the README for why) and
-uncentered, the paper's literal reading.
+features at ``settings.layer``, penultimate by default, over the n samples) and the data
+P-vector (the same for the raw inputs). ``pvector_angle`` centers the features when
+``settings.center`` is true (pgen's default; see the README for why); the paper does not
+say, so ``pvector_angle_uncentered`` always gives its literal, uncentered reading.
+
+Extra values stored beside the angle (``pvector_angle.<name>``):
+
+* ``sigma_ratio``: sigma1 / sigma2 of the model's feature matrix;
+* ``relative_spectral_gap``: (sigma1 - sigma2) / sigma1; below ``min_gap`` the P-vector is
+  numerically unstable (``stable`` = 0);
+* ``explained_variance``: sigma1^2 over the total energy of the (centered) features.
 """
 
 from __future__ import annotations
 
 from pgen.features import data_p_vector, model_p_vectors
-from pgen.measures import register
+from pgen.measures import MeasureValue, register
 from pgen.pvector import angle
 
 
-def _angle(model, data, settings, center: bool) -> float:
+def _angle(model, data, settings, center: bool) -> MeasureValue:
     key = ("data_pvector", center)
     if key not in data.cache:
         data.cache[key] = data_p_vector((data.x, data.y), center=center).vector
     pv = model_p_vectors(model, (data.x, data.y), layers=settings.layer, center=center,
-                         batch_size=settings.batch_size, device=settings.device)[settings.layer]
-    return angle(pv.vector, data.cache[key])
+                         batch_size=settings.batch_size, device=settings.device, allow_tf32=settings.allow_tf32)[settings.layer]
+    extra = {"sigma_ratio": pv.gap, "relative_spectral_gap": pv.relative_gap, "explained_variance": float(pv.explained_variance_ratio[0]),
+             "stable": float(pv.stable)}
+    return MeasureValue(angle(pv.vector, data.cache[key]), extra)
 
 
 @register("pvector_angle", sign=1, family="p-vector",
-          description="angle (deg) between model and data P-vectors, centered features (pgen default)",
-          reference="Liu et al., Machine Learning 111, 2022")
-def pvector_angle(model, init_model, data, settings) -> float:
-    return _angle(model, data, settings, center=True)
+          description="angle (deg) between model and data P-vectors (centered features unless --no-center)",
+          reference="Liu et al., Machine Learning 111, 2022 (centering: pgen's choice, see README)")
+def pvector_angle(model, init_model, data, settings) -> MeasureValue:
+    return _angle(model, data, settings, center=settings.center)
 
 
 @register("pvector_angle_uncentered", sign=1, family="p-vector",
           description="angle (deg) between model and data P-vectors, uncentered features (paper's literal reading)",
           reference="Liu et al., Machine Learning 111, 2022")
-def pvector_angle_uncentered(model, init_model, data, settings) -> float:
+def pvector_angle_uncentered(model, init_model, data, settings) -> MeasureValue:
     return _angle(model, data, settings, center=False)

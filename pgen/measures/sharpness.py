@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from pgen.measures import register
+from pgen.measures import model_device, register
 from pgen.measures._util import accuracy, bisect_scale
 
 TARGET_DROP = 0.1
@@ -25,27 +25,28 @@ EPS = 1e-3
 
 
 def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.Generator) -> float:
-    pert = copy.deepcopy(model).to(settings.device)
+    pert = copy.deepcopy(model)  # on the model's device
     params = list(pert.parameters())
     originals = [p.detach().clone() for p in params]
     bounds = [alpha * w.abs() + EPS for w in originals]
-    x, y = data.x.to(settings.device).float(), data.y.to(settings.device)
+    device = model_device(model)
+    x, y = data.x[:ATTACK_SAMPLES].to(device).float(), data.y[:ATTACK_SAMPLES].to(device)
     with torch.no_grad():
         for p, w, b in zip(params, originals, bounds):
-            p.copy_(w + (2 * torch.rand(w.shape, generator=g).to(w.device) - 1) * b)
+            p.copy_(w + (2 * torch.rand(w.shape, generator=g, device="cpu").to(w.device) - 1) * b)
     for _ in range(STEPS):
         pert.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            F.cross_entropy(pert(x[:ATTACK_SAMPLES]), y[:ATTACK_SAMPLES]).backward()
+            F.cross_entropy(pert(x), y).backward()
         with torch.no_grad():
             for p, w, b in zip(params, originals, bounds):
                 if p.grad is not None:
                     p.add_(p.grad.sign() * b / 4)
                     p.copy_(torch.minimum(torch.maximum(p, w - b), w + b))
-    return base - accuracy(pert.cpu(), data.x, data.y, settings)
+    return base - accuracy(pert, data.x, data.y, settings)
 
 
-@register("mag_sharpness", sign=1, family="flatness",
+@register("mag_sharpness", sign=1, family="flatness", stochastic=True,
           description="1/alpha^2, alpha = relative weight box whose worst case costs 0.1 accuracy (bisection)",
           reference="Jiang et al., ICLR 2020 (eq. 60)")
 def mag_sharpness(model, init_model, data, settings) -> float:

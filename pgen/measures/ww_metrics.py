@@ -44,7 +44,7 @@ def _make(column: str, description: str):
             raise MeasureError(f"WeightWatcher returned no finite {column} for this model")
         return value
 
-    register(f"ww_{column}", sign=1, family="weightwatcher", description=description,
+    register(f"ww_{column}", sign=1, family="weightwatcher", description=description, requires="weightwatcher",
              reference="Martin & Mahoney; the weightwatcher package")(measure)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,11 +14,9 @@ import pandas as pd
 from torch import nn
 from torch.utils.data import Dataset
 
+from pgen.errors import UnknownNameError, ZooError
+
 __all__ = ["Zoo", "ZooEntry", "ZooError", "safe_join"]
-
-
-class ZooError(Exception):
-    """A zoo, one of its files, or one of its models is unusable; the message names it."""
 
 
 def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
@@ -70,6 +70,7 @@ class Zoo(ABC):
         self.root = Path(root)
         self.name = name or self.root.name
         self._cache: list[ZooEntry] | None = None
+        self._identity: str | None = None
 
     @abstractmethod
     def _entries(self) -> list[ZooEntry]:
@@ -104,7 +105,7 @@ class Zoo(ABC):
         for e in self.entries:
             if e.id == key:
                 return e
-        raise KeyError(f"zoo {self.name} has no model {key!r}")
+        raise UnknownNameError(f"zoo {self.name} has no model {key!r}")
 
     def final_models(self) -> Zoo:
         """A view of this zoo without intermediate checkpoints (entries whose ``extra``
@@ -113,7 +114,19 @@ class Zoo(ABC):
 
         view = copy.copy(self)
         view._cache = [e for e in self.entries if e.extra.get("final", True)]
+        if len(view._cache) < len(self.entries):
+            view._identity = self.identity() + ":final"
         return view
+
+    def identity(self) -> str:
+        """What the zoo is, independent of where it lies: its name and a hash of every
+        entry's id, hparams and metrics. Results are keyed by it, so a moved or copied zoo
+        keeps its results and a changed one does not reuse stale ones."""
+        if self._identity is None:
+            rows = [[e.id, e.hparams, e.metrics] for e in self.entries]
+            digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+            self._identity = f"{self.name}@{digest[:16]}"
+        return self._identity
 
     def hparam_grid(self) -> dict[str, list] | None:
         """``{hparam: possible values}`` when the zoo is a full grid (PGDL style), else None."""
@@ -121,7 +134,8 @@ class Zoo(ABC):
 
     def describe(self) -> dict:
         """Format, name, root and size, for result files and reports."""
-        return {"format": self.format, "name": self.name, "root": str(self.root), "models": len(self)}
+        return {"format": self.format, "name": self.name, "identity": self.identity(), "root": str(self.root),
+                "models": len(self)}
 
     def to_frame(self) -> pd.DataFrame:
         """One row per model: id, ``hp.<name>`` columns and metric columns."""

@@ -30,10 +30,13 @@ import itertools
 import json
 import os
 import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import torch
 
+from pgen.cache import cache_dir
 from pgen.data import dataset_info, load_dataset
 from pgen.models import ARCHITECTURES, build_model
 from pgen.train import TrainConfig, train_model
@@ -46,26 +49,21 @@ _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__) - {"seed", "checkpoint_epoch
 
 
 def default_cache_dir() -> Path:
-    """Where embedded zoos are built: ``$PGEN_CACHE`` or ``~/.cache/pgen``."""
-    return Path(os.environ.get("PGEN_CACHE", Path.home() / ".cache" / "pgen"))
+    """Where embedded zoos are built: :func:`pgen.cache.cache_dir`."""
+    return cache_dir()
 
 
-def _recipe_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    return [Path.cwd() / "model_zoos", here.parents[2] / "model_zoos"]
+def embedded_recipes() -> dict[str, Traversable]:
+    """The recipes shipped inside the package (``pgen/recipes/*.toml``), by name.
+
+    Found through ``importlib.resources``, so they are there in any install, editable or
+    not, whatever the working directory.
+    """
+    folder = resources.files("pgen") / "recipes"
+    return {p.name[:-5]: p for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
 
 
-def embedded_recipes() -> dict[str, Path]:
-    """Recipes shipped in the repository's ``model_zoos/`` folder, by name."""
-    found = {}
-    for d in _recipe_dirs():
-        if d.is_dir():
-            for p in sorted(d.glob("*.toml")):
-                found.setdefault(p.stem, p)
-    return found
-
-
-def find_recipe(name_or_path: str) -> Path:
+def find_recipe(name_or_path: str) -> Path | Traversable:
     p = Path(name_or_path)
     if p.suffix == ".toml" and p.is_file():
         return p
@@ -105,8 +103,8 @@ class Recipe:
                 raise ZooError(f"recipe {source}: grid entry {k!r} is empty")
 
     @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        path = Path(path)
+    def load(cls, path: str | Path | Traversable) -> Recipe:
+        path = path if isinstance(path, Traversable) else Path(path)
         try:
             return cls(tomllib.loads(path.read_text()), source=str(path))
         except tomllib.TOMLDecodeError as exc:

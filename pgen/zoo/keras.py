@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgen.errors import PgenError
+
 __all__ = ["KerasPortError", "build_keras_model", "load_keras_weights", "keras_weight_arrays"]
 
 
-class KerasPortError(ValueError):
+class KerasPortError(PgenError, ValueError):
     """A Keras config or weights file that pgen cannot reproduce exactly."""
 
 

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pgen.errors import PgenError
+
 __all__ = ["TFRecordError", "crc32c", "masked_crc32c", "iter_records", "index_records",
            "parse_example", "parse_tensor", "serialize_tensor", "serialize_example", "frame_record",
            "write_pgdl_shard"]
 
 
-class TFRecordError(ValueError):
+class TFRecordError(PgenError, ValueError):
     """A TFRecord file, record, Example or TensorProto is malformed; the message says where."""
 
 

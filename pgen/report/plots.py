@@ -1,0 +1,134 @@
+"""The one matplotlib setup every pgen report uses, and the plots themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["figure", "save", "measure_scatter", "histogram", "test_vs_pseudo", "ranking_plot"]
+
+
+def figure(width: float = 5.5, height: float = 4.2):
+    """A new figure and axes on the non-interactive backend, in pgen's style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                         "axes.spines.right": False, "font.size": 9})
+    return plt.subplots(figsize=(width, height))
+
+
+def save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _colour(ax, table: pd.DataFrame, color_by: str | None):
+    """Scatter colours from a hyperparameter column (categorical legend or colour bar)."""
+    if not color_by or color_by not in table.columns:
+        return None
+    values = table[color_by]
+    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 6:
+        return {"c": values.to_numpy(float), "cmap": "viridis"}
+    return {"groups": list(dict.fromkeys(values.astype(str)))}
+
+
+def measure_scatter(table: pd.DataFrame, measure: str, target: str, *, label: str, target_label: str,
+                    fit=None, color_by: str | None = None, path: Path) -> Path:
+    """``target`` against ``measure``, one point per model, with the log-log fit and its 95% band."""
+    fig, ax = figure()
+    x, y = table[measure].to_numpy(float), table[target].to_numpy(float)
+    colour = _colour(ax, table, color_by)
+    if colour and "groups" in colour:
+        keys = table[color_by].astype(str).to_numpy()
+        for k, g in enumerate(colour["groups"]):
+            sel = keys == g
+            ax.scatter(x[sel], y[sel], s=22, alpha=0.85, color=f"C{k % 10}", label=f"{color_by[3:]}={g}")
+    elif colour:
+        sc = ax.scatter(x, y, s=22, c=colour["c"], cmap=colour["cmap"])
+        fig.colorbar(sc, ax=ax, label=color_by[3:])
+    else:
+        ax.scatter(x, y, s=22, alpha=0.8, label="models")
+    if fit is not None and np.isfinite(x).any() and (x > 0).any():
+        grid = np.geomspace(np.nanmin(x[x > 0]), np.nanmax(x), 100)
+        yhat, lo, hi = fit.predict(grid, interval=True)
+        ax.plot(grid, yhat, "k", lw=1.2, label=f"log-log fit: slope {fit.slope:.2f}, R$^2$ {fit.r2:.2f}")
+        ax.fill_between(grid, lo, hi, color="k", alpha=0.12, label="95% CI of the mean")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel(target_label)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def histogram(values: pd.Series, *, label: str, path: Path) -> Path:
+    fig, ax = figure()
+    v = values.dropna()
+    ax.hist(v, bins=min(30, max(5, len(v) // 2)))
+    ax.set_xlabel(label)
+    ax.set_ylabel("models")
+    return save(fig, path)
+
+
+def test_vs_pseudo(table: pd.DataFrame, *, colour_column: str, colour_label: str, path: Path) -> Path:
+    fig, ax = figure()
+    sc = ax.scatter(table["pseudo_test_acc"], table["test_acc"], s=22, c=table[colour_column], cmap="viridis")
+    fig.colorbar(sc, ax=ax, label=colour_label)
+    lims = [min(table["pseudo_test_acc"].min(), table["test_acc"].min()), 1.0]
+    ax.plot(lims, lims, "k--", lw=0.8, label="y = x")
+    ax.set_xlabel("pseudo-test accuracy")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def ranking_plot(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Kendall tau of sign x measure against the gap and against test accuracy, one bar per
+    zoo, measures ordered by their mean tau against test accuracy. The axes show tau itself
+    (the tables' numbers); the x-label says which direction means "works as intended"."""
+    import matplotlib.pyplot as plt
+
+    names = sorted({m for s in summaries.values() for m in s["measure"]})
+
+    def column(s, name):
+        col = s.set_index("measure").get(name)
+        return col if col is not None else pd.Series(dtype=float)
+
+    def mean_tau(m):
+        vals = np.array([column(s, "tau_test_acc").get(m, np.nan) for s in summaries.values()], dtype=float)
+        return float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else np.nan
+
+    score = {m: mean_tau(m) for m in names}
+    order = sorted(names, key=lambda m: np.nan_to_num(score[m], nan=9))
+    fig, _ = figure()
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.26 * len(order) + 1.6), sharey=True)
+    height = 0.8 / max(1, len(summaries))
+    panels = [("tau_gap", "Kendall tau(sign x measure, gap)\n(> 0: ranks the gap as intended)"),
+              ("tau_test_acc", "Kendall tau(sign x measure, test accuracy)\n(< 0: ranks test accuracy as intended)")]
+    for ax, (col, label) in zip(axes, panels):
+        for k, (zname, s) in enumerate(summaries.items()):
+            vals = column(s, col).reindex(order).to_numpy(float)
+            lo, hi = column(s, col + "_ci_low").reindex(order), column(s, col + "_ci_high").reindex(order)
+            err = None
+            if len(lo) and len(hi):
+                err = np.abs(np.vstack([vals - lo.to_numpy(float), hi.to_numpy(float) - vals]))
+            ax.barh(np.arange(len(order)) + k * height, vals, height=height, label=zname, xerr=err,
+                    error_kw={"lw": 0.6, "alpha": 0.6})
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(label, fontsize=9)
+        ax.set_xlim(-1, 1)
+    axes[0].set_yticks(np.arange(len(order)) + 0.4 - height / 2)
+    axes[0].set_yticklabels(order, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=8, loc="lower right")
+    return save(fig, path)
