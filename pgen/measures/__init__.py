@@ -79,7 +79,7 @@ class MeasureSettings:
 @dataclass(frozen=True)
 class MeasureValue:
     """What a measure may return instead of a float: its value and extra named values
-    (stored beside it as ``<measure>.<key>``; a non-finite extra is stored as missing)."""
+    (stored beside it as ``<measure>.<key>``; NaN is stored as missing, infinity as is)."""
 
     value: float
     extra: dict[str, float] = field(default_factory=dict)
@@ -233,7 +233,7 @@ def evaluate_measure(name: str, model: nn.Module, init_model: nn.Module | None, 
     value = float(value)
     if not math.isfinite(value):
         raise MeasureError(f"measure {name} returned {value} for this model")
-    extra = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in extra.items()}
+    extra = {k: (None if v is None or math.isnan(float(v)) else float(v)) for k, v in extra.items()}
     return MeasureResult(name, value, extra, seconds)
 
 

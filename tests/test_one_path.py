@@ -1,0 +1,186 @@
+"""The defects of issue "one path for every measure", each reproduced as a user meets it."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pgen.cli import main
+from pgen.measures import REGISTRY, list_measures, register
+from pgen.report import write_report
+from pgen.results import load_run, load_runs
+from pgen.score import ScoreSettings, score_zoo
+
+ROOT = Path(__file__).parents[1]
+PGDL = Path(__file__).parent / "fixtures" / "pgdl"
+
+
+def test_the_angle_with_another_measure_scores_and_reports_both(tiny_zoo, tmp_path, capsys):
+    # Before: every model scored, then "pgen score: error: pvector_angle" and no report.
+    out = tmp_path / "out"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "200", "--color-by", "arch",
+                 "--measures", "pvector_angle,distance_from_init,pvector_angle"]) == 0
+    text = capsys.readouterr().out
+    assert "pvector_angle: Kendall tau" in text and "distance_from_init: Kendall tau" in text
+    models = pd.read_csv(out / "models.csv")
+    assert models["pvector_angle"].between(0, 90).all() and (models["distance_from_init"] > 0).all()
+    for extra in ("sigma_ratio", "relative_spectral_gap", "explained_variance", "stable"):
+        assert models[f"pvector_angle.{extra}"].notna().all(), extra  # the angle's extra values, stored beside it
+    assert (models["pvector_angle.sigma_ratio"] >= 1).all()
+    md = (out / "report.md").read_text()
+    assert "**pvector_angle**" in md and "**distance_from_init**" in md
+    for name in ("distance_from_init_vs_test_acc.png", "pvector_angle_vs_test_acc.png"):
+        assert (out / name).is_file()
+    corr = pd.read_csv(out / "correlations.csv")
+    assert set(corr["measure"]) == {"pvector_angle", "distance_from_init"}
+
+
+def test_two_runs_in_one_folder_report_the_run_just_scored(tiny_zoo, tmp_path, capsys):
+    # Before: the CLI printed OUT/report.html, the older run's report or none at all.
+    out = tmp_path / "out"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "200"]) == 0
+    capsys.readouterr()
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "120", "--no-center"]) == 0
+    text = capsys.readouterr().out
+    assert f"report: {out / 'report.html'} and {out / 'report.md'}" in text
+    settings = dict(pd.read_json(out / "summary.json", typ="series")["settings"])
+    assert settings["n_samples"] == 120 and settings["center"] is False
+    # pgen report writes one folder per run and prints each
+    assert main(["report", str(out), "--bootstrap", "20"]) == 0
+    text = capsys.readouterr().out
+    runs = load_runs(out)
+    assert len(runs) == 2
+    for run in runs:
+        folder = out / f"tiny-{run.run_id}"
+        assert f"report: {folder / 'report.html'}" in text
+        assert (folder / "report.md").is_file()
+
+
+def test_a_moved_or_deleted_zoo_keeps_its_results(tiny_zoo, tmp_path):
+    # Before: the zoo's absolute path was part of the settings; moving it re-scored everything,
+    # and pgen report reloaded the zoo from that path.
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    out = tmp_path / "out"
+    first = score_zoo(zoo, out, settings=ScoreSettings(n_samples=100), progress=False)
+    moved = tmp_path / "elsewhere" / "zoo"
+    moved.parent.mkdir()
+    zoo.rename(moved)
+    again = score_zoo(moved, out, settings=ScoreSettings(n_samples=100), progress=False)
+    assert again.computed == 0 and again.run_id == first.run_id
+    shutil.rmtree(moved)
+    run = load_run(out)
+    files = write_report(run, tmp_path / "report", n_boot=20, cmi_permutations=10)
+    assert files[0].name == "report.html" and all(f.exists() for f in files)
+    pd.testing.assert_frame_equal(run.table, first.table)
+
+
+def test_a_changed_zoo_is_not_confused_with_the_old_one(tiny_zoo, tmp_path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    manifest = zoo / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:-1]) + "\n")  # one model fewer: another zoo
+    from pgen.zoo import load_zoo
+
+    assert load_zoo(zoo).identity() != load_zoo(tiny_zoo).identity()
+    assert load_zoo(tiny_zoo).identity() == load_zoo(tiny_zoo).identity()
+
+
+def test_measure_failures_reach_the_report(tiny_zoo, tmp_path):
+    # Before: failures were stored but never shown (ResultsStore.measure_errors was unused).
+    list_measures()
+
+    def fails_on_cnns(model, init_model, data, settings):
+        if any(isinstance(m, __import__("torch").nn.Conv2d) for m in model.modules()):
+            raise ValueError("no CNNs, please")
+        return 1.0 + sum(p.numel() for p in model.parameters()) / 1e4
+
+    register("fails_on_cnns", description="test measure", sign=1, reference="test")(fails_on_cnns)
+    try:
+        run = score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(n_samples=100, measures=("fails_on_cnns",)),
+                        progress=False)
+        cnns = set(run.table.loc[run.table["hp.arch"] == "cnn", "model_id"])
+        assert set(run.errors["model_id"]) == cnns and set(run.errors["measure"]) == {"fails_on_cnns"}
+        assert run.table.loc[run.table["hp.arch"] == "cnn", "fails_on_cnns"].isna().all()
+        write_report(run, tmp_path, n_boot=10, cmi_permutations=0)
+        md = (tmp_path / "report.md").read_text()
+        assert "## Failures" in md and "ValueError: no CNNs, please" in md
+        assert len(pd.read_csv(tmp_path / "errors.csv")) == len(cnns)
+    finally:
+        REGISTRY.pop("fails_on_cnns", None)
+
+
+def test_pgdl_predict_resumes_only_on_the_same_settings(tmp_path):
+    # Before: a rerun with other --samples or --seed reused values computed under the old ones.
+    args = ["pgdl", "predict", str(PGDL / "task_nin"), "--measure", "inverse_margin", "--out", str(tmp_path)]
+    assert main(args + ["--samples", "64"]) == 0
+    first = pd.read_csv(tmp_path / "task_nin.csv")
+    assert main(args + ["--samples", "64"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "task_nin.csv"), first)  # resumed, nothing recomputed
+    assert main(args + ["--samples", "32"]) == 0
+    second = pd.read_csv(tmp_path / "task_nin.csv")
+    assert (second["settings_hash"] != first["settings_hash"]).all()
+    assert not (second["value"].to_numpy() == first["value"].to_numpy()).all()
+
+
+def test_cli_errors_one_line_and_bugs_a_traceback(tiny_zoo, tmp_path, capsys, monkeypatch):
+    assert main(["score", str(tiny_zoo), "--out", str(tmp_path), "--measures", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown measure 'nope'" in err and "Traceback" not in err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "run `pgen score` first" in capsys.readouterr().err
+    import pgen.measures
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(pgen.measures, "list_measures", bug)
+    assert main(["measures"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "TypeError: a bug" in err and "internal error" in err
+
+
+def test_cache_dir_argument_then_environment_then_home(monkeypatch, tmp_path):
+    from pgen.cache import cache_dir
+
+    monkeypatch.setenv("PGEN_CACHE", str(tmp_path / "env"))
+    assert cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert cache_dir() == tmp_path / "env"
+    monkeypatch.delenv("PGEN_CACHE")
+    assert cache_dir() == Path.home() / ".cache" / "pgen"
+
+
+def test_score_settings_identity_and_measures():
+    s = ScoreSettings(measures=("pvector_angle", "num_params", "pvector_angle"))
+    assert s.measures == ("pvector_angle", "num_params")
+    assert "measures" not in s.identity() and ScoreSettings().measures == ("pvector_angle",)
+    with pytest.raises(ValueError, match="at least 2"):
+        ScoreSettings(n_samples=1)
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_finds_the_embedded_recipes(tmp_path):
+    # Before: pyproject declared pgen/recipes/*.toml, which did not exist; recipes were found
+    # only from the checkout's model_zoos/ folder.
+    target = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--target", str(target), str(ROOT)], capture_output=True, text=True,
+                           cwd=tmp_path, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert build.returncode == 0, build.stderr
+    assert (target / "pgen" / "recipes" / "digits.toml").is_file()
+    assert not (target / "pgen" / "recipes" / "digits.toml").is_relative_to(ROOT)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", "import pgen, sys; from pgen.cli import main; "
+                          "print(pgen.__file__); sys.exit(main(['zoo', 'list']))"],
+                         capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
+    assert "digits" in out.stdout and "mnist5k" in out.stdout
