@@ -168,22 +168,16 @@ def _cmd_score(args):
           f"{run.store_path}")
     if not args.no_report:
         files = write_report(run, out, color_by=args.color_by)
-        _print_answer(run)
+        _print_answer(files)
         print(f"report: {files[0]} and {files[1]}")
     return 1 if run.models_scored == 0 else 0
 
 
-def _print_answer(run, n_boot: int = 1000):
-    from pgen.measures import get_measure
-    from pgen.report import answer_sentences
-    from pgen.stats import measure_statistics
-
-    for m in run.measures:
-        if m not in run.table or run.table[m].notna().sum() < 3:
-            print(f"{m}: too few values for statistics")
-            continue
-        st = measure_statistics(run.table, m, hparam_grid=run.hparam_grid, n_boot=n_boot, fits=False)
-        print(f"{m}: " + " ".join(answer_sentences(st, get_measure(m).sign)))
+def _print_answer(files):
+    """The report's answer, as the report says it (read back from its summary.json)."""
+    summary = next(f for f in files if f.name == "summary.json")
+    for measure, sentences in json.loads(summary.read_text())["answer"].items():
+        print(f"{measure}: " + " ".join(sentences))
 
 
 def _add_report(sub):
@@ -202,7 +196,7 @@ def _cmd_report(args):
     from pgen.report import report_from_results
 
     for run, files in report_from_results(args.results, args.out, color_by=args.color_by, n_boot=args.bootstrap):
-        _print_answer(run, args.bootstrap)
+        _print_answer(files)
         print(f"report: {files[0]} and {files[1]}")
 
 

@@ -1,7 +1,6 @@
 """Each measure against a value computed by hand (numpy, float64) on a tiny network."""
 
 import copy
-import importlib.util
 
 import numpy as np
 import pytest

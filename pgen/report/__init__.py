@@ -102,6 +102,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     doc = Document(f"pgen report: {run.name}")
 
     # The answer first.
+    answers = {}
     doc.heading("Answer")
     if not measures:
         doc.paragraph(f"No measure has a value on this zoo ({len(run.errors)} failure(s), listed below).", answer=True)
@@ -110,6 +111,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         sign = meta.sign if meta else 1
         direction = "larger predicts worse generalization" if sign > 0 else "larger predicts better generalization"
         sentences = answer_sentences(stats[m], sign)
+        answers[m] = sentences
         doc.paragraph(f"**{m}** (sign {sign:+d}: {direction}; {stats[m].n} models). " + " ".join(sentences),
                       answer=True)
     doc.paragraph("Kendall tau is tau-b; the CIs are percentile bootstraps over models "
@@ -201,7 +203,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     run.errors.to_csv(out / "errors.csv", index=False)
     summary = {"zoo": zoo, "settings": run.settings, "run_id": run.run_id, "info": run.info,
                "models_scored": run.models_scored, "models_failed": run.models_failed,
-               "measure_failures": measure_failures, "measures": summary_measures, "notes": notes,
+               "measure_failures": measure_failures, "answer": answers, "measures": summary_measures, "notes": notes,
                "generated": generated}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     doc.paragraph(f"Generated {generated} by pgen from `{_relative(str(run.store_path), out)}` (run {run.run_id}).")
