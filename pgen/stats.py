@@ -30,6 +30,7 @@ __all__ = [
     "kendall_tau",
     "loglog_fit",
     "measure_statistics",
+    "random_angle_null",
 ]
 
 
@@ -356,6 +357,21 @@ def _bin_mi_and_entropy(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 TARGETS = {"test_acc": "test accuracy", "test_error": "test error", "pseudo_test_acc": "pseudo-test accuracy",
            "gap": "generalization gap"}
+
+
+def random_angle_null(n: int, *, draws: int = 2000, seed: int = 0) -> dict:
+    """Angles (degrees) between a fixed unit vector in R^n and uniformly random unit vectors:
+    the scale beside any P-vector angle over n samples. Returns ``{"median", "q05", "q95"}``.
+
+    >>> round(random_angle_null(1000)["median"])
+    89
+    """
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((draws, n))
+    cos = np.abs(v[:, 0]) / np.linalg.norm(v, axis=1)  # the fixed vector: e_1, by symmetry any
+    angles = np.degrees(np.arccos(np.clip(cos, 0, 1)))
+    return {"median": float(np.median(angles)), "q05": float(np.quantile(angles, 0.05)),
+            "q95": float(np.quantile(angles, 0.95))}
 
 
 def kendall_null_sd(n: int) -> float:

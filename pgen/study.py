@@ -29,7 +29,8 @@ ARCHS = {"mlp": {"width": 64, "depth": 2}, "cnn": {"width": 16, "depth": 2, "hid
 
 def run_study(out_dir: str | Path, *, dataset: str = "digits", seeds=(0, 1, 2), epochs: int = 15,
               split: str = "test", progress: bool = True) -> dict:
-    """Run the study; write ``study.csv``, ``study_pairs.csv`` and ``study.png`` in ``out_dir``.
+    """Run the study; write ``study.csv``, ``study_pairs.csv``, ``study.png`` and the
+    report ``study.md`` / ``study.html`` in ``out_dir``.
 
     Returns ``{"models": DataFrame, "pairs": DataFrame, "files": [paths]}``.
     """
@@ -80,16 +81,40 @@ def run_study(out_dir: str | Path, *, dataset: str = "digits", seeds=(0, 1, 2), 
     models.to_csv(files[0], index=False)
     pairs.to_csv(files[1], index=False)
     _plot(models, trained, files[2], dataset, split)
+    files += _report(models, pairs, files[2], out, dataset, split, len(samples), epochs)
     return {"models": models, "pairs": pairs, "files": files}
 
 
+def _report(models, pairs, plot, out, dataset, split, n, epochs) -> list[Path]:
+    from pgen.report.document import Document
+    from pgen.stats import random_angle_null
+
+    null = random_angle_null(n)
+    doc = Document(f"pgen study: P-vector angles on {dataset}")
+    doc.paragraph(f"{len(models)} models ({', '.join(ARCHS)}; {epochs} epochs), P-vectors of the penultimate layer "
+                  f"over the {n} samples of the {split} split. A random unit vector over {n} samples sits at "
+                  f"{null['median']:.1f} degrees from any fixed one (90% between {null['q05']:.1f} and "
+                  f"{null['q95']:.1f}): the scale for every angle below.", answer=True)
+    rows = []
+    for tag in ("centered", "uncentered"):
+        for when in ("init", "trained"):
+            v = models[f"angle_{when}_{tag}"]
+            rows.append({"features": tag, "model": when, "min": v.min(), "median": v.median(), "max": v.max()})
+        v = pairs.loc[pairs["centering"] == tag, "angle"]
+        rows.append({"features": tag, "model": "trained vs trained", "min": v.min(), "median": v.median(),
+                     "max": v.max()})
+    doc.heading("Angles (degrees) to the data P-vector, and between trained models")
+    doc.table(pd.DataFrame(rows), digits=3)
+    doc.images([("study", plot)])
+    doc.heading("Models")
+    doc.table(models, digits=3)
+    return doc.write(out, "study")
+
+
 def _plot(models: pd.DataFrame, trained: dict, path: Path, dataset: str, split: str) -> None:
-    import matplotlib
+    from pgen.report.plots import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = figure(15, 4.5, ncols=3)
     for ax, tag in zip(axes[:2], ("centered", "uncentered")):
         x = np.arange(len(models))
         ax.bar(x - 0.2, models[f"angle_init_{tag}"], 0.4, label="at init")
@@ -110,6 +135,4 @@ def _plot(models: pd.DataFrame, trained: dict, path: Path, dataset: str, split: 
     axes[2].set_title("angles between trained models (centered)")
     fig.colorbar(im, ax=axes[2], label="deg")
     fig.suptitle(f"P-vector angles on {dataset} ({split} split)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

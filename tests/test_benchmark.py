@@ -32,6 +32,17 @@ def test_benchmark_end_to_end_and_resume(tiny_zoo, tmp_path, capsys):
         ref = scipy.stats.kendalltau(sign * models[name], models["test_acc"])[0]
         assert summary.loc[name, "tau_test_acc"] == pytest.approx(ref, abs=1e-12)
     assert (summary["median_seconds"] > 0).all()
+    # each tau has its bootstrap CI and the random-ranking spread beside it
+    for col in ("tau_gap", "tau_test_acc"):
+        assert (summary[f"{col}_ci_low"] <= summary[col]).all() and (summary[col] <= summary[f"{col}_ci_high"]).all()
+    assert (summary["tau_null_sd"] > 0).all()
+    # the same numbers as the one statistics entry point the report uses
+    from pgen.stats import measure_statistics
+
+    st = measure_statistics(models, "mixup_margin", n_boot=1000)
+    row = st.kendall_row("test_acc")
+    assert summary.loc["mixup_margin", "tau_test_acc"] == pytest.approx(-row["value"], abs=1e-12)
+    assert summary.loc["mixup_margin", "tau_test_acc_ci_low"] == pytest.approx(-row["ci_high"], abs=1e-12)
     html = (out / "benchmark.html").read_text()
     assert "data:image/png;base64," in html and "tiny" in html
     with sqlite3.connect(out / "results.sqlite") as conn:

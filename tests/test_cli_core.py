@@ -42,6 +42,9 @@ def test_study_end_to_end(tmp_path):
     assert (out / "study.png").stat().st_size > 10_000
     pairs = pd.read_csv(out / "study_pairs.csv")
     assert set(pairs["centering"]) == {"centered", "uncentered"}
+    md = (out / "study.md").read_text()
+    assert "A random unit vector over 450 samples sits at" in md  # the null beside the angles
+    assert "data:image/png;base64," in (out / "study.html").read_text()
 
 
 def test_pvector_command(tmp_path, capsys):

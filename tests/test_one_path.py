@@ -183,3 +183,17 @@ def test_a_non_editable_install_finds_the_embedded_recipes(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
     assert "digits" in out.stdout and "mnist5k" in out.stdout
+
+
+def test_untrusted_text_is_never_markup(tmp_path):
+    """Zoo names, model ids and error messages come from files: the HTML escapes them and
+    the Markdown carries no raw HTML."""
+    from pgen.report.document import Document
+
+    evil = "<script>alert(1)</script>|`x`"
+    doc = Document(f"pgen report: {evil}")
+    doc.paragraph(f"zoo {Document.text(evil)}")
+    doc.table(pd.DataFrame({"model_id": [evil], "error": ["<img src=x onerror=alert(1)>"]}))
+    html, md = doc.to_html(), doc.to_markdown()
+    assert "<script>" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
+    assert "<script>" not in md and "<img" not in md and "\\|" in md

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ import pandas as pd
 from pgen.report import plots
 from pgen.report.document import Document, fmt
 from pgen.results import ScoreRun, load_runs
-from pgen.stats import TARGETS, MeasureStatistics, measure_statistics
+from pgen.stats import TARGETS, MeasureStatistics, measure_statistics, random_angle_null
 
 __all__ = ["write_report", "report_from_results", "answer_sentences"]
 
@@ -111,6 +112,13 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         sign = meta.sign if meta else 1
         direction = "larger predicts worse generalization" if sign > 0 else "larger predicts better generalization"
         sentences = answer_sentences(stats[m], sign)
+        if meta is not None and meta.family == "p-vector" and run.info.get("n_samples_used"):
+            null = random_angle_null(int(run.info["n_samples_used"]))
+            values = table[m].dropna()
+            sentences.append(f"Its values span {values.min():.1f} to {values.max():.1f} degrees (median "
+                             f"{values.median():.1f}); a random unit vector over the same "
+                             f"{run.info['n_samples_used']} samples sits at {null['median']:.1f} degrees "
+                             f"(90% between {null['q05']:.1f} and {null['q95']:.1f}).")
         answers[m] = sentences
         doc.paragraph(f"**{m}** (sign {sign:+d}: {direction}; {stats[m].n} models). " + " ".join(sentences),
                       answer=True)
@@ -158,7 +166,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
             doc.paragraph(f"Granulated Kendall Psi against the gap (Jiang et al. 2020): {fmt(st.psi['psi'], 3)} "
                           f"(per hyperparameter: {Document.text(per)}).")
         images = []
-        wrapped = label if len(label) <= 60 else label[:57] + "..."
+        wrapped = "\n".join(textwrap.wrap(label, 70)[:2])
         fit_by_target = {f.y_name: f for f in st.fits}
         for target in ("test_acc", "pseudo_test_acc", "gap"):
             if target in table.columns and table[m].notna().sum() > 1:

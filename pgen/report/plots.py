@@ -10,8 +10,8 @@ import pandas as pd
 __all__ = ["figure", "save", "measure_scatter", "histogram", "test_vs_pseudo", "ranking_plot"]
 
 
-def figure(width: float = 5.5, height: float = 4.2):
-    """A new figure and axes on the non-interactive backend, in pgen's style."""
+def figure(width: float = 5.5, height: float = 4.2, ncols: int = 1):
+    """A new figure and its axes (``ncols`` panels) on the non-interactive backend, in pgen's style."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +19,7 @@ def figure(width: float = 5.5, height: float = 4.2):
 
     plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                          "axes.spines.right": False, "font.size": 9})
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(1, ncols, figsize=(width, height))
 
 
 def save(fig, path: Path) -> Path:
@@ -95,8 +95,6 @@ def ranking_plot(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
     """Kendall tau of sign x measure against the gap and against test accuracy, one bar per
     zoo, measures ordered by their mean tau against test accuracy. The axes show tau itself
     (the tables' numbers); the x-label says which direction means "works as intended"."""
-    import matplotlib.pyplot as plt
-
     names = sorted({m for s in summaries.values() for m in s["measure"]})
 
     def column(s, name):
@@ -109,9 +107,8 @@ def ranking_plot(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
 
     score = {m: mean_tau(m) for m in names}
     order = sorted(names, key=lambda m: np.nan_to_num(score[m], nan=9))
-    fig, _ = figure()
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.26 * len(order) + 1.6), sharey=True)
+    fig, axes = figure(11, 0.26 * len(order) + 1.6, ncols=2)
+    axes[1].sharey(axes[0])
     height = 0.8 / max(1, len(summaries))
     panels = [("tau_gap", "Kendall tau(sign x measure, gap)\n(> 0: ranks the gap as intended)"),
               ("tau_test_acc", "Kendall tau(sign x measure, test accuracy)\n(< 0: ranks test accuracy as intended)")]
