@@ -158,6 +158,17 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     return out
 
 
+def _check_device(device: str) -> None:
+    """Before any model: a device that cannot run would fail every model one by one."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but torch sees no CUDA device here "
+                         f"(torch {torch.__version__}); use --device cpu")
+
+
 _WORKER: dict = {}
 
 
@@ -200,6 +211,7 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     s = settings or ScoreSettings()
     for name in s.measures:
         get_measure(name)  # an unknown name fails before any work
+    _check_device(device)
     if not isinstance(zoo, Zoo):
         zoo = load_zoo(zoo, progress=progress)
     out = Path(out)

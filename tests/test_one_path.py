@@ -197,3 +197,20 @@ def test_untrusted_text_is_never_markup(tmp_path):
     html, md = doc.to_html(), doc.to_markdown()
     assert "<script>" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
     assert "<script>" not in md and "<img" not in md and "\\|" in md
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_fails_before_any_model(tiny_zoo, tmp_path, capsys):
+    assert main(["score", str(tiny_zoo), "--out", str(tmp_path), "--device", "cuda"]) == 2
+    assert "torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_every_model_failing_still_reports_and_exits_nonzero(tiny_zoo, tmp_path, capsys):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    for f in (zoo / "checkpoints").glob("*.safetensors"):
+        f.write_bytes(b"broken")
+    assert main(["score", str(zoo), "--out", str(tmp_path / "out"), "--samples", "50"]) == 1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No measure has a value" in md and "cannot be read" in md
