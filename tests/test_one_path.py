@@ -214,3 +214,13 @@ def test_every_model_failing_still_reports_and_exits_nonzero(tiny_zoo, tmp_path,
     assert main(["score", str(zoo), "--out", str(tmp_path / "out"), "--samples", "50"]) == 1
     md = (tmp_path / "out" / "report.md").read_text()
     assert "No measure has a value" in md and "cannot be read" in md
+
+
+def test_untrusted_text_inside_prose_keeps_its_characters():
+    from pgen.report.document import Document
+
+    doc = Document("t").paragraph("note: " + Document.text("gap has values <= 0 in `a|b`")).bullets(
+        [Document.text("<b>x</b> & **y**")])
+    md, html = doc.to_markdown(), doc.to_html()
+    assert "gap has values &lt;= 0 in \\`a\\|b\\`" in md and "- &lt;b&gt;x&lt;/b&gt; &amp; \\*\\*y\\*\\*" in md
+    assert "gap has values &lt;= 0 in `a|b`" in html and "<code>" not in html and "<strong>" not in html

@@ -43,10 +43,29 @@ def _md_text(s: str) -> str:
     return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
+_UNTRUSTED = re.compile("\x02(.*?)\x03", re.S)
+
+
 def _html_inline(s: str) -> str:
-    s = html.escape(str(s))
+    """Trusted prose with `code` and **bold**; spans from :meth:`Document.text` escaped only."""
+    out, pos = [], 0
+    for m in _UNTRUSTED.finditer(s):
+        out.append(_html_markup(s[pos:m.start()]))
+        out.append(html.escape(m.group(1)))
+        pos = m.end()
+    out.append(_html_markup(s[pos:]))
+    return "".join(out)
+
+
+def _html_markup(s: str) -> str:
+    s = html.escape(s)
     s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+def _md_inline(s: str) -> str:
+    """Trusted prose as is; spans from :meth:`Document.text` with markup characters escaped."""
+    return _UNTRUSTED.sub(lambda m: _md_text(re.sub(r"([`*_\\])", r"\\\1", m.group(1))), s)
 
 
 @dataclass
@@ -68,8 +87,9 @@ class Document:
 
     @staticmethod
     def text(s) -> str:
-        """Untrusted text for a paragraph: markup characters neutralised."""
-        return re.sub(r"[`*<>&|]", " ", str(s))
+        """Mark untrusted text inside a paragraph or bullet: each rendering escapes it (no
+        markup, no HTML) instead of interpreting it."""
+        return "\x02" + str(s).replace("\x02", "").replace("\x03", "") + "\x03"
 
     def bullets(self, items: list[str]) -> Document:
         self.blocks.append(("bullets", list(items)))
@@ -95,9 +115,9 @@ class Document:
             if kind == "heading":
                 out += ["#" * block[2] + " " + _md_text(block[1]), ""]
             elif kind == "paragraph":
-                out += [("> " if block[2] else "") + block[1], ""]
+                out += [("> " if block[2] else "") + _md_inline(block[1]), ""]
             elif kind == "bullets":
-                out += [f"- {item}" for item in block[1]] + [""]
+                out += [f"- {_md_inline(item)}" for item in block[1]] + [""]
             elif kind == "table":
                 df, digits = block[1], block[2]
                 if df.empty:
