@@ -127,6 +127,8 @@ def test_cli_lists_measures_with_the_sign_convention(capsys):
     out = capsys.readouterr().out
     assert "sign +1: larger value predicts worse generalization" in out
     assert "kit_sharpness" in out and "-1" in out
+    assert "Liu et al., Machine Learning 111, 2022" in out  # each measure's reference
+    assert "pip install 'pgen[weightwatcher]'" in out and "seeded" in out  # and what it needs
 
 
 # --------------------------------------------------------------------- Fantastic-style measures
