@@ -10,7 +10,6 @@ Dependencies run one way: :mod:`pgen.score` writes the store, this module reads 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +18,7 @@ import pandas as pd
 from pgen.errors import ResultsError
 from pgen.store import ResultsStore
 
-__all__ = ["ScoreRun", "load_run", "load_runs", "measure_settings", "TARGET_COLUMNS"]
-
-# What pgen measures itself on every model, beside the measures (pgen.score computes them).
-TARGET_COLUMNS = ("train_acc", "train_loss", "test_acc", "test_loss", "pseudo_test_acc")
+__all__ = ["ScoreRun", "load_run", "load_runs", "run_from_store", "measure_settings"]
 
 
 def measure_settings(run_settings: dict, measure: str) -> dict:
@@ -107,7 +103,7 @@ def load_runs(path: str | Path) -> list[ScoreRun]:
         runs = store.runs()
         if runs.empty:
             raise ResultsError(f"{db} holds no scoring runs")
-        return [_read_run(store, db, row.settings_hash) for row in runs.itertuples()]
+        return [run_from_store(store, db, row.settings_hash) for row in runs.itertuples()]
     finally:
         store.close()
 
@@ -124,14 +120,14 @@ def load_run(path: str | Path, run_id: str | None = None) -> ScoreRun:
             run_id = ids[0]
         elif run_id not in ids:
             raise ResultsError(f"{db} holds no run {run_id!r}; it holds {', '.join(ids) or 'none'}")
-        return _read_run(store, db, run_id)
+        return run_from_store(store, db, run_id)
     finally:
         store.close()
 
 
-def _read_run(store: ResultsStore, db: Path, run_id: str, computed: int = 0) -> ScoreRun:
-    row = store._conn.execute("SELECT zoo, settings, info FROM runs WHERE settings_hash=?", (run_id,)).fetchone()
-    zoo_name, settings, info = row[0], json.loads(row[1]), json.loads(row[2] or "{}")
+def run_from_store(store: ResultsStore, db: Path, run_id: str, computed: int = 0) -> ScoreRun:
+    """The run ``run_id`` of an open store (``db`` is its path, kept in the run)."""
+    zoo_name, settings, info = store.run(run_id)
     if "zoo_table" not in info:
         raise ResultsError(f"{db}: run {run_id} was written by an older pgen; score the zoo again")
     zoo_table = pd.DataFrame.from_records(info.pop("zoo_table"))

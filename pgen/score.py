@@ -30,7 +30,7 @@ from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
 from pgen.errors import InputError
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
-from pgen.results import ScoreRun, _read_run, measure_settings
+from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
 from pgen.train import evaluate
 from pgen.zoo import Zoo, load_zoo
@@ -236,7 +236,7 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
             jobs = jobs[:limit]
         _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measure, angle_matrix_out, out,
                   progress)
-        return _read_run(store, out / "results.sqlite", run_id, computed=len(jobs))
+        return run_from_store(store, out / "results.sqlite", run_id, computed=len(jobs))
     finally:
         store.close()
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pgen.errors import ResultsError
+
 __all__ = ["ResultsStore", "settings_hash"]
 
 SCHEMA = """
@@ -66,6 +68,13 @@ class ResultsStore:
                                (h, zoo, json.dumps(settings, sort_keys=True, default=str),
                                 json.dumps(info, default=str)))
         return h
+
+    def run(self, run_id: str) -> tuple[str, dict, dict]:
+        """``(zoo name, settings, info)`` of a registered run."""
+        row = self._conn.execute("SELECT zoo, settings, info FROM runs WHERE settings_hash=?", (run_id,)).fetchone()
+        if row is None:
+            raise ResultsError(f"{self.path} holds no run {run_id!r}")
+        return row[0], json.loads(row[1]), json.loads(row[2] or "{}")
 
     def run_info(self, run_id: str) -> dict | None:
         row = self._conn.execute("SELECT info FROM runs WHERE settings_hash=?", (run_id,)).fetchone()
