@@ -332,7 +332,8 @@ def _cmd_benchmark(args):
     res = run_benchmark(args.zoos, args.out, measures=measures, settings=ScoreSettings(n_samples=args.samples or None,
                                                                                        seed=args.seed),
                         device=args.device, workers=args.workers, final_only=not args.with_checkpoints)
-    cols = ["measure", "tau_gap", "tau_test_acc", "psi_gap", "cmi_gap", "median_seconds"]
+    cols = ["measure", "tau_gap", "tau_gap_ci_low", "tau_gap_ci_high", "tau_test_acc", "tau_test_acc_ci_low",
+            "tau_test_acc_ci_high", "psi_gap", "cmi_gap", "median_seconds"]
     with pd.option_context("display.width", 200):
         for name, summary in res["summaries"].items():
             print(f"\n{name}")
