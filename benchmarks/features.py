@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from pgen.features import as_loader, model_p_vectors
-from pgen.measures import tf32_mode
+from pgen.devices import tf32_mode
 
 
 def main(argv=None):

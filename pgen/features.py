@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from pgen.devices import model_device, tf32_mode
 from pgen.errors import InputError, UnknownNameError
 from pgen.pvector import DEFAULT_MIN_GAP, PVectorResult, StreamingPVector
 
@@ -165,8 +166,6 @@ def iter_feature_batches(
     available. On CUDA, TF32 matmuls are off unless ``allow_tf32`` (they are faster, but
     move a ResNet-18 P-vector by ~0.17 degrees from the CPU's).
     """
-    from pgen.measures import model_device, tf32_mode
-
     loader = as_loader(data, batch_size=batch_size, num_workers=num_workers)
     device = torch.device(device)
     spec = None  # resolved on the first batch, which the hooks need as an example

@@ -18,6 +18,7 @@ that fails is recorded with its error while the run goes on. :func:`score_zoo` r
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -123,8 +124,6 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
 
     A failing measure does not fail the model; a model that cannot be loaded or evaluated does.
     """
-    import time
-
     out = _Outcome(entry_id)
     try:
         entry = zoo[entry_id]

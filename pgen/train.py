@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pgen.data import dataset_arrays
+from pgen.devices import model_device
 from pgen.errors import InputError
 
 __all__ = ["TrainConfig", "evaluate", "train_model"]
@@ -51,8 +52,6 @@ class TrainConfig:
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on tensors, in eval mode, batched on the
     model's device. The one accuracy function: training, scoring and the measures use it."""
-    from pgen.measures import model_device
-
     was_training = model.training
     model.eval()
     device = model_device(model)

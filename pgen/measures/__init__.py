@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pgen.devices import model_device, tf32_mode
 from pgen.errors import MeasureError, UnknownNameError
 
 __all__ = ["Measure", "MeasureData", "MeasureSettings", "MeasureValue", "MeasureResult", "MeasureError",
@@ -165,29 +166,6 @@ def list_measures() -> pd.DataFrame:
                           "needs_images": m.needs_images, "stochastic": m.stochastic, "requires": m.requires,
                           "description": m.description, "reference": m.reference}
                          for m in sorted(REGISTRY.values(), key=lambda m: m.name)])
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def tf32_mode(device: str | torch.device, allow: bool) -> Iterator[None]:
-    """On CUDA, set TF32 for matmuls and cuDNN to ``allow`` for the duration, then restore."""
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @contextlib.contextmanager
