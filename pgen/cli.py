@@ -154,14 +154,21 @@ def _measure_names(text: str) -> tuple[str, ...]:
 
 
 def _cmd_score(args):
+    from pgen.errors import UnknownNameError
     from pgen.report import write_report
     from pgen.score import ScoreSettings, score_zoo
+    from pgen.zoo import load_zoo
 
     out = Path(args.out) if args.out else _default_out(args.zoo)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              measures=_measure_names(args.measures))
-    run = score_zoo(args.zoo, out, settings=settings, device=args.device, workers=args.workers,
+    zoo = load_zoo(args.zoo)
+    if args.color_by:  # checked before the models are scored, not after
+        known = sorted(c[3:] for c in zoo.to_frame().columns if c.startswith("hp."))
+        if args.color_by.removeprefix("hp.") not in known:
+            raise UnknownNameError(f"--color-by {args.color_by!r} is not a hyperparameter of {zoo.name}; known: {known}")
+    run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
                     angle_matrix_out=args.angle_matrix, limit=args.limit)
     print(f"{run.name}: computed {run.computed} model(s) in this call; {run.models_scored} of "
           f"{len(run.zoo_table)} models have every target; {len(run.errors)} failure(s); results in "

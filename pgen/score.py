@@ -60,6 +60,8 @@ class ScoreSettings:
     def __post_init__(self):
         names = tuple(self.measures) if not isinstance(self.measures, str) else (self.measures,)
         object.__setattr__(self, "measures", tuple(dict.fromkeys(names)))  # each measure once, in order
+        for name in self.measures:
+            get_measure(name)  # an unknown name fails here, before any zoo is built or scored
         if self.n_samples is not None and self.n_samples < 2:
             raise InputError(f"n_samples must be at least 2 (or None for all); got {self.n_samples}")
 
@@ -208,8 +210,6 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     >>> run.table[["model_id", "pvector_angle", "test_acc"]].head()      # doctest: +SKIP
     """
     s = settings or ScoreSettings()
-    for name in s.measures:
-        get_measure(name)  # an unknown name fails before any work
     _check_device(device)
     if not isinstance(zoo, Zoo):
         zoo = load_zoo(zoo, progress=progress)

@@ -224,3 +224,9 @@ def test_untrusted_text_inside_prose_keeps_its_characters():
     md, html = doc.to_markdown(), doc.to_html()
     assert "gap has values &lt;= 0 in \\`a\\|b\\`" in md and "- &lt;b&gt;x&lt;/b&gt; &amp; \\*\\*y\\*\\*" in md
     assert "gap has values &lt;= 0 in `a|b`" in html and "<code>" not in html and "<strong>" not in html
+
+
+def test_unknown_color_by_fails_before_scoring(tiny_zoo, tmp_path, capsys):
+    assert main(["score", str(tiny_zoo), "--out", str(tmp_path), "--color-by", "colour"]) == 2
+    assert "not a hyperparameter of tiny; known: ['arch', 'width']" in capsys.readouterr().err
+    assert not (tmp_path / "results.sqlite").exists()
