@@ -372,12 +372,23 @@ def main(argv=None) -> int:
     """Run one command. pgen's own errors (:class:`~pgen.errors.PgenError`) and OS errors
     print one line and exit 2; anything else is a bug and prints its full traceback
     (``--debug`` prints tracebacks for every error)."""
-    from pgen.errors import PgenError
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    saved_debug = os.environ.get("PGEN_DEBUG")
     if args.debug:
         os.environ["PGEN_DEBUG"] = "1"  # worker failures print their tracebacks too
+    try:
+        return _run(args)
+    finally:  # main() may be called again in the same process (tests, notebooks)
+        if saved_debug is None:
+            os.environ.pop("PGEN_DEBUG", None)
+        else:
+            os.environ["PGEN_DEBUG"] = saved_debug
+
+
+def _run(args) -> int:
+    from pgen.errors import PgenError
+
     try:
         result = args.func(args)
     except KeyboardInterrupt:

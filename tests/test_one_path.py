@@ -230,3 +230,16 @@ def test_unknown_color_by_fails_before_scoring(tiny_zoo, tmp_path, capsys):
     assert main(["score", str(tiny_zoo), "--out", str(tmp_path), "--color-by", "colour"]) == 2
     assert "not a hyperparameter of tiny; known: ['arch', 'width']" in capsys.readouterr().err
     assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_debug_prints_tracebacks_and_tf32_is_part_of_the_settings(tiny_zoo, tmp_path, capsys):
+    assert main(["--debug", "score", str(tiny_zoo), "--out", str(tmp_path), "--measures", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "unknown measure 'nope'" in err
+    assert "PGEN_DEBUG" not in os.environ  # main() restores the environment
+    out = tmp_path / "tf32"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "50", "--tf32", "--no-report"]) == 0
+    run = load_run(out)
+    assert run.settings["allow_tf32"] is True  # a TF32 run never reuses values computed without it
+    assert main(["report", str(out), "--color-by", "width", "--bootstrap", "20"]) == 0
+    assert (out / "pvector_angle_vs_test_acc.png").is_file()
