@@ -154,8 +154,7 @@ def _measure_names(text: str) -> tuple[str, ...]:
 
 
 def _cmd_score(args):
-    from pgen.errors import UnknownNameError
-    from pgen.report import write_report
+    from pgen.report import color_column, write_report
     from pgen.score import ScoreSettings, score_zoo
     from pgen.zoo import load_zoo
 
@@ -164,10 +163,7 @@ def _cmd_score(args):
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              measures=_measure_names(args.measures))
     zoo = load_zoo(args.zoo)
-    if args.color_by:  # checked before the models are scored, not after
-        known = sorted(c[3:] for c in zoo.to_frame().columns if c.startswith("hp."))
-        if args.color_by.removeprefix("hp.") not in known:
-            raise UnknownNameError(f"--color-by {args.color_by!r} is not a hyperparameter of {zoo.name}; known: {known}")
+    color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
     run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
                     angle_matrix_out=args.angle_matrix, limit=args.limit)
     print(f"{run.name}: computed {run.computed} model(s) in this call; {run.models_scored} of "

@@ -165,17 +165,10 @@ class ResultsStore:
         df = pd.read_sql_query(q, self._conn)
         return df if zoo is None else df[df.zoo == zoo]
 
-    def wide_frame(self, zoo: str | None = None, settings: dict | None = None) -> pd.DataFrame:
-        """One row per model, one column per measure (complete models only)."""
-        if zoo is not None and settings is not None:
-            df = pd.read_sql_query("SELECT * FROM results WHERE zoo=? AND settings_hash=?", self._conn,
-                                   params=(zoo, settings_hash(settings)))
-        else:
-            df = self.long_frame()
-            if zoo is not None:
-                df = df[df.zoo == zoo]
-            if settings is not None:
-                df = df[df.settings_hash == settings_hash(settings)]
+    def wide_frame(self, zoo: str, settings: dict) -> pd.DataFrame:
+        """One row per model, one column per value stored under ``settings`` (complete models only)."""
+        df = pd.read_sql_query("SELECT * FROM results WHERE zoo=? AND settings_hash=?", self._conn,
+                               params=(zoo, settings_hash(settings)))
         complete = set(df.loc[df.measure == "_complete", "model_id"])
         df = df[df.model_id.isin(complete) & ~df.measure.str.startswith("_")]
         if df.empty:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pgen.errors import UnknownNameError
 from pgen.report import plots
 from pgen.report.document import Document, fmt
 from pgen.results import ScoreRun, load_runs
 from pgen.stats import TARGETS, MeasureStatistics, measure_statistics, random_angle_null
 
-__all__ = ["write_report", "report_from_results", "answer_sentences"]
+__all__ = ["write_report", "report_from_results", "answer_sentences", "color_column"]
 
 
 def _measure_meta(name: str):
@@ -64,6 +65,17 @@ def answer_sentences(stats: MeasureStatistics, sign: int) -> list[str]:
     return out
 
 
+def color_column(columns, color_by: str | None, zoo_name: str) -> str | None:
+    """The ``hp.<name>`` column for ``--color-by NAME`` (or ``hp.NAME``); an unknown name is an error."""
+    if not color_by:
+        return None
+    known = sorted(c[3:] for c in columns if c.startswith("hp."))
+    name = color_by.removeprefix("hp.")
+    if name not in known:
+        raise UnknownNameError(f"--color-by {color_by!r} is not a hyperparameter of {zoo_name}; known: {known}")
+    return f"hp.{name}"
+
+
 def _relative(path: str | None, out: Path) -> str:
     if not path:
         return "n/a"
@@ -86,15 +98,9 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     cmi_permutations : random rankings for the CMI's null distribution (0: none)
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = run.table
-    if color_by and not color_by.startswith("hp."):
-        color_by = f"hp.{color_by}"
-    if color_by and color_by not in table.columns:
-        known = sorted(c[3:] for c in table.columns if c.startswith("hp."))
-        from pgen.errors import UnknownNameError
-
-        raise UnknownNameError(f"--color-by {color_by[3:]!r} is not a hyperparameter of this zoo; known: {known}")
+    color_by = color_column(table.columns, color_by, run.name)
+    out.mkdir(parents=True, exist_ok=True)
     measures = [m for m in run.measures if m in table.columns]
     files: list[Path] = []
     stats = {m: measure_statistics(table, m, hparam_grid=run.hparam_grid, n_boot=n_boot,
