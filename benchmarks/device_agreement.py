@@ -2,8 +2,12 @@
 
 Scores each zoo twice, on ``cpu`` and on ``--device`` (TF32 off, pgen's default), into
 two result folders, and compares model by model: P-vector angles must agree within
-0.05 degrees and train / test / pseudo-test accuracies exactly. Prints PASS or MISS per
-zoo with the largest differences, and the seconds each device took.
+0.05 degrees and train / test / pseudo-test accuracies exactly, except for predictions
+that flip on a tie: where an accuracy differs, every sample whose predicted class differs
+between the devices is listed with the gap between its two largest logits (float64 on the
+CPU), and the difference is accepted only if each such gap is below TIE_TOLERANCE times
+the sample's largest |logit| (float32 GEMMs sum in different orders on each device).
+Prints PASS or MISS per zoo with the largest differences, and the seconds each device took.
 
 Usage::
 
@@ -18,9 +22,37 @@ import tempfile
 import time
 from pathlib import Path
 
-from pgen.score import ScoreSettings, score_zoo
+import torch
+
+from pgen.score import ScoreSettings, _Context, score_zoo
+from pgen.zoo import load_zoo
 
 ANGLE_TOLERANCE = 0.05  # degrees
+TIE_TOLERANCE = 1e-4  # a flipped prediction's top-2 logit gap, relative to its largest |logit|
+
+
+def _predictions(model, x, batch_size=1024):
+    return torch.cat([model(x[a:a + batch_size]) for a in range(0, len(x), batch_size)])
+
+
+def flipped_predictions(zoo_name, model_id, settings, device):
+    """(sample index, relative top-2 gap) of every prediction that differs between the CPU and ``device``."""
+    zoo = load_zoo(zoo_name)
+    ctx = _Context(zoo, settings)
+    flips = []
+    with torch.no_grad():
+        model = zoo[model_id].load_model().eval()
+        for name, x in (("train", ctx.x_train), ("test", ctx.x_test), ("pseudo", ctx.x_pseudo)):
+            if x is None:
+                continue
+            cpu = _predictions(model.float().cpu(), x.float()).argmax(1)
+            dev = _predictions(model.float().to(device), x.float().to(device)).argmax(1).cpu()
+            exact = _predictions(model.double().cpu(), x.double())
+            top2 = exact.topk(2, dim=1).values
+            rel_gap = (top2[:, 0] - top2[:, 1]) / exact.abs().max(1).values.clamp_min(1e-300)
+            for i in torch.nonzero(cpu != dev).flatten().tolist():
+                flips.append((name, i, float(rel_gap[i])))
+    return flips
 
 
 def main(argv=None) -> int:
@@ -42,11 +74,20 @@ def main(argv=None) -> int:
         b = runs[args.device].table.set_index("model_id").sort_index()
         angle = float((a["pvector_angle"] - b["pvector_angle"]).abs().max())
         acc = max(float((a[c] - b[c]).abs().max()) for c in ("train_acc", "test_acc", "pseudo_test_acc"))
-        passed = len(a) == len(b) and angle <= ANGLE_TOLERANCE and acc == 0.0
+        ties_only = True
+        if acc > 0:
+            cols = ["train_acc", "test_acc", "pseudo_test_acc"]
+            differing = [m for m in a.index if any(a.at[m, c] != b.at[m, c] for c in cols)]
+            for m in differing:
+                flips = flipped_predictions(zoo, m, settings, args.device)
+                ties_only &= bool(flips) and all(g < TIE_TOLERANCE for _, _, g in flips)
+                print(f"  {m}: predictions that differ (split, sample, top-2 logit gap / max |logit|): "
+                      + ", ".join(f"({s_}, {i}, {g:.1e})" for s_, i, g in flips))
+        passed = len(a) == len(b) and angle <= ANGLE_TOLERANCE and ties_only
         ok &= passed
         print(f"{zoo}: {len(a)} models; max |angle cpu - {args.device}| {angle:.2e} deg (<= {ANGLE_TOLERANCE}), "
-              f"max |accuracy difference| {acc:.2e} (= 0); cpu {seconds['cpu']:.1f} s, {args.device} "
-              f"{seconds[args.device]:.1f} s -> {'PASS' if passed else 'MISS'}")
+              f"max |accuracy difference| {acc:.2e} (= 0 but for ties below {TIE_TOLERANCE:g}); cpu "
+              f"{seconds['cpu']:.1f} s, {args.device} {seconds[args.device]:.1f} s -> {'PASS' if passed else 'MISS'}")
     return 0 if ok else 1
 
 

@@ -53,7 +53,8 @@ def main(argv=None):
             torch.cuda.synchronize()
         return res
 
-    bare()  # warm-up (allocator, kernels)
+    bare()  # warm-up of both paths (allocator, kernels, cuBLAS/cuSOLVER handles)
+    pgen_pvector()
     times = {"bare forward": [], "features + streaming P-vector": []}
     for _ in range(args.repeat):
         for name, fn in (("bare forward", bare), ("features + streaming P-vector", pgen_pvector)):

@@ -17,13 +17,13 @@
 #    0.05 degrees, accuracies equal (benchmarks/device_agreement.py);
 # 3. forward + streaming P-vector against the bare forward pass (target ratio <= 1.10),
 #    TF32 off for both, then on for both (benchmarks/features.py).
-set -euo pipefail
+set -uo pipefail  # not -e: one failing part must not hide the others' output
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/pgen-site .whl/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/pgen-site .whl/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/pgen-site"
 fi
 if [ -d .gpu-cache ]; then export PGEN_CACHE="$PWD/.gpu-cache"; fi
@@ -32,10 +32,14 @@ if [ -n "${QUICK:-}" ]; then N=1024; ZOOS="digits"; fi
 
 $PY -c "import torch, pgen; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
 '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', '| pgen', pgen.__version__)"
+FAILED=""
+part() { local name=$1; shift; "$@" || FAILED="$FAILED $name"; }
 echo "== 1. measure contract ($DEVICE via CUDA tests when present)"
-$PY -m pytest -q -p no:cacheprovider tests/test_measure_contract.py
+part contract $PY -m pytest -q -p no:cacheprovider tests/test_measure_contract.py
 echo "== 2. pgen score, cpu vs $DEVICE"
-$PY benchmarks/device_agreement.py --device "$DEVICE" --zoos $ZOOS
+part agreement $PY benchmarks/device_agreement.py --device "$DEVICE" --zoos $ZOOS
 echo "== 3. feature overhead on $DEVICE"
-$PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512
-$PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --tf32
+part features $PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --repeat 7
+part features-tf32 $PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --repeat 7 --tf32
+if [ -n "$FAILED" ]; then echo "gpu_check: FAILED:$FAILED"; exit 1; fi
+echo "gpu_check: all parts passed"

@@ -10,6 +10,7 @@ import copy
 
 import torch
 
+from pgen.devices import model_device
 from pgen.measures import MeasureError, register
 from pgen.measures._util import fold_batchnorm, has_batchnorm
 
@@ -24,5 +25,6 @@ def path_norm(model, init_model, data, settings) -> float:
     with torch.no_grad():
         for p in squared.parameters():
             p.pow_(2)
-        ones = torch.ones((1, *data.x.shape[1:]), dtype=torch.float64)
+        # on the model's device: the contract places the model there, the input must follow
+        ones = torch.ones((1, *data.x.shape[1:]), dtype=torch.float64, device=model_device(squared))
         return float(squared(ones).sum())
