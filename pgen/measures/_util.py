@@ -93,6 +93,52 @@ def within_class_mixup(x: torch.Tensor, y: torch.Tensor, generator: torch.Genera
     return lam * x + (1 - lam) * x[partner]
 
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+               nn.Tanh, nn.Softplus, nn.Hardtanh)
+
+
+def is_conv(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or isinstance(getattr(m, "conv", None), nn.Conv2d)
+
+
+def is_dense(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or isinstance(getattr(m, "linear", None), nn.Linear)
+
+
+def is_pool(m: nn.Module) -> bool:
+    return isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)) or "Pool" in type(m).__name__
+
+
+def keras_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """The model's layers as Keras lists them, each as (layer, module whose output is the
+    Keras layer's output): a Sequential's children, where an activation module right after
+    a Conv/Linear merges into it (Keras's Conv2D/Dense apply their activation); for other
+    models the leaf modules in registration order, merged the same way."""
+    modules = list(model.children()) if isinstance(model, nn.Sequential) else \
+        [m for m in model.modules() if not list(m.children())]
+    out: list[tuple[nn.Module, nn.Module]] = []
+    for m in modules:
+        if isinstance(m, ACTIVATIONS) and out and out[-1][0] is out[-1][1] and (is_conv(out[-1][0]) or is_dense(out[-1][0])):
+            out[-1] = (out[-1][0], m)
+        else:
+            out.append((m, m))
+    return out
+
+
+def capture_output(module: nn.Module):
+    """A forward hook that appends ``module``'s outputs to the returned list; remove it with ``.remove()``."""
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+    return captured, handle
+
+
+def shuffled_stream(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` indices of a shuffled, repeated dataset of ``n`` samples (tf.data's
+    ``repeat().shuffle()``, approximated by back-to-back permutations)."""
+    reps = -(-count // n)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:count]
+
+
 def first_layer(model: nn.Module) -> nn.Module:
     """The first layer: a Sequential's first child with weights (a whole ported Keras layer,
     activation included), else the first Conv/Linear module."""

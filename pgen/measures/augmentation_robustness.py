@@ -1,76 +1,111 @@
-"""The PGDL runner-up's augmentation robustness (Aithal & Kashyap 2020).
+"""The PGDL runner-up's robustness to augmentations (Aithal, Kashyap & Subramanyam 2021).
 
-For seven augmentations (horizontal flip, saturation x1.5, 80% center crop resized back,
-Sobel edge image, brightness x1.2, flip + saturation, random erasing of 2-40% of the
-image), each sample scores 1 (a fixed penalty) when the augmentation changes the
-predicted class, else the drop of the predicted class's softmax probability (absolute
-value). The measure is the mean over augmentations and samples: larger means less
-robust, predicted to generalize worse (sign +1). Needs image inputs.
+Faithful to the authors' code (sumukhaithal6/pgdl, ``runner_up_solution/complexity.py``;
+paper: arXiv 2101.06459). The data are taken in order in batches of 64, at most 201
+batches. Each batch is augmented seven ways:
+
+====================  ==================================================  =======
+augmentation          as in the code                                      penalty
+====================  ==================================================  =======
+flip                  left-right flip                                     6
+saturation            HSV saturation x U[0.6, 1.6], one factor a batch     1
+crop                  central crop 0.9 (TF rounding), resized back         2
+sobel                 horizontal Sobel derivative / 4 + 0.5 (reflect)      3
+brightness            + 0.5                                               1
+flip + saturation     the flip, then its own saturation factor            12
+erasing               one zeroed rectangle per image (the code's bounds)   2
+====================  ==================================================  =======
+
+For each sample and augmentation the score adds the penalty when the predicted class
+changes, else |max softmax before - max softmax after|; the measure is the sum over
+samples and augmentations. Grey images go to RGB and back around the saturation, as in
+the code (a grey image has no saturation: only TF's grey weights, summing to 0.9999,
+remain). The random draws follow the code's distributions with torch's generator.
+
+Sign: the code returns ``-score``; PGDL's conditional mutual information does not see a
+measure's sign, and the paper's argument (models robust to augmentations generalize
+better, section 3) makes a larger score predict a larger gap: sign +1. Needs images.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pgen.measures import register
+from pgen.measures._image_ops import (adjust_saturation, central_crop, grayscale_to_rgb, resize_with_pad,
+                                      rgb_to_grayscale, sobel_dx, uniform)
 from pgen.measures._util import logits_of
 
-
-def _saturate(x, factor=1.5):
-    if x.shape[1] != 3:
-        return x
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    return gray + factor * (x - gray)
+BATCH_SIZE = 64
+MAX_BATCHES = 201  # the code breaks after batch index 200
+PENALTIES = {"flip": 6, "saturation": 1, "crop": 2, "sobel": 3, "brightness": 1, "flip_saturation": 12,
+             "erasing": 2}
 
 
-def _crop(x, keep=0.8):
-    h, w = x.shape[2:]
-    ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return F.interpolate(x[:, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear", align_corners=False)
+def _random_saturation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    factor = float(uniform(1, 0.6, 1.6, generator))  # tf.image.random_saturation: one factor per call
+    if x.shape[1] == 1:
+        return rgb_to_grayscale(adjust_saturation(grayscale_to_rgb(x), factor))
+    return adjust_saturation(x, factor)
 
 
-def _sobel(x):
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=x.dtype)
-    k = torch.stack([kx, kx.T]).unsqueeze(1)  # (2, 1, 3, 3)
-    c = x.shape[1]
-    g = F.conv2d(x.reshape(-1, 1, *x.shape[2:]), k, padding=1)
-    return g.square().sum(1).sqrt().reshape(len(x), c, *x.shape[2:])
+def erase_bounds(height: int, width: int, sl=0.02, sh=0.4, r1=0.3) -> tuple[int, int, int]:
+    """The code's size bounds of the erased rectangle: (low, exclusive high for h, for w)."""
+    area = height * width
+    low = int(round((sl * area * r1) ** 0.5))  # np.round: half to even, as Python's round
+    up = int(round((sh * area / r1) ** 0.5))
+    return low, min(up, height), min(up, width)
 
 
-def _erase(x, generator):
+def random_erase(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One zeroed rectangle per image: h in [low, h_up), w in [low, w_up), top-left corner in
+    [0, H - h) x [0, W - w) (numpy's exclusive upper bounds, as the code draws them)."""
     out = x.clone()
-    n, _, h, w = x.shape
+    n, _, height, width = x.shape
+    low, h_up, w_up = erase_bounds(height, width)
     for i in range(n):
-        area = float(torch.empty(1).uniform_(0.02, 0.4, generator=generator)) * h * w
-        ratio = float(torch.empty(1).uniform_(0.3, 3.3, generator=generator))
-        eh = min(h, max(1, round((area * ratio) ** 0.5)))
-        ew = min(w, max(1, round((area / ratio) ** 0.5)))
-        top = int(torch.randint(0, h - eh + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - ew + 1, (1,), generator=generator))
-        out[i, :, top:top + eh, left:left + ew] = 0
+        h = int(torch.randint(low, h_up, (1,), generator=generator))
+        w = int(torch.randint(low, w_up, (1,), generator=generator))
+        top = int(torch.randint(0, height - h, (1,), generator=generator))
+        left = int(torch.randint(0, width - w, (1,), generator=generator))
+        out[i, :, top:top + h, left:left + w] = 0
     return out
 
 
-def augmentations(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"flip": x.flip(-1), "saturation": _saturate(x), "crop": _crop(x), "sobel": _sobel(x),
-            "brightness": x * 1.2, "flip_saturation": _saturate(x.flip(-1)), "erasing": _erase(x, generator)}
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The seven augmented copies of one batch, in the code's order of random draws."""
+    h, w = x.shape[2:]
+    flipped = x.flip(-1)
+    return {
+        "flip": flipped,
+        "saturation": _random_saturation(x, generator),
+        "crop": resize_with_pad(central_crop(x, 0.9), h, w),
+        "sobel": sobel_dx(x) / 4 + 0.5,
+        "brightness": x + 0.5,
+        "flip_saturation": _random_saturation(flipped, generator),
+        "erasing": random_erase(x, generator),
+    }
 
 
-@register("augmentation_robustness", sign=1, family="pgdl-runner-up", stochastic=True,
-          needs_images=True,
-          description="mean softmax drop under 7 augmentations, 1 per prediction the augmentation flips",
-          reference="Aithal & Kashyap 2020 (PGDL second place)")
+def robustness_scores(p_orig: torch.Tensor, p_aug: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Per sample: ``penalty`` where the argmax changed, else |max p_orig - max p_aug|."""
+    same = p_orig.argmax(1) == p_aug.argmax(1)
+    return torch.where(same, (p_orig.max(1).values - p_aug.max(1).values).abs(), torch.full_like(p_orig[:, 0], penalty))
+
+
+@register("augmentation_robustness", sign=1, family="pgdl-runner-up", stochastic=True, needs_images=True,
+          description="sum over samples of 7 augmentations' penalties (6,1,2,3,1,12,2 when the prediction "
+                      "flips, else the change of the top softmax probability)",
+          reference="Aithal, Kashyap & Subramanyam 2021, arXiv 2101.06459 (PGDL second place); "
+                    "code: sumukhaithal6/pgdl runner_up_solution/complexity.py")
 def augmentation_robustness(model, init_model, data, settings) -> float:
-    x = data.x.float()
-    p = torch.softmax(logits_of(model, x, settings).double(), 1)
-    pred = p.argmax(1)
     g = torch.Generator().manual_seed(settings.seed)
-    scores = []
-    for xa in augmentations(x, g).values():
-        q = torch.softmax(logits_of(model, xa, settings).double(), 1)
-        flipped = q.argmax(1) != pred
-        drop = (p.gather(1, pred[:, None]) - q.gather(1, pred[:, None])).squeeze(1).abs()
-        scores.append(torch.where(flipped, torch.ones_like(drop), drop))
-    return float(torch.cat(scores).mean())
+    x_all = data.x.float()
+    total = 0.0
+    for start in range(0, min(len(x_all), BATCH_SIZE * MAX_BATCHES), BATCH_SIZE):
+        x = x_all[start:start + BATCH_SIZE]
+        p = torch.softmax(logits_of(model, x, settings).double(), 1)
+        for name, xa in augment_batch(x, g).items():
+            q = torch.softmax(logits_of(model, xa, settings).double(), 1)
+            total += float(robustness_scores(p, q, PENALTIES[name]).sum())
+    return total
