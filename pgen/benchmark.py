@@ -10,8 +10,12 @@ rerun resumes and adding a measure computes only that measure); the statistics c
 * ``tau_test_acc`` [CI]: Kendall tau-b of oriented vs test accuracy (< 0 = works as meant);
 * ``spearman_test_acc``: the same with Spearman's rho;
 * ``tau_null_sd``: the standard deviation of tau under random rankings of these models;
-* ``psi_gap``: granulated Kendall Psi vs the gap (zoos with hparams);
-* ``cmi_gap``: the PGDL conditional mutual information (zoos that are a full hparam grid);
+* ``psi_gap``: granulated Kendall Psi vs the gap (zoos with hparams; Jiang et al.'s tau-a
+  within groups, a constant group counting 0);
+* ``cmi_gap``: the PGDL conditional mutual information, as the competition's scorer
+  computes it (zoos that are a full hparam grid);
+* ``k_mu_gap``: Jiang et al.'s K(mu), the minimum over conditioning sets of 0 to 2
+  hyperparameters (at most ``cmi_gap``);
 * ``r2_loglog``: R^2 of the log-log fit of value vs test accuracy (positive values only);
 * ``median_seconds``: median seconds per model.
 """
@@ -68,6 +72,8 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
             row["psi_gap"] = m.sign * st.psi["psi"]
         if st.cmi is not None:
             row["cmi_gap"] = st.cmi
+        if st.k_mu is not None:
+            row["k_mu_gap"] = st.k_mu
         fit = next((f for f in st.fits if f.y_name == "test_acc"), None)
         row["r2_loglog"] = fit.r2 if fit is not None else math.nan
         secs = table.get(f"seconds.{name}")
@@ -112,7 +118,7 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
     plot = plots.ranking_plot(summaries, out / "ranking.png")
     cols = ["measure", "sign", "models", "tau_gap", "tau_gap_ci_low", "tau_gap_ci_high", "tau_test_acc",
             "tau_test_acc_ci_low", "tau_test_acc_ci_high", "tau_null_sd", "spearman_test_acc", "psi_gap", "cmi_gap",
-            "r2_loglog", "median_seconds"]
+            "k_mu_gap", "r2_loglog", "median_seconds"]
     doc = Document("pgen benchmark")
     doc.paragraph(f"Generated {dt.datetime.now().isoformat(timespec='seconds')}. Samples per model: "
                   f"{settings.n_samples} ({settings.split} split), layer {settings.layer}, centered P-vectors: "
@@ -121,8 +127,11 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
                   "`tau_gap` > 0 and `tau_test_acc` < 0 mean the measure ranks models the way its authors "
                   f"intended. Kendall tau is tau-b; its CI is a percentile bootstrap over models ({n_boot} "
                   "resamples), and `tau_null_sd` is its spread under random rankings: a CI that includes 0 does "
-                  "not resolve the direction, and overlapping CIs do not rank two measures. `cmi_gap` is the "
-                  "PGDL score (sign-free); `r2_loglog` fits log value vs log test accuracy (positive measures only).")
+                  "not resolve the direction, and overlapping CIs do not rank two measures. `psi_gap` is Jiang et "
+                  "al.'s granulated coefficient (tau-a within groups). `cmi_gap` is the PGDL score as the "
+                  "competition's scorer computes it (pairs of hyperparameters; sign-free), `k_mu_gap` Jiang et al.'s "
+                  "K(mu) (conditioning sets of 0 to 2 hyperparameters); `r2_loglog` fits log value vs log test "
+                  "accuracy (positive measures only).")
     doc.images([("ranking", plot)])
     for zname, s in summaries.items():
         shown = s.reindex(columns=[c for c in cols if c in s.columns])

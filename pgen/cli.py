@@ -133,6 +133,10 @@ def _add_score(sub):
     p.add_argument("--no-center", action="store_true", help="uncentered P-vectors (default: centered)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-test augmentation and stochastic measures")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dataset-size-term", action="store_true",
+                   help="apply Dziugaite et al.'s dataset-size term to bound measures (sqrt(v/m), or (v - log m)/2 "
+                        "for log measures; m = the model's training-set size): use it when a zoo varies the "
+                        "training-set size (`pgen measures --long` says which measures have one)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (faster; P-vectors then differ "
                                                        "from the CPU's by ~0.1 degree)")
     p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
@@ -161,6 +165,7 @@ def _cmd_score(args):
     out = Path(args.out) if args.out else _default_out(args.zoo)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
+                             dataset_size_term=args.dataset_size_term,
                              measures=_measure_names(args.measures))
     zoo = load_zoo(args.zoo)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
@@ -285,9 +290,16 @@ def _cmd_pgdl_predict(args):
 
 def _add_measures(sub):
     p = sub.add_parser("measures", help="list the generalization measures",
-                       description="List every registered measure with its family, sign and description. "
-                                   "Sign +1: a larger value predicts worse generalization (larger gap); "
-                                   "-1: a larger value predicts better generalization.")
+                       description="List every registered measure with its family, sign, fidelity to its "
+                                   "source and description. Sign +1: a larger value predicts worse "
+                                   "generalization (larger gap); -1: a larger value predicts better "
+                                   "generalization. Fidelity: 'faithful' computes the cited paper's "
+                                   "definition or its authors' code (adaptations stated), 'inspired by' "
+                                   "follows a paper without reproducing it exactly, 'pgen's own' has no "
+                                   "published source.")
+    p.add_argument("--long", action="store_true",
+                   help="one block per measure: source (paper and code), fidelity, sign and the reason for it")
+    p.add_argument("names", nargs="*", help="only these measures")
     p.set_defaults(func=_cmd_measures)
 
 
@@ -296,12 +308,26 @@ def _cmd_measures(args):
 
     from pgen.measures import list_measures
 
-    print("sign +1: larger value predicts worse generalization (larger gap); -1: larger predicts better\n")
     table = list_measures()
+    if args.names:
+        unknown = sorted(set(args.names) - set(table["name"]))
+        if unknown:
+            from pgen.errors import UnknownNameError
+
+            raise UnknownNameError(f"unknown measure(s) {', '.join(unknown)}; `pgen measures` lists them")
+        table = table[table["name"].isin(args.names)]
+    print("sign +1: larger value predicts worse generalization (larger gap); -1: larger predicts better\n")
+    if args.long:
+        for r in table.itertuples():
+            size = {"sqrt": "sqrt(v / m)", "log": "(v - log m) / 2"}.get(r.size_term, "none")
+            print(f"{r.name}  [{r.family}]  sign {r.sign}  {r.fidelity}\n  {r.description}\n"
+                  f"  source: {r.reference}\n  sign: {r.sign_reason}\n  dataset-size term (--dataset-size-term): "
+                  f"{size}\n")
+        return
     needs = table.apply(lambda r: ", ".join([w for w, flag in (("init", r.needs_init), ("images", r.needs_images),
                                                                 ("seeded", r.stochastic)) if flag]
                                             + ([f"pip install 'pgen[{r.requires}]'"] if r.requires else [])), axis=1)
-    table = table.assign(needs=needs)[["name", "family", "sign", "needs", "description", "reference"]]
+    table = table.assign(needs=needs)[["name", "family", "sign", "fidelity", "needs", "description"]]
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
         print(table.to_string(index=False))
 

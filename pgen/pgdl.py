@@ -31,12 +31,13 @@ __all__ = ["predict_task", "score_predictions", "measure_data_for"]
 
 
 def measure_data_for(zoo: Zoo, n_samples: int | None = 1000, split: str = "train") -> MeasureData:
-    """The first ``n_samples`` samples of the zoo's split, as every measure sees them."""
+    """The first ``n_samples`` samples of the zoo's split, as every measure sees them. Every
+    model of a PGDL task trained on the whole training set: that is its ``train_size``."""
     from pgen.data import dataset_arrays
 
     x, y = dataset_arrays(zoo.dataset(split))
     n = len(x) if n_samples is None else min(n_samples, len(x))
-    return MeasureData(x[:n], y[:n])
+    return MeasureData(x[:n], y[:n], train_size=len(x))
 
 
 def _measure_one(zoo: Zoo, model_id: str, measure: str, data: MeasureData, settings: MeasureSettings):

@@ -21,7 +21,7 @@ import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +55,7 @@ class ScoreSettings:
     pseudo_copies: int = 1
     batch_size: int = 256
     allow_tf32: bool = False  # CUDA only; off so that CUDA and CPU P-vectors agree
+    dataset_size_term: bool = False  # Dziugaite et al.'s sqrt(v / m) / (v - log m) / 2 on bound measures
     measures: tuple[str, ...] = field(default=("pvector_angle",))
 
     def __post_init__(self):
@@ -69,11 +70,27 @@ class ScoreSettings:
         """The settings that determine stored values (the measures list excluded)."""
         d = asdict(self)
         d.pop("measures")
+        if not d["dataset_size_term"]:  # the default leaves earlier runs' identities as they were
+            d.pop("dataset_size_term")
         return d
 
     def measure_settings(self, device: str = "cpu") -> MeasureSettings:
         return MeasureSettings(device=device, batch_size=self.batch_size, seed=self.seed, layer=self.layer,
-                               center=self.center, allow_tf32=self.allow_tf32)
+                               center=self.center, allow_tf32=self.allow_tf32,
+                               dataset_size_term=self.dataset_size_term)
+
+
+def train_size(entry, n_train: int) -> int:
+    """The number of samples a model was trained on: what the zoo records (``train_size``),
+    else ``train_fraction`` of the ``n_train`` training samples rounded as :mod:`pgen.train`
+    draws them, else all ``n_train``."""
+    recorded = entry.metrics.get("train_size") or entry.extra.get("train_size")
+    if recorded:
+        return int(recorded)
+    fraction = entry.hparams.get("train_fraction")
+    if fraction is not None:
+        return max(1, int(round(float(fraction) * n_train)))
+    return n_train
 
 
 def _kind_of(zoo: Zoo) -> str:
@@ -148,11 +165,12 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
         return out
     init = None
     settings = s.measure_settings(device)
+    data = replace(ctx.measure_data, train_size=train_size(entry, len(ctx.x_train)))  # shares the zoo's cache
     for name in measures:
         try:
             if get_measure(name).needs_init and init is None:
                 init = entry.load_model(initial=True)
-            r = evaluate_measure(name, model, init, ctx.measure_data, settings)
+            r = evaluate_measure(name, model, init, data, settings)
             out.measures[name] = (r.value, r.extra, r.seconds, None)
         except Exception as exc:  # recorded with the measure; the model's other scores stand
             out.measures[name] = (None, {}, None, _error_text(exc))

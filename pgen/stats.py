@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import product
+from itertools import combinations, product
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,8 @@ __all__ = [
     "bootstrap_ci",
     "cmi_from_table",
     "cmi_null",
+    "jiang_cmi",
+    "jiang_tau",
     "conditional_mutual_information",
     "correlations",
     "granulated_kendall",
@@ -182,18 +184,33 @@ def loglog_fit(x, y, *, level: float = 0.95, name_x: str = "x", name_y: str = "y
 
 
 def kendall_tau(x, y) -> float:
-    """Kendall's tau-b (ties handled), the overall ranking agreement."""
+    """Kendall's tau-b (scipy; ties handled), the overall ranking agreement in pgen's tables."""
     x, y = _clean_pair(x, y, min_n=2)
     return float(scipy.stats.kendalltau(x, y)[0])
 
 
+def jiang_tau(x, y) -> float:
+    """Jiang et al.'s (ICLR 2020, eq. 3) Kendall coefficient: the mean over ordered pairs
+    i != j of sign(x_i - x_j) sign(y_i - y_j), i.e. Kendall's tau-a. A tie contributes 0,
+    so a constant column gives 0 (scipy's tau-b, :func:`kendall_tau`, divides by the
+    untied pairs instead, and is undefined on a constant column)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 2:
+        raise StatsError("Kendall's tau needs at least 2 values")
+    sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+    return float((sx * sy).sum() / (n * (n - 1)))
+
+
 def granulated_kendall(scores: Mapping[str, float], hparams: Mapping[str, Mapping[str, object]],
                        target: Mapping[str, float]) -> dict:
-    """Granulated Kendall coefficient Psi (Jiang et al., ICLR 2020).
+    """Granulated Kendall coefficient Psi (Jiang et al., ICLR 2020, eq. 4).
 
     For each hparam i: psi_i is the mean, over the groups of models whose OTHER hparams
-    are all equal, of Kendall tau between score and target inside the group (groups with
-    fewer than two models or a constant column contribute nothing). Psi = mean of psi_i.
+    are all equal, of Jiang et al.'s tau (tau-a, :func:`jiang_tau`) between score and
+    target inside the group; a group where the score or the target is constant counts as
+    tau = 0, as in their definition (groups of one model have no pairs and are skipped).
+    Psi = mean of psi_i.
 
     Returns ``{"psi": Psi, "per_hparam": {name: psi_i}}``.
     """
@@ -211,11 +228,7 @@ def granulated_kendall(scores: Mapping[str, float], hparams: Mapping[str, Mappin
         for members in groups.values():
             if len(members) < 2:
                 continue
-            s = np.array([scores[m] for m in members], dtype=float)
-            t = np.array([target[m] for m in members], dtype=float)
-            if np.ptp(s) == 0 or np.ptp(t) == 0:
-                continue
-            taus.append(float(scipy.stats.kendalltau(s, t)[0]))
+            taus.append(jiang_tau([scores[m] for m in members], [target[m] for m in members]))
         per[h] = float(np.mean(taus)) if taus else math.nan
     finite = [v for v in per.values() if np.isfinite(v)]
     return {"psi": float(np.mean(finite)) if finite else math.nan, "per_hparam": per}
@@ -314,6 +327,56 @@ def _cmi(s: np.ndarray, gap: np.ndarray, values: Mapping[str, list], possible: M
     return (result, table) if details else result
 
 
+def jiang_cmi(scores, gap, values: Mapping[str, list], *, details: bool = False):
+    """Jiang et al.'s (ICLR 2020, sec. 4.2) conditional mutual information K(mu): the
+    minimum over conditioning sets S of at most two hyperparameters (the empty set
+    included) of I(V_mu; V_g | U_S) / H(V_g | U_S).
+
+    Over ordered pairs of distinct models (i, j): V_g = [gap_i > gap_j], V_mu =
+    [score_i > score_j], and U_S the pair's values of the hyperparameters in S (both
+    models'). The conditional MI and entropy are the p(u)-weighted sums over the observed
+    values u of U_S (logs base 2). Always at most the PGDL scorer's value in a full grid,
+    which conditions on pairs of hyperparameters only (|S| = 2); named apart from it
+    (:func:`cmi_from_table` is the PGDL CMI).
+    """
+    s, g = np.asarray(scores, float), np.asarray(gap, float)
+    n = len(s)
+    names = sorted(values)
+    off = ~np.eye(n, dtype=bool)
+    vg = (g[:, None] > g[None, :])[off].astype(int)
+    vm = (s[:, None] > s[None, :])[off].astype(int)
+    codes = {h: np.unique([str(v) for v in values[h]], return_inverse=True)[1] for h in names}
+    rows = []
+    for S in [()] + [(h,) for h in names] + list(combinations(names, 2)):
+        key = np.zeros((n, n), dtype=np.int64)
+        for h in S:
+            c = codes[h]
+            k = c.max() + 1
+            key = (key * k + c[:, None]) * k + c[None, :]
+        _, u = np.unique(key[off], return_inverse=True)
+        table = np.zeros((2, 2, u.max() + 1))
+        np.add.at(table, (vg, vm, u), 1)
+        pu = table.sum(axis=(0, 1)) / table.sum()
+        mi, ent = _exact_mi_and_entropy(table)
+        cond_mi, cond_h = float((pu * mi).sum()), float((pu * ent).sum())
+        rows.append({"conditioning": ",".join(S) or "(none)", "mi": cond_mi, "entropy": cond_h,
+                     "score": cond_mi / cond_h if cond_h > 0 else 0.0})
+    table = pd.DataFrame(rows)
+    result = float(table["score"].min())
+    return (result, table) if details else result
+
+
+def _exact_mi_and_entropy(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin of a (2, 2, B) count table: MI (bits) of the two axes and entropy of axis 0."""
+    total = np.where(table.sum(axis=(0, 1)) > 0, table.sum(axis=(0, 1)), 1)
+    p = table / total
+    pa, pb = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mi = np.where(p > 0, p * np.log2(p / (pa * pb)), 0).sum(axis=(0, 1))
+        ent = -np.where(pa > 0, pa * np.log2(pa), 0).sum(axis=(0, 1))
+    return mi, ent
+
+
 def _bin_index(v1: list[str], v2: list[str], possible1: list, possible2: list) -> tuple[np.ndarray, int]:
     """The scorer's bin of every ordered model pair, -1 where its key is not a known one.
 
@@ -399,9 +462,14 @@ class MeasureStatistics:
     kendall_null_sd : float
         Standard deviation of tau under random rankings of n models.
     psi : dict or None
-        Granulated Kendall ``{"psi", "per_hparam"}`` against the gap (zoos with hparams).
+        Granulated Kendall ``{"psi", "per_hparam"}`` against the gap (zoos with hparams;
+        Jiang et al.'s tau-a within groups, constant groups counting 0).
     cmi : float or None
-        The PGDL conditional mutual information (zoos that are a full hparam grid).
+        The PGDL conditional mutual information, as the competition's scorer computes it
+        (conditioning on pairs of hyperparameters; zoos that are a full hparam grid).
+    k_mu : float or None
+        Jiang et al.'s K(mu): the minimum over conditioning sets of 0 to 2 hyperparameters
+        (:func:`jiang_cmi`); at most the PGDL CMI.
     cmi_null : dict or None
         ``{"median", "q95", "p_value", "permutations"}``: the CMI of random rankings
         (the measure's values permuted over the models), with ``cmi_permutations``.
@@ -419,6 +487,7 @@ class MeasureStatistics:
     cmi: float | None = None
     cmi_null: dict | None = None
     notes: list = None
+    k_mu: float | None = None
 
     def kendall_row(self, target: str) -> dict | None:
         """The Kendall row (value, p_value, ci_low, ci_high) against ``target``, if computed."""
@@ -482,6 +551,7 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
         else:
             try:
                 stats.cmi = cmi_from_table(sub, measure, hparam_grid)
+                stats.k_mu = jiang_cmi(sub[measure], sub["gap"], {h: list(sub[f"hp.{h}"]) for h in hparam_grid})
                 if cmi_permutations:
                     stats.cmi_null = cmi_null(sub, measure, hparam_grid, stats.cmi, cmi_permutations, seed)
             except StatsError as exc:

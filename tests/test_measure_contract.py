@@ -67,7 +67,7 @@ def test_measure_contract(name, arch):
     model.train()  # the contract sets eval mode and restores these flags
     init.eval()
     before, before0 = snapshot(model), snapshot(init)
-    data = MeasureData(x, y)
+    data = MeasureData(x, y, train_size=len(x))
     try:
         first = evaluate_measure(name, model, init, data, MeasureSettings(seed=5))
     except MeasureError as exc:
@@ -77,13 +77,13 @@ def test_measure_contract(name, arch):
     assert_unchanged(model, before, "cpu", True, name)
     assert_unchanged(init, before0, "cpu", False, name)
     # same seed, same value (fresh data object: no cache shared with the first call)
-    again = compute_measure(name, model, init, MeasureData(x, y), MeasureSettings(seed=5))
+    again = compute_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5))
     assert again == first.value, name
     meta = REGISTRY[name]
     if not meta.stochastic:
-        other = compute_measure(name, model, init, MeasureData(x, y), MeasureSettings(seed=5, batch_size=7))
+        other = compute_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5, batch_size=7))
         assert other == pytest.approx(first.value, rel=1e-4, abs=1e-6), f"{name} depends on the batch size"
-        assert compute_measure(name, model, init, MeasureData(x, y), MeasureSettings(seed=6)) == pytest.approx(
+        assert compute_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=6)) == pytest.approx(
             first.value, rel=1e-4, abs=1e-6), f"{name} uses the seed but is not declared stochastic"
 
 
@@ -91,7 +91,7 @@ def test_declarations_are_checked_in_one_place():
     models, (x, y) = tiny_models()
     mlp, _ = models["mlp"]
     with pytest.raises(MeasureError, match="needs the model's initial weights"):
-        compute_measure("distance_from_init", mlp, None, MeasureData(x, y))
+        compute_measure("distance_from_init", mlp, None, MeasureData(x, y, train_size=len(x)))
     with pytest.raises(MeasureError, match="needs image inputs"):
         compute_measure("augmentation_robustness", mlp, None, MeasureData(x.reshape(48, -1), y))
 
@@ -113,18 +113,18 @@ def test_a_measure_that_perturbs_weights_cannot_leak_them(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.delitem(REGISTRY, "clumsy", raising=False)
-    register("clumsy", description="test", sign=1, reference="test")(clumsy)
-    register("failing", description="test", sign=1, reference="test")(failing)
+    register("clumsy", description="test", sign=1, reference="test", sign_reason="test")(clumsy)
+    register("failing", description="test", sign=1, reference="test", sign_reason="test")(failing)
     try:
         models, (x, y) = tiny_models()
         mlp, _ = models["mlp"]
         mlp.eval()
         before = snapshot(mlp)
-        r = evaluate_measure("clumsy", mlp, None, MeasureData(x, y))
+        r = evaluate_measure("clumsy", mlp, None, MeasureData(x, y, train_size=len(x)))
         assert r.value == 1.0 and r.extra == {"scaled": 3.0}
         assert_unchanged(mlp, before, "cpu", False, "clumsy")
         with pytest.raises(RuntimeError, match="boom"):
-            evaluate_measure("failing", mlp, None, MeasureData(x, y))
+            evaluate_measure("failing", mlp, None, MeasureData(x, y, train_size=len(x)))
         assert_unchanged(mlp, before, "cpu", False, "failing")
     finally:
         REGISTRY.pop("clumsy", None)
@@ -141,8 +141,8 @@ def test_cpu_and_cuda_agree_with_a_shared_model(order):
     elif order == "shuffled":
         names = list(np.random.default_rng(0).permutation(names))
     for arch, (model, init) in models.items():
-        cpu = {n: compute_measure(n, model, init, MeasureData(x, y), MeasureSettings(seed=5)) for n in names}
-        shared = MeasureData(x, y)  # one data object and one model through every measure, in this order
+        cpu = {n: compute_measure(n, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5)) for n in names}
+        shared = MeasureData(x, y, train_size=len(x))  # one data object and one model through every measure, in this order
         cuda = {n: compute_measure(n, model, init, shared, MeasureSettings(seed=5, device="cuda")) for n in names}
         assert next(model.parameters()).device.type == "cpu"
         for n in names:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from pgen.errors import UnknownNameError
-from pgen.measures import (REGISTRY, MeasureData, MeasureError, MeasureSettings, compute_measure, get_measure,
+from pgen.measures import (REGISTRY, MeasureData, MeasureError, MeasureSettings, compute_measure, evaluate_measure,
+                           get_measure,
                            list_measures)
 
 
@@ -76,7 +77,9 @@ def test_jacobian_norm_matches_autograd_jacobian(data):
     j_in = torch.stack([torch.autograd.functional.jacobian(model, xi[None])[0, :, 0] for xi in x])
     j_h1 = torch.stack([torch.autograd.functional.jacobian(lambda h: model[2](model[1](h)), hi[None])[0, :, 0] for hi in h1])
     j_a1 = torch.stack([torch.autograd.functional.jacobian(model[2], ai[None])[0, :, 0] for ai in a1])
-    first = np.mean([float((j ** 2).mean()) for j in (j_in, j_h1, j_a1)])
+    # Keras's layers: Dense(tanh) (input x) and Dense (input a1); the tanh is no layer of its own
+    first = np.mean([float((j ** 2).mean()) for j in (j_in, j_a1)])
+    assert first != pytest.approx(np.mean([float((j ** 2).mean()) for j in (j_in, j_h1, j_a1)]), rel=1e-3)
     one_batch = MeasureData(x, data.y[:16])
     assert compute_measure("jacobian_norm", model, None, one_batch) == pytest.approx(first, rel=1e-5)
 
@@ -127,8 +130,26 @@ def test_cli_lists_measures_with_the_sign_convention(capsys):
     out = capsys.readouterr().out
     assert "sign +1: larger value predicts worse generalization" in out
     assert "kit_sharpness" in out and "-1" in out
-    assert "Liu et al., Machine Learning 111, 2022" in out  # each measure's reference
-    assert "pip install 'pgen[weightwatcher]'" in out and "seeded" in out  # and what it needs
+    assert "pip install 'pgen[weightwatcher]'" in out and "seeded" in out  # what each needs
+    assert "pgen's own" in out and "inspired by" in out  # and how faithful it is
+
+    assert main(["measures", "--long", "pvector_angle_uncentered", "augmentation_robustness"]) == 0
+    out = capsys.readouterr().out
+    assert "source: Liu et al., Machine Learning 111, 2022" in out  # each measure's paper and code
+    assert "sumukhaithal6/pgdl" in out and "sign: the paper: models robust" in out  # and why its sign
+    assert "dbi_mixup" not in out
+    assert main(["measures", "nope"]) == 2
+
+
+def test_every_measure_states_its_fidelity_and_the_reason_for_its_sign():
+    from pgen.measures import FIDELITY
+
+    table = list_measures()
+    assert set(table["fidelity"]) <= set(FIDELITY)
+    assert (table["sign_reason"].str.len() > 20).all()
+    with pytest.raises(ValueError, match="sign_reason"):
+        from pgen.measures import register
+        register("unexplained", description="d", sign=1, reference="r", sign_reason="")
 
 
 # --------------------------------------------------------------------- Fantastic-style measures
@@ -303,3 +324,76 @@ def test_non_finite_value_is_an_error(data, monkeypatch):
     monkeypatch.setitem(REGISTRY, "always_nan", Measure("always_nan", lambda *a: float("nan"), "test", 1))
     with pytest.raises(MeasureError, match="always_nan returned nan"):
         compute_measure("always_nan", tiny_mlp(0), None, data)
+
+
+# --------------------------------------------------------------------- PAC-Bayes bounds, sharpness, size term
+
+def test_pacbayes_bounds_are_jiang_et_al_eqs_48_49_56_57(data):
+    from pgen.measures.pacbayes import noise_sigma
+
+    model, init = tiny_mlp(21), tiny_mlp(22)
+    d = MeasureData(data.x, data.y, train_size=600)
+    s = MeasureSettings(seed=1)
+    w = np.concatenate([model[0].weight.detach().double().numpy().ravel(), model[2].weight.detach().double().numpy().ravel()])
+    w0 = np.concatenate([init[0].weight.detach().double().numpy().ravel(), init[2].weight.detach().double().numpy().ravel()])
+    sigma = noise_sigma(model, d, s, magnitude_aware=False)
+    assert compute_measure("pacbayes_init", model, init, d, s) == pytest.approx(
+        np.sum((w - w0) ** 2) / (4 * sigma ** 2) + np.log(600 / sigma) + 10, rel=1e-9)
+    assert compute_measure("pacbayes_orig", model, init, d, s) == pytest.approx(
+        np.sum(w ** 2) / (4 * sigma ** 2) + np.log(600 / sigma) + 10, rel=1e-9)
+    assert compute_measure("pacbayes_flatness", model, None, d, s) == pytest.approx(1 / sigma ** 2, rel=1e-12)
+    sm, eps, omega = noise_sigma(model, d, s, magnitude_aware=True), 1e-3, len(w)
+
+    def mag(v):
+        return 0.25 * np.sum(np.log((eps ** 2 + (sm ** 2 + 1) * np.sum(v ** 2) / omega)
+                                    / (eps ** 2 + sm ** 2 * (w - w0) ** 2))) + np.log(600 / sm) + 10
+    assert compute_measure("pacbayes_mag_init", model, init, d, s) == pytest.approx(mag(w - w0), rel=1e-9)
+    assert compute_measure("pacbayes_mag_orig", model, init, d, s) == pytest.approx(mag(w), rel=1e-9)
+    with pytest.raises(MeasureError, match="training-set size"):
+        compute_measure("pacbayes_orig", model, None, MeasureData(data.x, data.y), s)
+
+
+def test_dataset_size_term_is_dziugaite_et_als_adjustment(data):
+    model = tiny_mlp(23)
+    d = MeasureData(data.x, data.y, train_size=500)
+    plain, adjusted = MeasureSettings(), MeasureSettings(dataset_size_term=True)
+    v = compute_measure("param_norm", model, None, d, plain)
+    assert compute_measure("param_norm", model, None, d, adjusted) == pytest.approx(np.sqrt(v / 500), rel=1e-12)
+    lv = compute_measure("log_prod_of_fro", model, None, d, plain)
+    assert compute_measure("log_prod_of_fro", model, None, d, adjusted) == pytest.approx(0.5 * (lv - np.log(500)))
+    # measures without a bound form are left alone; the unadjusted value is kept beside
+    assert compute_measure("sum_squared_weights", model, None, d, adjusted) == compute_measure(
+        "sum_squared_weights", model, None, d, plain)
+    assert evaluate_measure("param_norm", model, None, d, adjusted).extra["without_size_term"] == pytest.approx(v)
+    with pytest.raises(MeasureError, match="training-set size"):
+        compute_measure("param_norm", model, None, MeasureData(data.x, data.y), adjusted)
+
+
+def test_margin_measures_flag_a_negative_10th_percentile_margin(data):
+    model = tiny_mlp(24)
+    with torch.no_grad():
+        model[2].bias.copy_(torch.tensor([0.0, 0.0, 50.0]))  # class 2 always wins: most samples are wrong
+    r = evaluate_measure("inverse_margin", model, None, data)
+    assert r.extra["margin_10th"] < 0
+    assert r.value == pytest.approx(1 / r.extra["margin_10th"] ** 2)  # |gamma|, as the reference code
+
+
+def test_plain_sharpness_box_is_absolute_and_the_magnitude_aware_one_relative(data):
+    from pgen.measures._util import accuracy
+    from pgen.measures.sharpness import _worst_case_drop
+
+    model = tiny_mlp(25)
+    s = MeasureSettings(seed=2)
+    base = accuracy(model, data.x, data.y, s)
+    drop = lambda m, a, mag: _worst_case_drop(m, data, s, a, accuracy(m, data.x, data.y, s), torch.Generator().manual_seed(0), mag)
+    assert drop(model, 0.0, False) == 0.0  # a box of width 0 leaves the model as it is
+    # the same function with the first layer scaled by 100 and the second by 1/100: a plain box of 0.05
+    # barely moves the large first-layer weights relative to their size but swamps the tiny second layer's
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[0].weight.mul_(100); scaled[0].bias.mul_(100); scaled[2].weight.div_(100)
+    assert accuracy(scaled, data.x, data.y, s) == base
+    assert drop(scaled, 0.05, False) > drop(model, 0.05, False) + 0.1
+    assert abs(drop(scaled, 0.05, True) - drop(model, 0.05, True)) < 0.1
+    value = compute_measure("sharpness", model, None, data, s)
+    assert np.isfinite(value) and value > 0 and value == compute_measure("sharpness", model, None, data, s)

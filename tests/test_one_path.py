@@ -100,7 +100,7 @@ def test_measure_failures_reach_the_report(tiny_zoo, tmp_path):
             raise ValueError("no CNNs, please")
         return 1.0 + sum(p.numel() for p in model.parameters()) / 1e4
 
-    register("fails_on_cnns", description="test measure", sign=1, reference="test")(fails_on_cnns)
+    register("fails_on_cnns", description="test measure", sign=1, reference="test", sign_reason="test")(fails_on_cnns)
     try:
         run = score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(n_samples=100, measures=("fails_on_cnns",)),
                         progress=False)

@@ -1,10 +1,13 @@
 """Statistics against scipy / statsmodels, and the PGDL CMI against the competition's published values."""
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 import statsmodels.api as sm
@@ -216,3 +219,83 @@ def test_vectorized_bootstrap_equals_the_loop_over_scipy(method):
     ref = bootstrap_ci(x, y, lambda a, b: float(_METHODS[method](a, b)[0]), n_boot=400, seed=7)
     row = correlations(x, y, methods=(method,), n_boot=400, seed=7).iloc[0]
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(ref, abs=1e-12)
+
+
+# --------------------------------------------------------------------- Jiang et al.'s statistics
+
+def test_jiang_tau_is_tau_a_and_differs_from_tau_b_with_ties():
+    import itertools
+
+    import scipy.stats
+
+    from pgen.stats import jiang_tau
+
+    x = [1, 2, 2, 3, 3, 3, 4]
+    y = [1, 1, 2, 2, 3, 4, 4]
+    pairs = list(itertools.permutations(range(7), 2))
+    brute = sum(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in pairs) / len(pairs)
+    assert jiang_tau(x, y) == pytest.approx(brute, abs=1e-15)
+    assert jiang_tau(x, y) != pytest.approx(scipy.stats.kendalltau(x, y)[0], abs=0.01)
+    assert jiang_tau([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_granulated_psi_counts_a_constant_group_as_zero():
+    from pgen.stats import granulated_kendall
+
+    # hparam a varies inside each group of b; in group b=0 the score is constant
+    hps = {f"m{i}": {"a": i % 2, "b": i // 2} for i in range(4)}
+    scores = {"m0": 5.0, "m1": 5.0, "m2": 1.0, "m3": 2.0}
+    gap = {"m0": 0.1, "m1": 0.2, "m2": 0.1, "m3": 0.3}
+    psi = granulated_kendall(scores, hps, gap)
+    # psi_a: groups b=0 (constant score: 0) and b=1 (agree: tau-a over 2 ordered pairs = 1) -> 0.5
+    assert psi["per_hparam"]["a"] == pytest.approx(0.5)
+    # psi_b: groups a=0 (m0, m2: score down, gap equal -> 0) and a=1 (m1, m3: 5 > 2 while 0.2 < 0.3 -> -1)
+    assert psi["per_hparam"]["b"] == pytest.approx(-0.5)
+    assert psi["psi"] == pytest.approx(0.0)
+
+
+def brute_k_mu(s, g, values):
+    """Jiang et al.'s K(mu) by counting, pair by pair, with dictionaries."""
+    import itertools
+    from collections import Counter
+
+    n, names = len(s), sorted(values)
+    best = math.inf
+    for S in [()] + [(h,) for h in names] + list(itertools.combinations(names, 2)):
+        counts = Counter()
+        for i, j in itertools.permutations(range(n), 2):
+            u = tuple((values[h][i], values[h][j]) for h in S)
+            counts[(u, g[i] > g[j], s[i] > s[j])] += 1
+        total = sum(counts.values())
+        us = {k[0] for k in counts}
+        mi = ent = 0.0
+        for u in us:
+            nu = sum(v for k, v in counts.items() if k[0] == u)
+            pg = {a: sum(v for k, v in counts.items() if k[0] == u and k[1] == a) / nu for a in (False, True)}
+            ps = {b: sum(v for k, v in counts.items() if k[0] == u and k[2] == b) / nu for b in (False, True)}
+            for a in (False, True):
+                if pg[a] > 0:
+                    ent -= nu / total * pg[a] * math.log2(pg[a])
+                for b in (False, True):
+                    p = counts[(u, a, b)] / nu
+                    if p > 0:
+                        mi += nu / total * p * math.log2(p / (pg[a] * ps[b]))
+        best = min(best, mi / ent if ent > 0 else 0.0)
+    return best
+
+
+def test_jiang_k_mu_against_counting_and_below_the_pgdl_cmi():
+    from pgen.stats import cmi_from_table, jiang_cmi
+
+    rng = np.random.default_rng(3)
+    grid = {"a": [0, 1, 2], "b": [0, 1], "c": ["x", "y"]}
+    rows = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    table = pd.DataFrame({f"hp.{h}": [r[h] for r in rows] for h in grid})
+    table["gap"] = rng.normal(size=len(rows)) + 0.3 * table["hp.a"]
+    table["m"] = table["gap"] + rng.normal(size=len(rows))
+    values = {h: list(table[f"hp.{h}"]) for h in grid}
+    k = jiang_cmi(table["m"], table["gap"], values)
+    assert k == pytest.approx(brute_k_mu(list(table["m"]), list(table["gap"]), values), abs=1e-12)
+    assert k <= cmi_from_table(table, "m", grid) + 1e-12
+    _, details = jiang_cmi(table["m"], table["gap"], values, details=True)
+    assert list(details["conditioning"])[:4] == ["(none)", "a", "b", "c"] and len(details) == 1 + 3 + 3

@@ -42,7 +42,7 @@ from torch import nn
 from pgen.devices import model_device, tf32_mode
 from pgen.errors import MeasureError, UnknownNameError
 
-__all__ = ["Measure", "MeasureData", "MeasureSettings", "MeasureValue", "MeasureResult", "MeasureError",
+__all__ = ["FIDELITY", "Measure", "MeasureData", "MeasureSettings", "MeasureValue", "MeasureResult", "MeasureError",
            "REGISTRY", "register", "get_measure", "list_measures", "compute_measure", "evaluate_measure",
            "compute_for_entry", "model_device", "tf32_mode"]
 
@@ -55,6 +55,7 @@ class MeasureData:
     y: torch.Tensor
     num_classes: int | None = None
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-zoo results, e.g. the data P-vector
+    train_size: int | None = None  # samples the model was trained on (bounds' m); None: unknown
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
@@ -75,6 +76,7 @@ class MeasureSettings:
     layer: str = "penultimate"  # the P-vector measures' feature layer
     center: bool = True  # the P-vector angle on centered features (pgen's default; see the README)
     allow_tf32: bool = False  # CUDA only: TF32 matmuls are faster but move P-vectors by ~0.1 degree
+    dataset_size_term: bool = False  # Dziugaite et al.'s sqrt(v / m) or (v - log m) / 2 for bound measures
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,9 @@ class Measure:
     needs_images: bool = False  # inputs must be (N, C, H, W)
     stochastic: bool = False  # draws random numbers (seeded by settings.seed)
     requires: str = ""  # an optional package it imports, e.g. "weightwatcher"
+    fidelity: str = "faithful"  # to ``reference``: one of FIDELITY
+    sign_reason: str = ""  # why the sign is what it is, with its source
+    size_term: str = ""  # Dziugaite et al.'s dataset-size term: "sqrt", "log" or "" (none)
 
     def __call__(self, model, init_model, data, settings=None) -> float:
         return compute_measure(self.name, model, init_model, data, settings)
@@ -117,20 +122,36 @@ class Measure:
 
 REGISTRY: dict[str, Measure] = {}
 
+#: How a measure relates to its ``reference``: "faithful" (computes the paper's definition or
+#: the authors' code; any adaptation to pgen's models is stated in its docstring), "inspired
+#: by" (a reading of a paper without public code, or a knowing deviation), "pgen's own".
+FIDELITY = ("faithful", "inspired by", "pgen's own")
 
-def register(name: str, *, description: str, sign: int, needs_init: bool = False, family: str = "",
-             reference: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = ""):
-    """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``."""
+
+def register(name: str, *, description: str, sign: int, reference: str, sign_reason: str, needs_init: bool = False,
+             family: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = "",
+             fidelity: str = "faithful", size_term: str = ""):
+    """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``.
+
+    ``reference`` names the paper and code whose definition it computes, ``fidelity`` how
+    closely (one of :data:`FIDELITY`), ``sign_reason`` why the sign is what it is.
+    """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
     if not reference:
         raise ValueError(f"measure {name}: say which paper or code it follows (reference=...)")
+    if not sign_reason:
+        raise ValueError(f"measure {name}: say why its sign is {sign:+d} (sign_reason=...)")
+    if fidelity not in FIDELITY:
+        raise ValueError(f"measure {name}: fidelity must be one of {FIDELITY}")
+    if size_term not in ("", "sqrt", "log"):
+        raise ValueError(f"measure {name}: size_term must be 'sqrt', 'log' or ''")
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
         REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference, needs_images,
-                                 stochastic, requires)
+                                 stochastic, requires, fidelity, sign_reason, size_term)
         return fn
 
     return deco
@@ -164,7 +185,8 @@ def list_measures() -> pd.DataFrame:
     _load_all()
     return pd.DataFrame([{"name": m.name, "family": m.family, "sign": f"{m.sign:+d}", "needs_init": m.needs_init,
                           "needs_images": m.needs_images, "stochastic": m.stochastic, "requires": m.requires,
-                          "description": m.description, "reference": m.reference}
+                          "description": m.description, "reference": m.reference, "fidelity": m.fidelity,
+                          "sign_reason": m.sign_reason, "size_term": m.size_term}
                          for m in sorted(REGISTRY.values(), key=lambda m: m.name)])
 
 
@@ -211,8 +233,25 @@ def evaluate_measure(name: str, model: nn.Module, init_model: nn.Module | None, 
     value = float(value)
     if not math.isfinite(value):
         raise MeasureError(f"measure {name} returned {value} for this model")
+    if settings.dataset_size_term and m.size_term:
+        value, extra = _with_size_term(m, value, data), {**extra, "without_size_term": value}
     extra = {k: (None if v is None or math.isnan(float(v)) else float(v)) for k, v in extra.items()}
     return MeasureResult(name, value, extra, seconds)
+
+
+def _with_size_term(m: Measure, value: float, data: MeasureData) -> float:
+    """Dziugaite et al. (NeurIPS 2020, "In search of robust measures of generalization", and
+    their code: robust-generalization-measures, measures.py ``adjust_measure``): a measure
+    ``v`` of a model trained on ``m`` samples becomes ``sqrt(v / m)``, a log measure
+    ``(v - log m) / 2``, so that zoos that vary the training-set size compare like bounds."""
+    if not data.train_size:
+        raise MeasureError(f"measure {m.name}: the dataset-size term needs the model's training-set size, "
+                           "which this zoo does not record")
+    if m.size_term == "log":
+        return 0.5 * (value - math.log(data.train_size))
+    if value < 0:
+        raise MeasureError(f"measure {m.name}: sqrt(v / m) is undefined for v = {value}")
+    return math.sqrt(value / data.train_size)
 
 
 def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, data: MeasureData,

@@ -7,6 +7,11 @@ from torch import nn
 
 from pgen.measures import MeasureError, model_device
 
+BOUND_SIGN = ("a complexity term of a generalization bound: larger means a looser bound "
+              "(Jiang et al. 2020, sec. 2 and app. C)")
+FLATNESS_SIGN = ("1/sigma^2 or 1/alpha^2: a sharper minimum tolerates less perturbation and is predicted to "
+                 "generalize worse (Jiang et al. 2020, sec. 7)")
+
 
 def all_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every floating-point tensor of the state, parameters AND buffers (BatchNorm running
@@ -68,13 +73,20 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return correct - other.max(1).values
 
 
-def margin_10th_percentile(model: nn.Module, data, settings) -> float:
-    """abs(10th-percentile margin) over the data (Jiang et al. 2020)."""
+def margin_10th_percentile(model: nn.Module, data, settings) -> tuple[float, float]:
+    """(|gamma|, gamma), gamma the 10th-percentile margin over the data (Jiang et al. 2020).
+
+    The measures use |gamma|, as Dziugaite et al.'s reference code does (``margin.abs()``).
+    A model that misclassifies more than 10% of the samples has gamma < 0, which the
+    absolute value hides (-9 and +9 give the same measure); the measures therefore store
+    the signed gamma beside their value as ``<measure>.margin_10th``, so such models can
+    be seen and filtered.
+    """
     m = margins(logits_of(model, data.x, settings), data.y)
-    value = abs(float(m.kthvalue(max(1, len(m) // 10)).values))
-    if value == 0:
+    signed = float(m.kthvalue(max(1, len(m) // 10)).values)
+    if signed == 0:
         raise MeasureError("the 10th-percentile margin is 0; margin-normalized measures are undefined")
-    return value
+    return abs(signed), signed
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings) -> float:
@@ -106,7 +118,9 @@ def is_dense(m: nn.Module) -> bool:
 
 
 def is_pool(m: nn.Module) -> bool:
-    return isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)) or "Pool" in type(m).__name__
+    name = type(m).__name__  # pgen's Keras port: MaxPooling2D, AveragePooling2D (global pools have no strides)
+    return isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)) or (
+        "Pool" in name and "Global" not in name and "Adaptive" not in name)
 
 
 def keras_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:

@@ -43,7 +43,8 @@ def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float
     return float(hsic(kx, ky) / np.sqrt(hsic(kx, kx) * hsic(ky, ky)))
 
 
-@register("cka_to_data", sign=-1, family="representation",
+@register("cka_to_data", sign_reason="pgen's hypothesis, by analogy with the P-vector angle: features more similar to the inputs' geometry generalize better; no published source",
+          fidelity="pgen's own", sign=-1, family="representation",
           description="linear CKA between penultimate features and the raw inputs",
           reference="Kornblith et al., ICML 2019")
 def cka_to_data(model, init_model, data, settings) -> float:
@@ -52,7 +53,8 @@ def cka_to_data(model, init_model, data, settings) -> float:
     return linear_cka(f, data.x.reshape(len(data.x), -1).numpy())
 
 
-@register("cka_to_init", sign=-1, needs_init=True, family="representation",
+@register("cka_to_init", sign_reason="pgen's hypothesis: features that moved less from initialisation generalize better (cf. distance from init); no published source",
+          fidelity="pgen's own", sign=-1, needs_init=True, family="representation",
           description="linear CKA between penultimate features of the model and of its initialization",
           reference="Kornblith et al., ICML 2019")
 def cka_to_init(model, init_model, data, settings) -> float:

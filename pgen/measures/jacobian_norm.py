@@ -5,6 +5,12 @@ Jacobian of the logits with respect to each layer's input is taken per sample; t
 is the mean over layers of the mean squared Jacobian entry, averaged over batches.
 Entries are computed with one backward pass per class (samples are independent in eval
 mode, so summing the class logit over the batch gives every sample's row at once).
+
+"Every layer" is every layer as Keras lists it, as the kit's models are Keras models: an
+activation module right after a Conv/Linear belongs to that layer (Keras's Conv2D/Dense
+apply their activation), while Flatten, Dropout and pooling are layers of their own
+(:func:`pgen.measures._util.keras_layers`). On pgen's own MLP ``[Flatten, Linear, ReLU,
+Linear]`` that is three layers, not four.
 """
 
 from __future__ import annotations
@@ -12,18 +18,19 @@ from __future__ import annotations
 import torch
 
 from pgen.measures import model_device, register
-from pgen.measures._util import layers_of
+from pgen.measures._util import keras_layers
 
 BATCH = 16
 MAX_BATCHES = 33
 
 
-@register("jacobian_norm", sign=1, family="sensitivity",
+@register("jacobian_norm", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap: a more input-sensitive function predicts a larger gap",
+          sign=1, family="sensitivity",
           description="mean squared Jacobian of the logits w.r.t. every layer's input (PGDL kit baseline)",
           reference="PGDL starting kit")
 def jacobian_norm(model, init_model, data, settings) -> float:
     device = model_device(model)
-    layers = layers_of(model)
+    layers = [layer for layer, _ in keras_layers(model)]
     captured: list[torch.Tensor] = []
     handles = [layer.register_forward_pre_hook(lambda m, inp: captured.append(inp[0])) for layer in layers]
     per_batch = []

@@ -38,7 +38,8 @@ def _kit_objective(logits: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return -(logits * torch.log_softmax(one_hot, dim=1)).sum(1).mean()
 
 
-@register("kit_sharpness", sign=-1, family="flatness", stochastic=True,
+@register("kit_sharpness", sign_reason="the kit's measure is the box size itself: a wider box is a flatter minimum, predicted to generalize better",
+          sign=-1, family="flatness", stochastic=True,
           description="largest relative weight box keeping accuracy within 0.1, by bisection (PGDL kit baseline)",
           reference="PGDL starting kit")
 def kit_sharpness(model, init_model, data, settings) -> float:

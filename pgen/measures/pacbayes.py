@@ -1,33 +1,58 @@
-"""PAC-Bayes flatness measures (Jiang et al. 2020, eqs. 53 and 61).
+"""PAC-Bayes measures (Jiang et al. 2020, eqs. 48, 49, 53, 56, 57, 61).
 
 sigma is found by bisection so that Gaussian weight noise lowers the model's accuracy on
-the data by 0.1 (mean over Monte-Carlo draws):
+the data by 0.1 (the mean over 10 Monte-Carlo draws, as Dziugaite et al.'s reference
+code, robust-generalization-measures ``_pacbayes_sigma``, does):
 
-* ``pacbayes_flatness``      1 / sigma^2, noise N(0, sigma^2) on every parameter;
+* ``pacbayes_flatness``      1 / sigma^2, noise N(0, sigma^2) on every parameter (eq. 53);
 * ``pacbayes_mag_flatness``  1 / sigma'^2, magnitude-aware noise N(0, sigma'^2 w^2 + eps^2),
-  eps = 1e-3.
+  eps = 1e-3 (eq. 61);
+* ``pacbayes_init`` / ``pacbayes_orig`` (eqs. 48, 49)
+  ||w - w0||^2 / (4 sigma^2) + log(m / sigma) + 10, resp. with ||w||^2;
+* ``pacbayes_mag_init`` / ``pacbayes_mag_orig`` (eqs. 56, 57)
+  1/4 sum_i log((eps^2 + (sigma'^2 + 1) ||v||^2 / omega) / (eps^2 + sigma'^2 (w_i - w0_i)^2))
+  + log(m / sigma') + 10, with v = w - w0 (init) or w (orig).
 
-A flatter model tolerates more noise (larger sigma), so larger values mean sharper: sign +1.
+w are the Conv/Linear kernels after folding BatchNorm (biases excluded, as the reference
+code's ``get_weights_only``), omega their number, m the model's training-set size
+(``MeasureData.train_size``). The noise follows the paper's definition (standard
+deviation sigma); the reference code draws with standard deviation sigma^2. A flatter
+model tolerates more noise (larger sigma), so larger values mean sharper: sign +1; the
+bounds grow with complexity: sign +1.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
-from pgen.measures import register
-from pgen.measures._util import accuracy, bisect_scale
+from pgen.measures import MeasureError, register
+from pgen.measures._util import BOUND_SIGN, FLATNESS_SIGN, accuracy, bisect_scale, weight_matrices
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
 DEPTH = 15
-DRAWS = 3
+DRAWS = 10  # Monte-Carlo draws per noise level, as the reference code
 MAG_EPS = 1e-3
 
 
 def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 1.0) -> float:
-    """Bisection for the noise scale whose accuracy drop is TARGET_DROP (+- TOLERANCE)."""
+    """Bisection for the noise scale whose accuracy drop is TARGET_DROP (+- TOLERANCE).
+
+    Kept for the model last asked about (the flatness and bound measures share it)."""
+    key = ("pacbayes_sigma", magnitude_aware, settings.seed, upper)
+    fingerprint = [p.detach().clone() for p in model.parameters()]
+    cached = data.cache.get(key)
+    if cached is not None and cached[0] is model and all(torch.equal(a, b) for a, b in zip(cached[1], fingerprint)):
+        return cached[2]
+    sigma = _noise_sigma(model, data, settings, magnitude_aware=magnitude_aware, upper=upper)
+    data.cache[key] = (model, fingerprint, sigma)
+    return sigma
+
+
+def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) -> float:
     base = accuracy(model, data.x, data.y, settings)
     g = torch.Generator().manual_seed(settings.seed)
     noisy = copy.deepcopy(model)
@@ -47,15 +72,78 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
     return bisect_scale(drop, target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, upper=upper)
 
 
-@register("pacbayes_flatness", sign=1, family="flatness", stochastic=True,
+@register("pacbayes_flatness", sign_reason=FLATNESS_SIGN,
+          size_term='sqrt', sign=1, family="flatness", stochastic=True,
           description="1/sigma^2, sigma = Gaussian weight noise that costs 0.1 accuracy (bisection)",
           reference="Jiang et al., ICLR 2020 (eq. 53)")
 def pacbayes_flatness(model, init_model, data, settings) -> float:
     return 1.0 / noise_sigma(model, data, settings, magnitude_aware=False) ** 2
 
 
-@register("pacbayes_mag_flatness", sign=1, family="flatness", stochastic=True,
+@register("pacbayes_mag_flatness", sign_reason=FLATNESS_SIGN,
+          size_term='sqrt', sign=1, family="flatness", stochastic=True,
           description="1/sigma'^2, magnitude-aware noise N(0, sigma'^2 w^2 + 1e-6) that costs 0.1 accuracy",
           reference="Jiang et al., ICLR 2020 (eq. 61)")
 def pacbayes_mag_flatness(model, init_model, data, settings) -> float:
     return 1.0 / noise_sigma(model, data, settings, magnitude_aware=True) ** 2
+
+
+def _kernels(model) -> torch.Tensor:
+    return torch.cat([w.reshape(-1) for w in weight_matrices(model)])
+
+
+def _train_size(data, name: str) -> int:
+    if not data.train_size:
+        raise MeasureError(f"{name} needs the model's training-set size m (MeasureData.train_size), "
+                           "which this zoo does not record")
+    return data.train_size
+
+
+def pacbayes_bound(sq_norm: float, sigma: float, m: int) -> float:
+    """Jiang et al. eqs. 48/49: ||v||^2 / (4 sigma^2) + log(m / sigma) + 10."""
+    return sq_norm / (4 * sigma ** 2) + math.log(m / sigma) + 10
+
+
+def pacbayes_mag_bound(v: torch.Tensor, dist: torch.Tensor, sigma: float, m: int) -> float:
+    """Jiang et al. eqs. 56/57 (v: w - w0 or w; dist: w - w0, elementwise)."""
+    omega = len(dist)
+    num = MAG_EPS ** 2 + (sigma ** 2 + 1) * float(v.square().sum()) / omega
+    den = MAG_EPS ** 2 + sigma ** 2 * dist.square()
+    return float(0.25 * torch.log(num / den).sum()) + math.log(m / sigma) + 10
+
+
+@register("pacbayes_init", sign_reason=BOUND_SIGN, size_term="sqrt", sign=1, family="pac-bayes", stochastic=True,
+          needs_init=True, description="||w - w0||^2 / (4 sigma^2) + log(m / sigma) + 10 (sigma as pacbayes_flatness)",
+          reference="Jiang et al., ICLR 2020 (eq. 48); Dziugaite et al. 2020 code (PACBAYES_INIT)")
+def pacbayes_init(model, init_model, data, settings) -> float:
+    sigma = noise_sigma(model, data, settings, magnitude_aware=False)
+    sq = float((_kernels(model) - _kernels(init_model)).square().sum())
+    return pacbayes_bound(sq, sigma, _train_size(data, "pacbayes_init"))
+
+
+@register("pacbayes_orig", sign_reason=BOUND_SIGN, size_term="sqrt", sign=1, family="pac-bayes", stochastic=True,
+          description="||w||^2 / (4 sigma^2) + log(m / sigma) + 10 (sigma as pacbayes_flatness)",
+          reference="Jiang et al., ICLR 2020 (eq. 49); Dziugaite et al. 2020 code (PACBAYES_ORIG)")
+def pacbayes_orig(model, init_model, data, settings) -> float:
+    sigma = noise_sigma(model, data, settings, magnitude_aware=False)
+    return pacbayes_bound(float(_kernels(model).square().sum()), sigma, _train_size(data, "pacbayes_orig"))
+
+
+@register("pacbayes_mag_init", sign_reason=BOUND_SIGN, size_term="sqrt", sign=1, family="pac-bayes",
+          stochastic=True, needs_init=True,
+          description="magnitude-aware PAC-Bayes bound around the initial weights (sigma' as pacbayes_mag_flatness)",
+          reference="Jiang et al., ICLR 2020 (eq. 56); Dziugaite et al. 2020 code (PACBAYES_MAG_INIT)")
+def pacbayes_mag_init(model, init_model, data, settings) -> float:
+    sigma = noise_sigma(model, data, settings, magnitude_aware=True)
+    dist = _kernels(model) - _kernels(init_model)
+    return pacbayes_mag_bound(dist, dist, sigma, _train_size(data, "pacbayes_mag_init"))
+
+
+@register("pacbayes_mag_orig", sign_reason=BOUND_SIGN, size_term="sqrt", sign=1, family="pac-bayes",
+          stochastic=True, needs_init=True,
+          description="magnitude-aware PAC-Bayes bound around the origin (sigma' as pacbayes_mag_flatness)",
+          reference="Jiang et al., ICLR 2020 (eq. 57); Dziugaite et al. 2020 code (PACBAYES_MAG_ORIG)")
+def pacbayes_mag_orig(model, init_model, data, settings) -> float:
+    sigma = noise_sigma(model, data, settings, magnitude_aware=True)
+    w = _kernels(model)
+    return pacbayes_mag_bound(w, w - _kernels(init_model), sigma, _train_size(data, "pacbayes_mag_orig"))

@@ -12,10 +12,11 @@ import torch
 
 from pgen.devices import model_device
 from pgen.measures import MeasureError, register
-from pgen.measures._util import fold_batchnorm, has_batchnorm
+from pgen.measures._util import BOUND_SIGN, fold_batchnorm, has_batchnorm
 
 
-@register("path_norm", sign=1, family="path",
+@register("path_norm", sign_reason=BOUND_SIGN,
+          size_term='sqrt', sign=1, family="path",
           description="sum over paths of the product of squared weights (all-ones input, squared parameters)",
           reference="Neyshabur et al. 2015; Jiang et al., ICLR 2020 (eq. 44)")
 def path_norm(model, init_model, data, settings) -> float:

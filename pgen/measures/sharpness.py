@@ -1,9 +1,14 @@
-"""Magnitude-aware sharpness (Jiang et al. 2020, eq. 60, "sharpness-mag").
+"""Worst-case sharpness (Jiang et al. 2020): ``sharpness`` (eq. 52) and ``mag_sharpness`` (eq. 60).
 
-alpha' is the largest relative box |nu_i| <= alpha' |w_i| + eps (eps = 1e-3) in which a
-worst-case perturbation, found by projected gradient ascent on the cross-entropy of the
-first 256 samples (10 sign steps of alpha'/4 |w|, from a random start in the box), lowers
-the accuracy on all the data by at most 0.1; found by bisection. The measure is 1/alpha'^2: sharper models score higher.
+alpha' is the largest box in which a worst-case weight perturbation lowers the accuracy
+on the data by at most 0.1, found by bisection; the measure is 1/alpha'^2 (sharper models
+score higher). The box is |nu_i| <= alpha' for ``sharpness`` and the magnitude-aware
+|nu_i| <= alpha' |w_i| + eps (eps = 1e-3) for ``mag_sharpness``. The worst case is found
+by projected gradient ascent on the cross-entropy of the first 256 samples: 10 sign steps
+of a quarter of the box, from a random start in it.
+
+Jiang et al. publish no code for these; the ascent's schedule (steps, step size, samples)
+is pgen's reading of their description, hence "inspired by".
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pgen.measures import model_device, register
-from pgen.measures._util import accuracy, bisect_scale
+from pgen.measures._util import FLATNESS_SIGN, accuracy, bisect_scale
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
@@ -24,11 +29,12 @@ ATTACK_SAMPLES = 256  # the ascent runs on the first 256 samples; the accuracy d
 EPS = 1e-3
 
 
-def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.Generator) -> float:
+def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.Generator,
+                     magnitude_aware: bool = True) -> float:
     pert = copy.deepcopy(model)  # on the model's device
     params = list(pert.parameters())
     originals = [p.detach().clone() for p in params]
-    bounds = [alpha * w.abs() + EPS for w in originals]
+    bounds = [alpha * w.abs() + EPS if magnitude_aware else torch.full_like(w, alpha) for w in originals]
     device = model_device(model)
     x, y = data.x[:ATTACK_SAMPLES].to(device).float(), data.y[:ATTACK_SAMPLES].to(device)
     with torch.no_grad():
@@ -46,12 +52,25 @@ def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.
     return base - accuracy(pert, data.x, data.y, settings)
 
 
-@register("mag_sharpness", sign=1, family="flatness", stochastic=True,
+def _sharpness(model, data, settings, magnitude_aware: bool) -> float:
+    base = accuracy(model, data.x, data.y, settings)
+    g = torch.Generator().manual_seed(settings.seed)
+    alpha = bisect_scale(lambda a: _worst_case_drop(model, data, settings, a, base, g, magnitude_aware),
+                         target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH)
+    return 1.0 / alpha ** 2
+
+
+@register("sharpness", sign_reason=FLATNESS_SIGN,
+          fidelity='inspired by', sign=1, family="flatness", stochastic=True,
+          description="1/alpha^2, alpha = weight box |nu| <= alpha whose worst case costs 0.1 accuracy (bisection)",
+          reference="Jiang et al., ICLR 2020 (eq. 52, sharpness-flatness)")
+def sharpness(model, init_model, data, settings) -> float:
+    return _sharpness(model, data, settings, magnitude_aware=False)
+
+
+@register("mag_sharpness", sign_reason=FLATNESS_SIGN,
+          fidelity='inspired by', sign=1, family="flatness", stochastic=True,
           description="1/alpha^2, alpha = relative weight box whose worst case costs 0.1 accuracy (bisection)",
           reference="Jiang et al., ICLR 2020 (eq. 60)")
 def mag_sharpness(model, init_model, data, settings) -> float:
-    base = accuracy(model, data.x, data.y, settings)
-    g = torch.Generator().manual_seed(settings.seed)
-    alpha = bisect_scale(lambda a: _worst_case_drop(model, data, settings, a, base, g),
-                         target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH)
-    return 1.0 / alpha ** 2
+    return _sharpness(model, data, settings, magnitude_aware=True)

@@ -8,7 +8,8 @@ from pgen.measures import register
 from pgen.measures._util import all_weights
 
 
-@register("sum_squared_weights", sign=1, family="norm",
+@register("sum_squared_weights", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap",
+          sign=1, family="norm",
           description="sum of squared weights incl. BN statistics (PGDL kit baseline)",
           reference="PGDL starting kit")
 def sum_squared_weights(model, init_model, data, settings) -> float:

@@ -169,8 +169,12 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
             doc.table(fits[["y", "slope", "slope_ci_low", "slope_ci_high", "intercept", "r2", "slope_p", "n"]])
         if st.psi is not None:
             per = ", ".join(f"{k}: {fmt(v, 3)}" for k, v in st.psi["per_hparam"].items())
-            doc.paragraph(f"Granulated Kendall Psi against the gap (Jiang et al. 2020): {fmt(st.psi['psi'], 3)} "
+            doc.paragraph(f"Granulated Kendall Psi against the gap (Jiang et al. 2020; tau-a within groups, a "
+                          f"constant group counting 0): {fmt(st.psi['psi'], 3)} "
                           f"(per hyperparameter: {Document.text(per)}).")
+        if st.k_mu is not None:
+            doc.paragraph(f"Jiang et al.'s K(mu) against the gap (conditioning sets of 0 to 2 hyperparameters; "
+                          f"not the PGDL scorer's CMI): {fmt(st.k_mu, 4)}.")
         images = []
         wrapped = "\n".join(textwrap.wrap(label, 70)[:2])
         fit_by_target = {f.y_name: f for f in st.fits}
@@ -184,7 +188,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         doc.images(images)
         files += [p for _, p in images]
         summary_measures[m] = {"models": st.n, "kendall": st.kendall, "kendall_null_sd": st.kendall_null_sd,
-                               "psi": st.psi, "cmi": st.cmi, "cmi_null": st.cmi_null}
+                               "psi": st.psi, "cmi": st.cmi, "cmi_null": st.cmi_null, "k_mu": st.k_mu}
     if measures and {"test_acc", "pseudo_test_acc"} <= set(table.columns):
         p = plots.test_vs_pseudo(table, colour_column=measures[0], colour_label=measures[0],
                                  path=out / "test_vs_pseudo_test.png")
