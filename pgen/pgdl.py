@@ -23,6 +23,7 @@ import pandas as pd
 
 from pgen.measures import MeasureData, MeasureSettings, compute_for_entry, get_measure
 from pgen.errors import PgenError
+from pgen.results import measure_settings
 from pgen.store import settings_hash
 from pgen.stats import conditional_mutual_information, granulated_kendall, kendall_tau
 from pgen.zoo import Zoo, ZooError, load_zoo
@@ -131,9 +132,9 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     out.mkdir(parents=True, exist_ok=True)
     csv_path, pred_path = out / f"{zoo.name}.csv", out / f"{zoo.name}.predict"
     # A value is reused only when everything it depends on is the same (device and TF32 aside).
-    identity = {"zoo": zoo.identity(), "measure": measure, "n_samples": n_samples, "split": "train",
-                "seed": settings.seed, "layer": settings.layer, "center": settings.center,
-                "batch_size": settings.batch_size}
+    identity = measure_settings({"zoo": zoo.identity(), "n_samples": n_samples, "split": "train",
+                                 "seed": settings.seed, "layer": settings.layer, "center": settings.center,
+                                 "batch_size": settings.batch_size}, measure)  # its version too, once changed
     run_hash = settings_hash(identity)
     rows: dict[str, dict] = {}
     if csv_path.is_file():

@@ -23,8 +23,13 @@ __all__ = ["ScoreRun", "load_run", "load_runs", "run_from_store", "measure_setti
 
 def measure_settings(run_settings: dict, measure: str) -> dict:
     """The settings one measure's stored values depend on: the run's plus the measure's name
-    (so each measure resumes on its own)."""
-    return {**run_settings, "measure": measure}
+    (so each measure resumes on its own) and, once its definition has changed, its version
+    (so values stored by an earlier definition are not reused)."""
+    from pgen.measures import REGISTRY, _load_all
+
+    _load_all()
+    version = REGISTRY[measure].version if measure in REGISTRY else 1
+    return {**run_settings, "measure": measure, **({"measure_version": version} if version > 1 else {})}
 
 
 @dataclass

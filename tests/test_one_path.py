@@ -243,3 +243,33 @@ def test_debug_prints_tracebacks_and_tf32_is_part_of_the_settings(tiny_zoo, tmp_
     assert run.settings["allow_tf32"] is True  # a TF32 run never reuses values computed without it
     assert main(["report", str(out), "--color-by", "width", "--bootstrap", "20"]) == 0
     assert (out / "pvector_angle_vs_test_acc.png").is_file()
+
+
+def test_a_changed_measure_definition_is_recomputed_not_reused(tiny_zoo, tmp_path):
+    # A measure whose definition changed (version raised) must not return values stored by the old one.
+    list_measures()
+    calls = []
+
+    def counted(model, init_model, data, settings):
+        calls.append(1)
+        return 1.0 + len(calls)
+
+    register("versioned", description="test", sign=1, reference="test", sign_reason="test")(counted)
+    try:
+        s = ScoreSettings(n_samples=100, measures=("versioned",))
+        first = score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
+        n = len(calls)
+        score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
+        assert len(calls) == n  # same definition: resumed from the store
+        import dataclasses
+
+        REGISTRY["versioned"] = dataclasses.replace(REGISTRY["versioned"], version=2)
+        second = score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)
+        assert len(calls) == 2 * n  # a new definition: every model computed again
+        assert (second.table["versioned"].to_numpy() != first.table["versioned"].to_numpy()).all()
+    finally:
+        REGISTRY.pop("versioned", None)
+    from pgen.results import measure_settings
+
+    assert "measure_version" not in measure_settings({}, "pvector_angle")  # unchanged measures keep their identity
+    assert measure_settings({}, "dbi_mixup")["measure_version"] == 2

@@ -115,6 +115,7 @@ class Measure:
     fidelity: str = "faithful"  # to ``reference``: one of FIDELITY
     sign_reason: str = ""  # why the sign is what it is, with its source
     size_term: str = ""  # Dziugaite et al.'s dataset-size term: "sqrt", "log" or "" (none)
+    version: int = 1  # raised when the definition changes: values stored by an earlier one are not reused
 
     def __call__(self, model, init_model, data, settings=None) -> float:
         return compute_measure(self.name, model, init_model, data, settings)
@@ -130,11 +131,13 @@ FIDELITY = ("faithful", "inspired by", "pgen's own")
 
 def register(name: str, *, description: str, sign: int, reference: str, sign_reason: str, needs_init: bool = False,
              family: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = "",
-             fidelity: str = "faithful", size_term: str = ""):
+             fidelity: str = "faithful", size_term: str = "", version: int = 1):
     """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``.
 
     ``reference`` names the paper and code whose definition it computes, ``fidelity`` how
     closely (one of :data:`FIDELITY`), ``sign_reason`` why the sign is what it is.
+    ``version`` goes up whenever the definition changes, so that result stores do not
+    reuse values computed by an earlier one.
     """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
@@ -151,7 +154,7 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
         if name in REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
         REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference, needs_images,
-                                 stochastic, requires, fidelity, sign_reason, size_term)
+                                 stochastic, requires, fidelity, sign_reason, size_term, version)
         return fn
 
     return deco

@@ -93,7 +93,7 @@ def robustness_scores(p_orig: torch.Tensor, p_aug: torch.Tensor, penalty: float)
     return torch.where(same, (p_orig.max(1).values - p_aug.max(1).values).abs(), torch.full_like(p_orig[:, 0], penalty))
 
 
-@register("augmentation_robustness", sign_reason="the paper: models robust to augmentations generalize better (Aithal et al. 2021, sec. 3); the code's -score only flips a sign PGDL's CMI ignores",
+@register("augmentation_robustness", version=2, sign_reason="the paper: models robust to augmentations generalize better (Aithal et al. 2021, sec. 3); the code's -score only flips a sign PGDL's CMI ignores",
           sign=1, family="pgdl-runner-up", stochastic=True, needs_images=True,
           description="sum over samples of 7 augmentations' penalties (6,1,2,3,1,12,2 when the prediction "
                       "flips, else the change of the top softmax probability)",

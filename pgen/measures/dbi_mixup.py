@@ -109,7 +109,7 @@ def labelwise_mixup_accuracy(model, x: torch.Tensor, y: torch.Tensor, num_classe
     return float(np.mean(per_label))
 
 
-@register("dbi_mixup", sign_reason='the code returns it as a complexity: less separable features and mislabelled mixups predict a larger gap (Natekar & Sharma 2020)',
+@register("dbi_mixup", version=2, sign_reason='the code returns it as a complexity: less separable features and mislabelled mixups predict a larger gap (Natekar & Sharma 2020)',
           sign=1, family="pgdl-winner", stochastic=True,
           description="mean DB index of 4x4-pooled first strided-layer features over 10 shuffled chunks of 120, "
                       "x (1 - label-wise pair-mixup accuracy)",

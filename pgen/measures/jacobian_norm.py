@@ -24,7 +24,7 @@ BATCH = 16
 MAX_BATCHES = 33
 
 
-@register("jacobian_norm", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap: a more input-sensitive function predicts a larger gap",
+@register("jacobian_norm", version=2, sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap: a more input-sensitive function predicts a larger gap",
           sign=1, family="sensitivity",
           description="mean squared Jacobian of the logits w.r.t. every layer's input (PGDL kit baseline)",
           reference="PGDL starting kit")

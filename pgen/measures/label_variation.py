@@ -76,7 +76,7 @@ def latent_label_variation(features: torch.Tensor, soft_labels: torch.Tensor) ->
     return float(torch.clamp(torch.trace(y.T @ lap @ y) / (4 * TOTAL), 0, 1000))
 
 
-@register("label_variation", sign_reason='the code returns it as a complexity: labels that vary between latent neighbours predict a larger gap (Lassance et al. 2020)',
+@register("label_variation", version=2, sign_reason='the code returns it as a complexity: labels that vary between latent neighbours predict a larger gap (Lassance et al. 2020)',
           sign=1, family="pgdl-third", stochastic=True,
           description="tr(Y^T L Y)/2000 on a directed 1-NN RBF graph of L2-normalised penultimate features of "
                       "Beta(2,2) mixups (any class, soft labels), 500 class-balanced samples",

@@ -72,7 +72,7 @@ def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) 
     return bisect_scale(drop, target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, upper=upper)
 
 
-@register("pacbayes_flatness", sign_reason=FLATNESS_SIGN,
+@register("pacbayes_flatness", version=2, sign_reason=FLATNESS_SIGN,
           size_term='sqrt', sign=1, family="flatness", stochastic=True,
           description="1/sigma^2, sigma = Gaussian weight noise that costs 0.1 accuracy (bisection)",
           reference="Jiang et al., ICLR 2020 (eq. 53)")
@@ -80,7 +80,7 @@ def pacbayes_flatness(model, init_model, data, settings) -> float:
     return 1.0 / noise_sigma(model, data, settings, magnitude_aware=False) ** 2
 
 
-@register("pacbayes_mag_flatness", sign_reason=FLATNESS_SIGN,
+@register("pacbayes_mag_flatness", version=2, sign_reason=FLATNESS_SIGN,
           size_term='sqrt', sign=1, family="flatness", stochastic=True,
           description="1/sigma'^2, magnitude-aware noise N(0, sigma'^2 w^2 + 1e-6) that costs 0.1 accuracy",
           reference="Jiang et al., ICLR 2020 (eq. 61)")

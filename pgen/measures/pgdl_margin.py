@@ -123,7 +123,7 @@ def _augment(x, y, g):
     return standard_augment(x, g), y
 
 
-@register("augment_margin", sign_reason='the code returns minus the mean margin as its complexity; a larger normalised margin predicts a smaller gap (Natekar & Sharma 2020)',
+@register("augment_margin", version=2, sign_reason='the code returns minus the mean margin as its complexity; a larger normalised margin predicts a smaller gap (Natekar & Sharma 2020)',
           sign=-1, family="pgdl-winner", stochastic=True, needs_images=True,
           description="mean signed margin / first-layer gradient norm / sqrt(trimmed feature variance), "
                       "on the authors' flip, colour and zoom augmentations (500 samples)",
@@ -133,7 +133,7 @@ def augment_margin(model, init_model, data, settings) -> float:
     return normalized_margin(model, data, settings, _augment)
 
 
-@register("mixup_margin", sign_reason='the code returns minus the mean margin as its complexity; a larger normalised margin predicts a smaller gap (Natekar & Sharma 2020)',
+@register("mixup_margin", version=2, sign_reason='the code returns minus the mean margin as its complexity; a larger normalised margin predicts a smaller gap (Natekar & Sharma 2020)',
           sign=-1, family="pgdl-winner", stochastic=True,
           description="mean signed margin / first-layer gradient norm / sqrt(trimmed feature variance), "
                       "on label-wise 0.5 mixups (500 samples)",
