@@ -84,6 +84,7 @@ def _add_zoo(sub):
                            description="Print a zoo's format and its per-model table; --csv writes it.")
     info.add_argument("zoo", help="zoo folder or embedded zoo name")
     info.add_argument("--csv", help="write the table to this CSV file")
+    info.add_argument("--data-root", help="where a public zoo's data live when not beside it")
     info.set_defaults(func=_cmd_zoo_info)
 
 
@@ -107,7 +108,7 @@ def _cmd_zoo_info(args):
 
     from pgen.zoo import load_zoo
 
-    zoo = load_zoo(args.zoo, build=False)
+    zoo = load_zoo(args.zoo, build=False, data_root=args.data_root)
     print(json.dumps(zoo.describe()))
     frame = zoo.to_frame()
     with pd.option_context("display.width", 200, "display.max_rows", 50):
@@ -124,6 +125,8 @@ def _add_score(sub):
                                    "resumes; adding a measure computes only it); the report follows.")
     p.add_argument("zoo", help="zoo folder, or an embedded zoo name (digits, mnist5k: built first if not cached)")
     p.add_argument("--out", help="output folder (default reports/<zoo>-<date>)")
+    p.add_argument("--data-root", help="where a public zoo's data live when not beside it (Small CNN Zoo "
+                                       "datasets, Model Zoos' dataset.pt)")
     p.add_argument("--measures", default="pvector_angle",
                    help="registered measures, comma-separated (default pvector_angle; `pgen measures` lists them), "
                         "e.g. pvector_angle,distance_from_init")
@@ -167,7 +170,7 @@ def _cmd_score(args):
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              dataset_size_term=args.dataset_size_term,
                              measures=_measure_names(args.measures))
-    zoo = load_zoo(args.zoo)
+    zoo = load_zoo(args.zoo, data_root=args.data_root)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
     run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
                     angle_matrix_out=args.angle_matrix, limit=args.limit)

@@ -191,9 +191,9 @@ def _check_device(device: str) -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(zoo_root, identity, settings, ctx):
+def _worker_init(zoo_root, data_root, identity, settings, ctx):
     torch.set_num_threads(1)
-    zoo = load_zoo(zoo_root, build=False, progress=False)
+    zoo = load_zoo(zoo_root, build=False, progress=False, data_root=data_root)
     zoo._identity = identity  # a view (e.g. final models) keeps its identity
     _WORKER.update(zoo=zoo, settings=settings, ctx=ctx)
 
@@ -285,7 +285,8 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
     try:
         if workers > 1 and device == "cpu" and not angle_matrix_out:
             with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                     initargs=(zoo.root, zoo.identity(), s, ctx)) as pool:
+                                     initargs=(zoo.root, getattr(zoo, "data_root", None), zoo.identity(), s,
+                                               ctx)) as pool:
                 futures = {pool.submit(_worker_score, *job): job[0] for job in jobs}
                 for fut in as_completed(futures):
                     try:

@@ -30,11 +30,13 @@ def _formats():
     return formats
 
 
-def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True) -> Zoo:
+def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, data_root: str | Path | None = None) -> Zoo:
     """Open a zoo folder, detecting its format.
 
     ``path`` may also be the name of an embedded recipe (``digits``, ``mnist5k``): the
-    zoo is built into the cache folder first unless it is already there.
+    zoo is built into the cache folder first unless it is already there. ``data_root``
+    is where a public zoo's data live when not beside it (the Small CNN Zoo's datasets,
+    Model Zoos' ``dataset.pt``); formats that keep their data in the zoo refuse it.
     """
     p = Path(path)
     if not p.exists():
@@ -51,5 +53,11 @@ def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True) -> 
         raise ZooError(f"{p} is not a folder")
     for fmt in _formats():
         if fmt.detect(p):
-            return fmt(p)
+            if data_root is None:
+                return fmt(p)
+            import inspect
+
+            if "data_root" not in inspect.signature(fmt).parameters:
+                raise ZooError(f"{p}: a {fmt.format} zoo keeps its data in the zoo folder; data_root does not apply")
+            return fmt(p, data_root=data_root)
     raise ZooError(f"{p}: no known zoo format (expected zoo.json, a PGDL task, a Small CNN Zoo or Model Zoos folder)")

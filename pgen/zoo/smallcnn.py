@@ -7,9 +7,19 @@ One folder per dataset with::
     layout.csv        varname, start_idx, end_idx, shape: where each tensor sits in a row
 
 Flat order puts each layer's bias BEFORE its kernel; kernels are TensorFlow layout
-(kh, kw, in, out). Architecture: 3 x Conv2D(16, 3x3, stride 2, valid) + activation,
-GlobalAveragePooling, Dense(10). Inputs are grayscale scaled to [-1, 1]. Rows with
-non-finite weights or metrics are skipped and counted (``zoo.skipped``).
+(kh, kw, in, out). Architecture (the authors' ``build_cnn``): 3 x Conv2D(16, 3x3,
+stride 2, valid) + activation (relu, tanh, sigmoid, selu or linear), a Dropout after each
+when ``config.dropout`` > 0, GlobalAveragePooling, Dense(10). Rows with non-finite
+weights or metrics are skipped and counted (``zoo.skipped``).
+
+Preprocessing, as google-research/google-research ``dnn_predict_accuracy/train_network.py``
+(``_preprocess_batch``) does: pixels / 255, scaled to [-1, 1], then, for colour datasets,
+the plain mean over the three channels (``tf.math.reduce_mean(image, axis=-1)``; not
+luminance weights). ``metrics.csv.gz``'s unnamed first column is the checkpoint path (the
+authors' colab reads it with ``index_col=0``): it becomes each entry's
+``extra["checkpoint"]``, not a metric. The datasets (mnist, fashion_mnist, cifar10,
+svhn_cropped) are read from ``data_root`` (``load_zoo(path, data_root=...)``,
+``--data-root``) or pgen's data cache.
 """
 
 from __future__ import annotations
@@ -28,12 +38,12 @@ from pgen.zoo.base import Zoo, ZooEntry, ZooError
 
 __all__ = ["SmallCNNZoo", "SmallCNN"]
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "linear": nn.Identity}
 _DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "svhn_cropped": "svhn"}
 
 
 class SmallCNN(nn.Sequential):
-    def __init__(self, in_channels=1, filters=16, layers=3, num_classes=10, activation="relu"):
+    def __init__(self, in_channels=1, filters=16, layers=3, num_classes=10, activation="relu", dropout=0.0):
         act = _ACTIVATIONS.get(activation)
         if act is None:
             raise ZooError(f"unsupported activation {activation!r}; known: {sorted(_ACTIVATIONS)}")
@@ -41,6 +51,8 @@ class SmallCNN(nn.Sequential):
         c = in_channels
         for _ in range(layers):
             mods += [nn.Conv2d(c, filters, 3, stride=2), act()]
+            if dropout > 0:
+                mods.append(nn.Dropout(dropout))
             c = filters
         mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
         super().__init__(*mods)
@@ -88,6 +100,11 @@ class SmallCNNZoo(Zoo):
             frame = pd.read_csv(path)
         except (OSError, ValueError) as exc:
             raise ZooError(f"{path} cannot be read: {exc}") from exc
+        checkpoints = [None] * len(frame)
+        first = frame.columns[0] if len(frame.columns) else ""
+        if str(first) == "" or str(first).startswith("Unnamed"):  # the checkpoint path (index_col=0 upstream)
+            checkpoints = [str(v) for v in frame[first]]
+            frame = frame.drop(columns=[first])
         if len(frame) != self._weights.shape[0]:
             raise ZooError(f"{path} has {len(frame)} rows but weights.npy has {self._weights.shape[0]}")
         config_cols = [c for c in frame.columns if c.startswith("config.")]
@@ -103,7 +120,7 @@ class SmallCNNZoo(Zoo):
             row = frame.iloc[i]
             hp = {c[len("config."):]: _plain(row[c]) for c in config_cols}
             metrics = {_metric_name(c): _plain(row[c]) for c in metric_cols}
-            entries.append(ZooEntry(str(i), hp, metrics, self, {"row": i}))
+            entries.append(ZooEntry(str(i), hp, metrics, self, {"row": i, "checkpoint": checkpoints[i]}))
         return entries
 
     def _load_model(self, entry, initial=False):
@@ -117,7 +134,7 @@ class SmallCNNZoo(Zoo):
         in_channels = kernels[0][3][2]
         filters = kernels[0][3][3]
         model = SmallCNN(in_channels, filters, len(kernels) - 1, kernels[-1][3][1],
-                         str(entry.hparams.get("activation", "relu")))
+                         str(entry.hparams.get("activation", "relu")), float(entry.hparams.get("dropout", 0.0) or 0.0))
         params = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
         for module, (kn, ka, kb, ks), (bn, ba, bb, bs) in zip(params, kernels, biases):
             kernel = torch.from_numpy(flat[ka:kb].reshape(ks).copy())
@@ -142,10 +159,9 @@ class SmallCNNZoo(Zoo):
 
 
 def _grayscale_signed(x, y):
-    """The Small CNN Zoo's input convention: grayscale, scaled to [-1, 1]."""
-    if x.shape[0] == 3:
-        x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
-    return x * 2 - 1, y
+    """The Small CNN Zoo's inputs: pixels in [0, 1] scaled to [-1, 1], then the plain mean
+    over the channels (train_network.py ``_preprocess_batch``)."""
+    return (x * 2 - 1).mean(dim=0, keepdim=True), y
 
 
 def _metric_name(col: str) -> str:
