@@ -16,7 +16,7 @@ dynamics; epoch 0, when present, is each trial's initial weights. Checkpoints lo
 ``torch.utils.data.TensorDataset`` (``trainset``, ``testset``, ``valset``, plus
 ``dataset_seed``): it loads with ``weights_only=True`` allowing that one class and no
 other; a dict of tensors (``{"data", "targets"}`` or ``(data, targets)``) is read too.
-The data are used as stored (the authors normalise before saving).
+The tensors are used as stored: they are what the trials were trained and evaluated on.
 
 The architecture comes from ``model::type``, built as the authors' classes are:
 
