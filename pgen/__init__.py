@@ -30,6 +30,14 @@ def __getattr__(name):
         from pgen.zoo import load_zoo
 
         return load_zoo
+    if name == "score_models":
+        from pgen.score import score_models
+
+        return score_models
+    if name == "Zoo":
+        from pgen.zoo import Zoo
+
+        return Zoo
     if name in ("model_p_vectors", "extract_features", "data_p_vector"):
         from pgen import features
 

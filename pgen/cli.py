@@ -85,7 +85,60 @@ def _add_zoo(sub):
     info.add_argument("zoo", help="zoo folder or embedded zoo name")
     info.add_argument("--csv", help="write the table to this CSV file")
     info.add_argument("--data-root", help="where a public zoo's data live when not beside it")
+    info.add_argument("--trust-code", action="store_true", help="allow architectures from your own code "
+                                                                "(package.module:callable), which importing runs")
     info.set_defaults(func=_cmd_zoo_info)
+    imp = zsub.add_parser(
+        "import", help="make a zoo of your own checkpoints (no copying)",
+        description="Write a pgen zoo (zoo.json + manifest.jsonl) for checkpoints you already have; they stay "
+                    "where they are. Every checkpoint is loaded into the architecture, strictly, first. "
+                    "Checkpoints may be bare state dicts or wrapped ({'state_dict': ...}, {'model': ...}, "
+                    "Lightning), with module./_orig_mod. prefixes; they are read with weights_only or safetensors.",
+        epilog="example: pgen zoo import runs/*.pt --arch torchvision:resnet18 --model-kwargs "
+               "'{\"num_classes\": 10, \"in_channels\": 1, \"small_input\": true}' --dataset mnist5k "
+               "--metrics metrics.csv --out my-zoo")
+    imp.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt, .pth, .safetensors)")
+    imp.add_argument("--arch", required=True, help="mlp, cnn, torchvision:NAME, or package.module:callable "
+                                                   "(needs --trust-code)")
+    imp.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments of the architecture; for "
+                                                          "torchvision also in_channels and small_input")
+    imp.add_argument("--dataset", required=True, help="digits, mnist5k, a torchvision name, npz:PATH or "
+                                                      "imagefolder:PATH")
+    imp.add_argument("--transform", default="{}", help="JSON preprocessing the models were trained with: "
+                                                       "resize, center_crop, mean, std")
+    imp.add_argument("--metrics", required=True, help="CSV: checkpoint, test_acc, [train_acc, initial_checkpoint, "
+                                                      "hp.<name>, other metrics]")
+    imp.add_argument("--out", required=True, help="zoo folder to write")
+    imp.add_argument("--name", help="zoo name (default: the folder's name)")
+    imp.add_argument("--num-classes", type=int, help="default: the dataset's")
+    imp.add_argument("--data-kind", help="pseudo-test policy: grayscale-digits, grayscale, color, color-digits")
+    imp.add_argument("--trust-code", action="store_true", help="allow --arch package.module:callable "
+                                                               "(importing it runs your code)")
+    imp.set_defaults(func=_cmd_zoo_import)
+
+
+def _json_arg(text: str, flag: str) -> dict:
+    from pgen.errors import InputError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{flag} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"{flag} must be a JSON object")
+    return value
+
+
+def _cmd_zoo_import(args):
+    from pgen.zoo.importer import import_zoo
+
+    zoo = import_zoo(args.checkpoints, arch=args.arch, model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
+                     dataset=args.dataset, transform=_json_arg(args.transform, "--transform") or None,
+                     metrics=args.metrics, out=args.out, name=args.name, num_classes=args.num_classes,
+                     data_kind=args.data_kind, trust_code=args.trust_code)
+    print(f"{zoo.name}: {len(zoo)} model(s) of {args.arch}, checkpoints under {zoo.checkpoint_root}; "
+          f"zoo written to {args.out}. Score it: pgen score {args.out}"
+          + (" --trust-code" if args.trust_code else ""))
 
 
 def _cmd_zoo_build(args):
@@ -108,7 +161,7 @@ def _cmd_zoo_info(args):
 
     from pgen.zoo import load_zoo
 
-    zoo = load_zoo(args.zoo, build=False, data_root=args.data_root)
+    zoo = load_zoo(args.zoo, build=False, data_root=args.data_root, trust_code=args.trust_code)
     print(json.dumps(zoo.describe()))
     frame = zoo.to_frame()
     with pd.option_context("display.width", 200, "display.max_rows", 50):
@@ -127,6 +180,8 @@ def _add_score(sub):
     p.add_argument("--out", help="output folder (default reports/<zoo>-<date>)")
     p.add_argument("--data-root", help="where a public zoo's data live when not beside it (Small CNN Zoo "
                                        "datasets, Model Zoos' dataset.pt)")
+    p.add_argument("--trust-code", action="store_true", help="allow architectures from your own code "
+                                                             "(package.module:callable), which importing runs")
     p.add_argument("--measures", default="pvector_angle",
                    help="registered measures, comma-separated (default pvector_angle; `pgen measures` lists them), "
                         "e.g. pvector_angle,distance_from_init")
@@ -170,7 +225,7 @@ def _cmd_score(args):
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              dataset_size_term=args.dataset_size_term,
                              measures=_measure_names(args.measures))
-    zoo = load_zoo(args.zoo, data_root=args.data_root)
+    zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
     run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
                     angle_matrix_out=args.angle_matrix, limit=args.limit)

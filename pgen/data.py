@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from pgen.cache import cache_dir
-from pgen.errors import DatasetError, UnknownNameError
+from pgen.errors import DatasetError, InputError, UnknownNameError
 
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
 
@@ -165,3 +165,95 @@ def dataset_arrays(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tens
         xs.append(xb)
         ys.append(torch.as_tensor(yb))
     return torch.cat(xs), torch.cat(ys)
+
+
+# --------------------------------------------------------------------------- datasets by reference
+
+TRANSFORM_KEYS = ("resize", "center_crop", "mean", "std")
+
+
+def _tensor_transform(transform: dict | None):
+    """The declared preprocessing, applied to a (C, H, W) float tensor in [0, 1] (images) or
+    as stored (arrays): ``resize`` (int or [h, w], bilinear), ``center_crop`` (int or
+    [h, w]), ``mean`` / ``std`` (per channel)."""
+    transform = dict(transform or {})
+    unknown = sorted(set(transform) - set(TRANSFORM_KEYS))
+    if unknown:
+        raise InputError(f"unknown preprocessing key(s) {', '.join(unknown)}; known: {', '.join(TRANSFORM_KEYS)}")
+    if not transform:
+        return None
+    import torch.nn.functional as F
+
+    def size(v):
+        return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+    def apply(x):
+        if "resize" in transform:
+            x = F.interpolate(x[None], size=size(transform["resize"]), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+        if "center_crop" in transform:
+            h, w = size(transform["center_crop"])
+            top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
+            x = x[:, top:top + h, left:left + w]
+        if "mean" in transform or "std" in transform:
+            mean = torch.as_tensor(transform.get("mean", 0.0), dtype=x.dtype).reshape(-1, 1, 1)
+            std = torch.as_tensor(transform.get("std", 1.0), dtype=x.dtype).reshape(-1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    return apply
+
+
+def dataset_from_spec(spec: str, split: str = "train", *, transform: dict | None = None,
+                      base: str | Path | None = None) -> Dataset:
+    """A dataset by reference, with the preprocessing the models were trained with.
+
+    ``spec``: a name of :data:`DATASETS` (``digits``, ``cifar10``, ...); ``npz:PATH``, a
+    numpy archive with arrays ``x``, ``y`` and, for the test split, ``x_test``, ``y_test``
+    (``x`` in the layout the models take, e.g. (N, C, H, W); loaded without pickle); or
+    ``imagefolder:PATH``, torchvision's ImageFolder layout (one folder per class; with
+    ``train/`` and ``test/`` subfolders when PATH has them), images read as RGB tensors in
+    [0, 1]. ``transform`` declares the preprocessing (:func:`_tensor_transform` keys). A
+    relative PATH is taken from ``base`` (the zoo folder). The data P-vector is computed
+    from these inputs, as the models see them.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    fn = _tensor_transform(transform)
+    kind, _, path = spec.partition(":")
+    if not path:
+        ds = load_dataset(spec, split)
+        return MappedDataset(ds, lambda x, y: (fn(x), y)) if fn else ds
+    path = Path(path)
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    if kind == "npz":
+        try:
+            arrays = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path} cannot be read as a numpy archive without pickle: {exc}") from exc
+        keys = ("x", "y") if split == "train" else ("x_test", "y_test")
+        missing = [k for k in keys if k not in arrays.files]
+        if missing:
+            raise DatasetError(f"{path} has no array(s) {', '.join(missing)} for the {split} split "
+                               f"(it holds {', '.join(arrays.files)})")
+        x = torch.as_tensor(arrays[keys[0]]).float()
+        y = torch.as_tensor(arrays[keys[1]]).long()
+        if len(x) != len(y):
+            raise DatasetError(f"{path}: {keys[0]} has {len(x)} rows but {keys[1]} has {len(y)}")
+        if fn:
+            x = torch.stack([fn(v) for v in x])
+        return TensorDataset(x, y)
+    if kind == "imagefolder":
+        import torchvision
+
+        folder = path / split if (path / split).is_dir() else path
+        if folder == path and split == "test":
+            raise DatasetError(f"{path} has no test/ folder: an ImageFolder zoo needs train/ and test/ for a test split")
+        if not folder.is_dir():
+            raise DatasetError(f"{folder} is not a folder")
+        to_tensor = torchvision.transforms.ToTensor()
+        base_ds = torchvision.datasets.ImageFolder(str(folder), transform=to_tensor)
+        return MappedDataset(base_ds, lambda x, y: (fn(x) if fn else x, int(y)))
+    raise UnknownNameError(f"unknown dataset spec {spec!r}: use a dataset name ({', '.join(DATASETS)}), "
+                           "npz:PATH or imagefolder:PATH")

@@ -1,8 +1,19 @@
-"""Small architectures that pgen trains itself (study, zoo recipes).
+"""Architectures by reference: pgen's own, torchvision's, and the user's.
 
-An architecture is referenced by name plus keyword hparams, so a manifest row
+An architecture is referenced by name plus keyword arguments, so a manifest row
 (``arch="cnn"``, ``{"width": 32, "depth": 2}``) rebuilds exactly the same module:
 ``build_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=32, depth=2)``.
+
+* ``mlp``, ``cnn``: the small architectures pgen trains itself (study, zoo recipes);
+* ``torchvision:NAME``: any torchvision classification model (``torchvision:resnet18``),
+  built without pretrained weights from its keyword arguments (``num_classes`` defaults
+  to the zoo's). Two keys adapt the input stem and are not passed to torchvision:
+  ``in_channels`` (the first convolution rebuilt for that many input channels, e.g. 1 for
+  grey images) and ``small_input`` (ResNet-style models: a 3x3 stride-1 ``conv1`` without
+  bias and no max-pool, the usual stem for 32x32 inputs);
+* ``package.module:callable``: the user's own factory, called with the keyword
+  arguments; it must return an ``nn.Module``. Importing it runs the user's code, so it
+  happens only with ``trust_code=True`` (``--trust-code``).
 """
 
 from __future__ import annotations
@@ -11,9 +22,9 @@ import math
 
 from torch import nn
 
-from pgen.errors import UnknownNameError
+from pgen.errors import InputError, UnknownNameError
 
-__all__ = ["ARCHITECTURES", "build_model"]
+__all__ = ["ARCHITECTURES", "build_model", "model_arguments"]
 
 
 class MLP(nn.Sequential):
@@ -55,12 +66,16 @@ class CNN(nn.Sequential):
 ARCHITECTURES = {"mlp": MLP, "cnn": CNN}
 
 
-def build_model(arch: str, *, input_shape, num_classes: int, **hparams) -> nn.Module:
-    """Build a fresh (randomly initialised) model of a named architecture.
+def build_model(arch: str, *, input_shape, num_classes: int, trust_code: bool = False, **hparams) -> nn.Module:
+    """Build a fresh (randomly initialised) model of a referenced architecture (module docstring).
 
-    Unknown hparams that are training settings (lr, batch_size, ...) are ignored; only
-    the architecture's own keyword arguments are passed on.
+    For ``mlp`` / ``cnn``, hparams that are training settings (lr, batch_size, ...) are
+    ignored; torchvision models and user factories get their keyword arguments as given.
     """
+    if arch.startswith("torchvision:"):
+        return _torchvision_model(arch.split(":", 1)[1], num_classes, dict(hparams))
+    if ":" in arch:
+        return _user_model(arch, dict(hparams), num_classes, trust_code)
     try:
         cls = ARCHITECTURES[arch]
     except KeyError:
@@ -70,3 +85,71 @@ def build_model(arch: str, *, input_shape, num_classes: int, **hparams) -> nn.Mo
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_shape", "num_classes"}
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     return cls(tuple(input_shape), num_classes, **kwargs)
+
+
+def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise UnknownNameError(f"unknown torchvision classification model {name!r}; known: {', '.join(known)}")
+    in_channels = kwargs.pop("in_channels", None)
+    small_input = bool(kwargs.pop("small_input", False))
+    kwargs.setdefault("num_classes", num_classes)
+    try:
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"torchvision:{name}: {exc}") from exc
+    if small_input:
+        if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
+            raise InputError(f"torchvision:{name}: small_input adapts ResNet-style stems (conv1 + maxpool); "
+                             "this model has none")
+        model.conv1 = nn.Conv2d(model.conv1.in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    if in_channels is not None:
+        _replace_first_conv(model, int(in_channels), name)
+    return model
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int, name: str) -> None:
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, child_name, nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, child.groups if child.groups == 1 else in_channels, child.bias is not None,
+                    child.padding_mode))
+                return
+    raise InputError(f"torchvision:{name}: in_channels needs a convolution to adapt; this model has none")
+
+
+def model_arguments(kwargs: dict | None, num_classes: int) -> tuple[int, dict]:
+    """(num_classes, other kwargs): a ``num_classes`` among an architecture's keyword
+    arguments overrides the zoo's."""
+    kwargs = dict(kwargs or {})
+    return int(kwargs.pop("num_classes", num_classes)), kwargs
+
+
+def _user_model(arch: str, kwargs: dict, num_classes: int, trust_code: bool) -> nn.Module:
+    module_name, _, attr = arch.partition(":")
+    if not trust_code:
+        raise InputError(f"architecture {arch!r} is your own code: importing {module_name} runs it. "
+                         "If you trust it, pass --trust-code (Python: trust_code=True)")
+    import importlib
+
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"architecture {arch!r}: cannot import {attr} from {module_name}: {exc}") from exc
+    import inspect
+
+    try:  # a factory that takes num_classes gets the zoo's (or model_kwargs' own)
+        if "num_classes" in inspect.signature(factory).parameters:
+            kwargs = {"num_classes": num_classes, **kwargs}
+    except (TypeError, ValueError):
+        pass
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"architecture {arch!r}: {attr}(**model_kwargs) returned {type(model).__name__}, "
+                         "not an nn.Module")
+    return model

@@ -115,7 +115,10 @@ class _Context:
         except Exception:  # PGDL tasks ship no test data; the zoo's recorded accuracy stands in
             self.x_test = self.y_test = None
         self.policy = policy_for(_kind_of(zoo))
-        self.x_pseudo, self.y_pseudo = pseudo_test_set(self.x, self.y, self.policy, seed=s.seed, copies=s.pseudo_copies)
+        self.x_pseudo = self.y_pseudo = None  # the pseudo-test policies augment images; other inputs get none
+        if self.x.dim() == 4:
+            self.x_pseudo, self.y_pseudo = pseudo_test_set(self.x, self.y, self.policy, seed=s.seed,
+                                                           copies=s.pseudo_copies)
         self.measure_data = MeasureData(self.x, self.y, num_classes=int(y.max()) + 1)
 
 
@@ -153,7 +156,8 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
             v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train, ctx.y_train)
             if ctx.x_test is not None:
                 v["test_acc"], v["test_loss"] = evaluate(model, ctx.x_test, ctx.y_test)
-            v["pseudo_test_acc"], _ = evaluate(model, ctx.x_pseudo, ctx.y_pseudo)
+            if ctx.x_pseudo is not None:
+                v["pseudo_test_acc"], _ = evaluate(model, ctx.x_pseudo, ctx.y_pseudo)
             out.targets, out.target_seconds = v, time.perf_counter() - t
         if keep_vector:
             from pgen.features import model_p_vectors
@@ -191,9 +195,9 @@ def _check_device(device: str) -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(zoo_root, data_root, identity, settings, ctx):
+def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx):
     torch.set_num_threads(1)
-    zoo = load_zoo(zoo_root, build=False, progress=False, data_root=data_root)
+    zoo = load_zoo(zoo_root, build=False, progress=False, data_root=data_root, trust_code=trust_code)
     zoo._identity = identity  # a view (e.g. final models) keeps its identity
     _WORKER.update(zoo=zoo, settings=settings, ctx=ctx)
 
@@ -283,10 +287,11 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
             bar.update(1)
 
     try:
-        if workers > 1 and device == "cpu" and not angle_matrix_out:
+        # worker processes reopen the zoo from its folder; an in-memory zoo is scored here
+        if workers > 1 and device == "cpu" and not angle_matrix_out and getattr(zoo, "reopenable", True):
             with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                     initargs=(zoo.root, getattr(zoo, "data_root", None), zoo.identity(), s,
-                                               ctx)) as pool:
+                                     initargs=(zoo.root, getattr(zoo, "data_root", None),
+                                               getattr(zoo, "trust_code", False), zoo.identity(), s, ctx)) as pool:
                 futures = {pool.submit(_worker_score, *job): job[0] for job in jobs}
                 for fut in as_completed(futures):
                     try:
@@ -305,3 +310,35 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
         names = sorted(vectors)
         mat = angle_matrix([vectors[n] for n in names])
         pd.DataFrame(mat, index=names, columns=names).to_csv(out / "angle_matrix.csv")
+
+
+def score_models(models, data, *, metrics=None, hparams=None, test_data=None, initial_models=None,
+                 measures=("pvector_angle",), out=None, n_samples: int | None = 1000, seed: int = 0,
+                 device: str = "cpu", batch_size: int = 256, name: str = "models", progress: bool = False):
+    """Score models held in Python; one row per model as a pandas DataFrame.
+
+    ``models`` maps ids to ``nn.Module`` or to callables returning one (so that a large
+    zoo is never held in memory at once); ``data`` is a torch Dataset, an ``(x, y)`` pair
+    of tensors or arrays, or a dataset spec (``"digits"``, ``"npz:PATH"``, ...): the
+    training samples, of which the first ``n_samples`` are scored. ``metrics`` maps ids
+    to recorded metrics (``{"test_acc": 0.91}``); ``test_data`` gives pgen's own test
+    accuracy. With ``out`` the results go to ``out/results.sqlite`` and a rerun resumes,
+    as ``pgen score``; without it, to a temporary folder.
+
+    The frame has ``model_id`` (the mapping's keys), ``train_acc``, ``pseudo_test_acc``
+    (image inputs), ``test_acc`` (given or measured), ``gap``, each measure and its extra
+    values (``pvector_angle.sigma_ratio``, ...).
+
+    >>> import torch                                           # doctest: +SKIP
+    >>> nets = {f"m{i}": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for i in range(3)}
+    >>> score_models(nets, "digits")[["model_id", "pvector_angle", "train_acc"]]
+    """
+    import tempfile
+
+    from pgen.zoo.memory import ModelsZoo
+
+    zoo = ModelsZoo(models, data, metrics=metrics, hparams=hparams, test_data=test_data,
+                    initial_models=initial_models, name=name)
+    settings = ScoreSettings(measures=tuple(measures), n_samples=n_samples, seed=seed, batch_size=batch_size)
+    folder = out if out is not None else tempfile.mkdtemp(prefix="pgen-score-models-")
+    return score_zoo(zoo, folder, settings=settings, device=device, progress=progress).table

@@ -30,13 +30,16 @@ def _formats():
     return formats
 
 
-def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, data_root: str | Path | None = None) -> Zoo:
+def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, data_root: str | Path | None = None,
+             trust_code: bool = False) -> Zoo:
     """Open a zoo folder, detecting its format.
 
     ``path`` may also be the name of an embedded recipe (``digits``, ``mnist5k``): the
     zoo is built into the cache folder first unless it is already there. ``data_root``
     is where a public zoo's data live when not beside it (the Small CNN Zoo's datasets,
     Model Zoos' ``dataset.pt``); formats that keep their data in the zoo refuse it.
+    ``trust_code`` lets a pgen zoo build architectures from the user's own code
+    (``arch = "package.module:callable"``), which importing runs.
     """
     p = Path(path)
     if not p.exists():
@@ -53,11 +56,15 @@ def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, dat
         raise ZooError(f"{p} is not a folder")
     for fmt in _formats():
         if fmt.detect(p):
-            if data_root is None:
-                return fmt(p)
             import inspect
 
-            if "data_root" not in inspect.signature(fmt).parameters:
-                raise ZooError(f"{p}: a {fmt.format} zoo keeps its data in the zoo folder; data_root does not apply")
-            return fmt(p, data_root=data_root)
+            accepted = inspect.signature(fmt).parameters
+            kwargs = {}
+            if data_root is not None:
+                if "data_root" not in accepted:
+                    raise ZooError(f"{p}: a {fmt.format} zoo keeps its data in the zoo folder; data_root does not apply")
+                kwargs["data_root"] = data_root
+            if trust_code and "trust_code" in accepted:
+                kwargs["trust_code"] = True
+            return fmt(p, **kwargs)
     raise ZooError(f"{p}: no known zoo format (expected zoo.json, a PGDL task, a Small CNN Zoo or Model Zoos folder)")

@@ -128,6 +128,17 @@ class Zoo(ABC):
             self._identity = f"{self.name}@{digest[:16]}"
         return self._identity
 
+    @staticmethod
+    def from_models(models, data, **kwargs) -> Zoo:
+        """A zoo of models held in Python (:class:`pgen.zoo.memory.ModelsZoo`): ``models``
+        maps ids to ``nn.Module`` or to callables returning one; ``data`` is a Dataset, an
+        ``(x, y)`` pair or a dataset spec; keywords ``metrics``, ``hparams`` (id -> dict),
+        ``test_data``, ``initial_models``, ``name``, ``data_kind``. Score it with
+        :func:`pgen.score.score_zoo` or :func:`pgen.benchmark.run_benchmark` like any zoo."""
+        from pgen.zoo.memory import ModelsZoo
+
+        return ModelsZoo(models, data, **kwargs)
+
     def hparam_grid(self) -> dict[str, list] | None:
         """``{hparam: possible values}`` when the zoo is a full grid (PGDL style), else None."""
         return None

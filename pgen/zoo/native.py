@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pgen.data import load_dataset
-from pgen.models import build_model
+from pgen.models import build_model, model_arguments
 from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
 
 __all__ = ["NativeZoo", "load_state_dict", "save_state_dict"]
@@ -49,10 +49,51 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # corrupt file, pickled objects refused by weights_only, ...
         raise ZooError(f"checkpoint {path} cannot be read: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = _unwrap(state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ZooError(f"checkpoint {path} is not a state dict of tensors")
+        raise ZooError(f"checkpoint {path} is not a state dict of tensors (nor one wrapped under "
+                       f"'state_dict', 'model' or 'model_state_dict')")
+    return state
+
+
+def _unwrap(obj):
+    """The state dict inside the wrappings people save: a bare state dict, ``{"state_dict": ...}``
+    (also Lightning's checkpoints), ``{"model": ...}``, ``{"model_state_dict": ...}``."""
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+    return obj
+
+
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+
+
+def match_keys(state: dict, model_keys) -> dict:
+    """``state`` with the prefixes wrappers add removed so that its keys name the model's
+    parameters: ``module.`` (DataParallel, DDP) and ``_orig_mod.`` (torch.compile) wherever
+    they lead a key, then one leading component shared by every key (a Lightning module's
+    attribute, e.g. ``model.``) when that makes the keys match."""
+    wanted = set(model_keys)
+
+    def strip(key):
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        return key
+
+    state = {strip(k): v for k, v in state.items()}
+    if set(state) != wanted:
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) == 1 and all("." in k for k in state):
+            head = next(iter(heads)) + "."
+            shorter = {strip(k[len(head):]): v for k, v in state.items()}
+            if set(shorter) == wanted:
+                return shorter
     return state
 
 
@@ -68,19 +109,33 @@ def save_state_dict(model: nn.Module, path: Path) -> None:
 
 
 def load_weights_into(model: nn.Module, state: dict, *, source: Path, model_id: str) -> nn.Module:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ZooError(f"model {model_id}: weights in {source} do not fit its architecture: {first}") from exc
+    """Strict loading: every key present, none extra, every shape equal; otherwise an error
+    that names the file and the first offending keys."""
+    expected = model.state_dict()
+    state = match_keys(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), first {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), first {', '.join(unexpected[:3])}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es), first {'; '.join(shapes[:3])}")
+    if problems:
+        raise ZooError(f"model {model_id}: weights in {source} do not fit its architecture: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
     return model
 
 
 class NativeZoo(Zoo):
     format = FORMAT
 
-    def __init__(self, root, name=None):
+    def __init__(self, root, name=None, trust_code: bool = False):
         root = Path(root)
+        self.trust_code = trust_code
         meta_path = root / "zoo.json"
         try:
             self.meta = json.loads(meta_path.read_text())
@@ -95,6 +150,9 @@ class NativeZoo(Zoo):
                 raise ZooError(f"{meta_path} lacks the field {key!r}")
         super().__init__(root, name or self.meta.get("name"))
         self.skipped: list[str] = []
+        # An imported zoo leaves the user's checkpoints where they are: paths are relative to
+        # checkpoint_root (absolute, or relative to the zoo folder) and may not escape it.
+        self.checkpoint_root = (root / self.meta.get("checkpoint_root", ".")).resolve()
 
     @staticmethod
     def detect(path: Path) -> bool:
@@ -120,9 +178,9 @@ class NativeZoo(Zoo):
                 continue  # a resumed build may append a row twice; the first one wins
             seen.add(row["id"])
             # Refuse escaping paths now, before anything is loaded.
-            safe_join(self.root, row["checkpoint"], what=f"model {row['id']}: checkpoint")
+            safe_join(self.checkpoint_root, row["checkpoint"], what=f"model {row['id']}: checkpoint")
             if row.get("initial_checkpoint"):
-                safe_join(self.root, row["initial_checkpoint"], what=f"model {row['id']}: initial_checkpoint")
+                safe_join(self.checkpoint_root, row["initial_checkpoint"], what=f"model {row['id']}: initial_checkpoint")
             extra = {k: v for k, v in row.items() if k not in ("id", "hparams", "metrics")}
             entries.append(ZooEntry(str(row["id"]), dict(row["hparams"]), dict(row["metrics"]), self, extra))
         return entries
@@ -132,21 +190,32 @@ class NativeZoo(Zoo):
         rel = entry.extra.get(key)
         if not rel:
             raise ZooError(f"model {entry.id}: this zoo records no initial weights for it")
-        path = safe_join(self.root, rel, what=f"model {entry.id}: {key}")
+        path = safe_join(self.checkpoint_root, rel, what=f"model {entry.id}: {key}")
         kwargs = entry.extra.get("model_kwargs")
         if kwargs is None:  # rows written by hand may keep architecture settings in hparams
             kwargs = {k: v for k, v in entry.hparams.items() if k != "arch"}
-        model = build_model(entry.extra["arch"], input_shape=self.meta["input_shape"],
-                            num_classes=self.meta["num_classes"], **kwargs)
+        num_classes, kwargs = model_arguments(kwargs, self.meta["num_classes"])
+        model = build_model(entry.extra["arch"], input_shape=self.meta["input_shape"], num_classes=num_classes,
+                            trust_code=self.trust_code, **kwargs)
         return load_weights_into(model, load_state_dict(path), source=path, model_id=entry.id)
 
     def dataset(self, split="train"):
+        from pgen.data import dataset_from_spec
+
         ds = self.meta["dataset"]
+        if "spec" in ds:
+            return dataset_from_spec(ds["spec"], split, transform=ds.get("transform"), base=self.root)
         return load_dataset(ds["name"], split, root=ds.get("root"))
 
     @property
+    def data_kind(self) -> str | None:
+        """The pseudo-test policy's data kind, where the zoo declares it (``dataset.kind``)."""
+        return self.meta["dataset"].get("kind")
+
+    @property
     def dataset_name(self) -> str:
-        return self.meta["dataset"]["name"]
+        ds = self.meta["dataset"]
+        return ds.get("name") or ds["spec"]
 
     def hparam_grid(self):
         return self.meta.get("hparam_grid")
