@@ -1,16 +1,11 @@
 """pgen: predict which models of a zoo generalize, from the P-vector angle and other measures."""
 
-from pgen.pvector import (
-    PVectorResult,
-    StreamingPVector,
-    UnstablePVectorWarning,
-    angle,
-    angle_matrix,
-    p_vector,
-    p_vector_spectrum,
-)
-
 __version__ = "0.1.0"
+
+# Everything loads on first use (module __getattr__ below), so that `import pgen` and
+# `pgen --version` / `--help` do not pay for numpy, scipy and torch.
+_PVECTOR = ("PVectorResult", "StreamingPVector", "UnstablePVectorWarning", "angle", "angle_matrix", "p_vector",
+            "p_vector_spectrum")
 
 __all__ = [
     "PVectorResult",
@@ -25,7 +20,10 @@ __all__ = [
 
 
 def __getattr__(name):
-    # Heavier entry points load lazily so that `import pgen` stays fast.
+    if name in _PVECTOR:
+        from pgen import pvector
+
+        return getattr(pvector, name)
     if name == "load_zoo":
         from pgen.zoo import load_zoo
 

@@ -75,3 +75,19 @@ def test_data_command(tmp_path, capsys):
     assert "digits test: 450 samples" in capsys.readouterr().out
     assert main(["data", "cifar10", "--root", str(tmp_path)]) == 2
     assert "--download" in capsys.readouterr().err
+
+
+def test_version_and_help_load_no_numeric_stack():
+    # `pgen --version` / `--help` must answer at once: nothing heavy is imported for them.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pgen.cli import main\n"
+            "for args in (['--version'], ['--help'], ['score', '--help'], ['zoo', 'import', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('numpy', 'scipy', 'torch', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    import pgen
+
+    assert pgen.p_vector is pgen.pvector.p_vector  # the lazy names resolve to the real functions
