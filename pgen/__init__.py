@@ -1,6 +1,7 @@
 """pgen: predict which models of a zoo generalize, from the P-vector angle and other measures."""
 
 __version__ = "0.1.0"
+DISTRIBUTION = "pgen-pvector"  # what `pip install` takes; the import name and the command are `pgen`
 
 # Everything loads on first use (module __getattr__ below), so that `import pgen` and
 # `pgen --version` / `--help` do not pay for numpy, scipy and torch.

@@ -364,6 +364,7 @@ def _add_measures(sub):
 def _cmd_measures(args):
     import pandas as pd
 
+    from pgen import DISTRIBUTION
     from pgen.measures import list_measures
 
     table = list_measures()
@@ -384,7 +385,7 @@ def _cmd_measures(args):
         return
     needs = table.apply(lambda r: ", ".join([w for w, flag in (("init", r.needs_init), ("images", r.needs_images),
                                                                 ("seeded", r.stochastic)) if flag]
-                                            + ([f"pip install 'pgen[{r.requires}]'"] if r.requires else [])), axis=1)
+                                            + ([f"pip install '{DISTRIBUTION}[{r.requires}]'"] if r.requires else [])), axis=1)
     table = table.assign(needs=needs)[["name", "family", "sign", "fidelity", "needs", "description"]]
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
         print(table.to_string(index=False))

@@ -130,7 +130,7 @@ def test_cli_lists_measures_with_the_sign_convention(capsys):
     out = capsys.readouterr().out
     assert "sign +1: larger value predicts worse generalization" in out
     assert "kit_sharpness" in out and "-1" in out
-    assert "pip install 'pgen[weightwatcher]'" in out and "seeded" in out  # what each needs
+    assert "pip install 'pgen-pvector[weightwatcher]'" in out and "seeded" in out  # what each needs
     assert "pgen's own" in out and "inspired by" in out  # and how faithful it is
 
     assert main(["measures", "--long", "pvector_angle_uncentered", "augmentation_robustness"]) == 0

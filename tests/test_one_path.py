@@ -172,6 +172,10 @@ def test_a_non_editable_install_finds_the_embedded_recipes(tmp_path):
                             "--target", str(target), str(ROOT)], capture_output=True, text=True,
                            cwd=tmp_path, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     assert build.returncode == 0, build.stderr
+    # the distribution is ours ("pgen" on PyPI is another project's), the command stays `pgen`
+    (dist_info,) = target.glob("pgen_pvector-*.dist-info")
+    assert "Name: pgen-pvector" in (dist_info / "METADATA").read_text().splitlines()
+    assert "pgen = pgen.cli:main" in (dist_info / "entry_points.txt").read_text()
     assert (target / "pgen" / "recipes" / "digits.toml").is_file()
     assert not (target / "pgen" / "recipes" / "digits.toml").is_relative_to(ROOT)
     elsewhere = tmp_path / "cwd"

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pgen import DISTRIBUTION
 from pgen.devices import model_device, tf32_mode
 from pgen.errors import MeasureError, UnknownNameError
 
@@ -226,7 +227,7 @@ def evaluate_measure(name: str, model: nn.Module, init_model: nn.Module | None, 
         raise MeasureError(f"measure {name} needs image inputs (N, C, H, W); got shape {tuple(data.x.shape)}")
     if m.requires and importlib.util.find_spec(m.requires) is None:
         raise MeasureError(f"measure {name} needs the optional package {m.requires!r}: "
-                           f"pip install 'pgen[{m.requires}]'")
+                           f"pip install '{DISTRIBUTION}[{m.requires}]'")
     device = torch.device(settings.device)
     start = time.perf_counter()
     with _placed(model, device), _placed(init_model, device), tf32_mode(device, settings.allow_tf32):

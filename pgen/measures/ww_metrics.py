@@ -1,5 +1,5 @@
 """WeightWatcher's data-free layer metrics (Martin & Mahoney), through the optional
-``weightwatcher`` package (``pip install 'pgen[weightwatcher]'``).
+``weightwatcher`` package (``pip install 'pgen-pvector[weightwatcher]'``).
 
 Each measure is the average over layers of ``WeightWatcher(model).analyze()``:
 ``ww_alpha`` (power-law exponent of the layer eigenvalue spectra; smaller is better
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from pgen import DISTRIBUTION
 from pgen.measures import MeasureError, register
 
 
@@ -25,7 +26,8 @@ def _summary(model, data) -> dict:
     try:
         import weightwatcher as ww
     except ImportError:
-        raise MeasureError("WeightWatcher measures need the optional package: pip install 'pgen[weightwatcher]'") from None
+        raise MeasureError("WeightWatcher measures need the optional package: "
+                           f"pip install '{DISTRIBUTION}[weightwatcher]'") from None
     import contextlib
     import io
     import logging
