@@ -29,7 +29,7 @@ import torch
 
 from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
-from pgen.errors import InputError
+from pgen.errors import InputError, UnknownNameError
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -181,6 +181,37 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     return out
 
 
+def _writable_folder(out: Path) -> Path:
+    """Before any model: the output folder exists and takes files (not after an hour of scoring)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pgen-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _check_layer(zoo: Zoo, model_id: str, ctx: _Context, s: ScoreSettings) -> None:
+    """Before the loop: the feature layer exists in the first model to score. A model that
+    does not load is left to the loop (it is that model's failure, recorded with it)."""
+    uses_layer = {"pvector_angle", "pvector_angle_uncentered", "cka_to_data", "cka_to_init"} & set(s.measures)
+    if not uses_layer:
+        return
+    try:
+        model = zoo[model_id].load_model()
+    except Exception:
+        return
+    from pgen.features import resolve_layers
+
+    try:
+        resolve_layers(model, s.layer, example=ctx.x[:2].float())
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"layer {s.layer!r} (for {', '.join(sorted(uses_layer))}) on model {model_id} "
+                               f"of {zoo.name}: {exc}") from None
+
+
 def _check_device(device: str) -> None:
     """Before any model: a device that cannot run would fail every model one by one."""
     try:
@@ -235,8 +266,7 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     _check_device(device)
     if not isinstance(zoo, Zoo):
         zoo = load_zoo(zoo, progress=progress)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _writable_folder(Path(out))
     store = ResultsStore(out / "results.sqlite")
     try:
         run_settings = {"zoo": zoo.identity(), **s.identity()}
@@ -255,6 +285,8 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
                 jobs.append((e.id, e.id not in targets_done, missing))
         if limit is not None:
             jobs = jobs[:limit]
+        if jobs:
+            _check_layer(zoo, jobs[0][0], ctx, s)
         _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measure, angle_matrix_out, out,
                   progress)
         return run_from_store(store, out / "results.sqlite", run_id, computed=len(jobs))

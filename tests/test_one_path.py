@@ -277,3 +277,16 @@ def test_a_changed_measure_definition_is_recomputed_not_reused(tiny_zoo, tmp_pat
 
     assert "measure_version" not in measure_settings({}, "pvector_angle")  # unchanged measures keep their identity
     assert measure_settings({}, "dbi_mixup")["measure_version"] == 2
+
+
+def test_preflight_catches_a_bad_layer_and_an_unwritable_folder_before_any_model(tiny_zoo, tmp_path, capsys):
+    # A layer name that no model has, or an output folder that takes no files, would fail
+    # every model one by one (or lose an hour of scoring): both are refused up front.
+    assert main(["score", str(tiny_zoo), "--out", str(tmp_path / "o"), "--layer", "no.such.layer"]) == 2
+    err = capsys.readouterr().err
+    assert "layer 'no.such.layer'" in err and "on model" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "results.sqlite").exists() or load_runs(tmp_path / "o")[0].computed == 0
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    assert main(["score", str(tiny_zoo), "--out", str(blocked / "sub")]) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
