@@ -26,13 +26,6 @@ def paired_weights(model: nn.Module, init_model: nn.Module) -> list[tuple[str, t
     return [(k, a[k], b[k]) for k in a]
 
 
-def layers_of(model: nn.Module) -> list[nn.Module]:
-    """The model's layers: a Sequential's children (a ported Keras layer each), else its leaf modules."""
-    if isinstance(model, nn.Sequential):
-        return list(model.children())
-    return [m for m in model.modules() if not list(m.children())]
-
-
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Conv and Linear modules, in forward-definition order (Fantastic's "layers")."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
@@ -96,15 +89,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings) -> fl
     return evaluate(model, x, y, batch_size=settings.batch_size)[0]
 
 
-def within_class_mixup(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, lam: float = 0.5) -> torch.Tensor:
-    """Each sample mixed (lam, 1 - lam) with a random other sample of its own class."""
-    partner = torch.arange(len(y))
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
-        partner[idx] = idx[torch.randperm(len(idx), generator=generator)]
-    return lam * x + (1 - lam) * x[partner]
-
-
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
                nn.Tanh, nn.Softplus, nn.Hardtanh)
 
@@ -151,19 +135,6 @@ def shuffled_stream(n: int, count: int, generator: torch.Generator) -> torch.Ten
     ``repeat().shuffle()``, approximated by back-to-back permutations)."""
     reps = -(-count // n)
     return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:count]
-
-
-def first_layer(model: nn.Module) -> nn.Module:
-    """The first layer: a Sequential's first child with weights (a whole ported Keras layer,
-    activation included), else the first Conv/Linear module."""
-    if isinstance(model, nn.Sequential):
-        for child in model.children():
-            if any(True for _ in child.parameters()):
-                return child
-    layers = weight_layers(model)
-    if not layers:
-        raise MeasureError("the model has no Conv or Linear layer")
-    return layers[0][1]
 
 
 def bisect_scale(drop, *, target: float, tolerance: float, depth: int, upper: float = 1.0,

@@ -40,6 +40,8 @@ from pgen.measures._image_ops import adjust_contrast, adjust_hue, adjust_saturat
 from pgen.measures._util import capture_output, is_conv, is_dense, keras_layers, shuffled_stream
 
 SAMPLES, BATCH = 500, 50
+MARGIN_SIGN = ("the code returns minus the mean margin as its complexity; a larger normalised margin predicts a "
+               "smaller gap (Natekar & Sharma 2020)")
 ZOOM_SCALES = np.arange(0.85, 1.0, 0.01)  # as in the code: 16 scales, 0.85 ... 0.99 and (float rounding) 1.0
 
 
@@ -123,7 +125,7 @@ def _augment(x, y, g):
     return standard_augment(x, g), y
 
 
-@register("augment_margin", version=2, sign_reason='the code returns minus the mean margin as its complexity; a larger normalised margin predicts a smaller gap (Natekar & Sharma 2020)',
+@register("augment_margin", version=2, sign_reason=MARGIN_SIGN,
           sign=-1, family="pgdl-winner", stochastic=True, needs_images=True,
           description="mean signed margin / first-layer gradient norm / sqrt(trimmed feature variance), "
                       "on the authors' flip, colour and zoom augmentations (500 samples)",
@@ -133,7 +135,7 @@ def augment_margin(model, init_model, data, settings) -> float:
     return normalized_margin(model, data, settings, _augment)
 
 
-@register("mixup_margin", version=2, sign_reason='the code returns minus the mean margin as its complexity; a larger normalised margin predicts a smaller gap (Natekar & Sharma 2020)',
+@register("mixup_margin", version=2, sign_reason=MARGIN_SIGN,
           sign=-1, family="pgdl-winner", stochastic=True,
           description="mean signed margin / first-layer gradient norm / sqrt(trimmed feature variance), "
                       "on label-wise 0.5 mixups (500 samples)",
