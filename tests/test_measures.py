@@ -397,3 +397,17 @@ def test_plain_sharpness_box_is_absolute_and_the_magnitude_aware_one_relative(da
     assert abs(drop(scaled, 0.05, True) - drop(model, 0.05, True)) < 0.1
     value = compute_measure("sharpness", model, None, data, s)
     assert np.isfinite(value) and value > 0 and value == compute_measure("sharpness", model, None, data, s)
+
+
+def test_dataset_size_term_from_the_command_line(tiny_zoo, tmp_path):
+    import pandas as pd
+
+    from pgen.cli import main
+
+    for flag, out in (([], "plain"), (["--dataset-size-term"], "sized")):
+        assert main(["score", str(tiny_zoo), "--out", str(tmp_path / out), "--samples", "100",
+                     "--measures", "param_norm", *flag]) == 0
+    plain = pd.read_csv(tmp_path / "plain" / "models.csv").set_index("model_id")["param_norm"]
+    sized = pd.read_csv(tmp_path / "sized" / "models.csv").set_index("model_id")
+    assert (sized["param_norm.without_size_term"] == plain).all()
+    assert (sized["param_norm"] < plain).all()  # sqrt(v / m) with m the model's training-set size

@@ -131,6 +131,9 @@ def test_own_factory_needs_trust(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="--trust-code"):
         load_zoo(tmp_path / "zoo")[0].load_model()
     assert load_zoo(tmp_path / "zoo", trust_code=True)[0].load_model() is not None
+    assert main(["score", str(tmp_path / "zoo"), "--out", str(tmp_path / "out"), "--samples", "100",
+                 "--trust-code"]) == 0  # the way a user scores it
+    assert pd.read_csv(tmp_path / "out" / "models.csv")["pvector_angle"].between(0, 90).all()
 
 
 def test_npz_and_imagefolder_datasets(tmp_path):

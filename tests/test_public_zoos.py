@@ -231,6 +231,11 @@ def test_model_zoos_data_root_and_what_dataset_pt_may_hold(tmp_path):
         load_zoo(tmp_path / "zoo").dataset("train")
     zoo = load_zoo(tmp_path / "zoo", data_root=tmp_path / "data")
     assert len(zoo.dataset("train")) == 12
+    from pgen.cli import main  # the way a user passes it
+
+    assert main(["score", str(tmp_path / "zoo"), "--out", str(tmp_path / "out"), "--samples", "10",
+                 "--data-root", str(tmp_path / "data")]) == 0
+    assert main(["zoo", "info", str(tmp_path / "zoo"), "--data-root", str(tmp_path / "data")]) == 0
 
     # anything but tensors and TensorDatasets stays refused
     from test_zoo import PickledObject
