@@ -40,6 +40,10 @@ POLICIES = {
     "grayscale": Policy("grayscale", 5, 0.1, (0.95, 1.05), True, 0.1, 0.02),
     "color": Policy("color", 5, 0.1, (0.95, 1.05), True, 0.1, 0.02),
     "color-digits": Policy("color-digits", 5, 0.1, (0.95, 1.05), False, 0.1, 0.02),
+    # 1-D signals (mnist1d): the generator's own nuisances at a small scale, i.e. a shift of
+    # +-5% of the length (2 of 40 samples, zero-filled), amplitude +-10%, white noise 0.05
+    # (the data have unit standard deviation).
+    "signal-1d": Policy("signal-1d", 0, 0.05, (1.0, 1.0), False, 0.1, 0.05),
     # Feature vectors (no image geometry): noise only.
     "vector": Policy("vector", 0, 0.0, (1.0, 1.0), False, 0.0, 0.05),
 }
@@ -57,8 +61,11 @@ def pseudo_test_set(inputs: torch.Tensor, labels: torch.Tensor, policy: Policy, 
     """``copies`` augmented versions of every sample (N*copies, C, H, W), labels unchanged.
 
     Deterministic for a seed: each sample draws its own parameters from one generator.
+    1-D signals (N, C, L) take the ``signal-1d`` policy: shift, amplitude and noise.
     """
     g = torch.Generator().manual_seed(seed)
+    if policy.name == "signal-1d":
+        return _pseudo_test_signals(inputs, labels, policy, g, copies)
     xs, ys = [], []
     h, w = inputs.shape[-2:]
     geometric = policy.rotate_deg or policy.translate or policy.scale != (1.0, 1.0) or policy.hflip
@@ -87,3 +94,23 @@ def pseudo_test_set(inputs: torch.Tensor, labels: torch.Tensor, policy: Policy, 
         xs.append(out)
         ys.append(labels)
     return torch.cat(xs), torch.cat(ys)
+
+
+def _pseudo_test_signals(inputs, labels, policy: Policy, g: torch.Generator, copies: int):
+    if inputs.dim() != 3:
+        raise ValueError(f"policy {policy.name!r} transforms 1-D signals (N, C, L); got inputs of shape "
+                         f"{tuple(inputs.shape)}")
+    n, length = len(inputs), inputs.shape[-1]
+    max_shift = round(policy.translate * length)
+    xs = []
+    for _ in range(copies):
+        u = torch.rand(n, 2, generator=g)
+        shifts = torch.round((2 * u[:, 0] - 1) * max_shift).long()
+        gain = 1 + (2 * u[:, 1] - 1) * policy.brightness
+        # out[..., t] = x[..., t - shift], zero where t - shift falls outside the signal
+        src = torch.arange(length)[None, :] - shifts[:, None]
+        valid = (src >= 0) & (src < length)
+        out = torch.gather(inputs, 2, src.clamp(0, length - 1)[:, None, :].expand(-1, inputs.shape[1], -1))
+        out = out * valid[:, None, :] * gain[:, None, None]
+        xs.append(out + policy.noise_std * torch.randn(out.shape, generator=g))
+    return torch.cat(xs), labels.repeat(copies)

@@ -43,20 +43,27 @@ class MLP(nn.Sequential):
 
 
 class CNN(nn.Sequential):
-    """depth x (Conv3x3(width * 2^i) -> ReLU -> MaxPool2 while the map is >= 4 px) ->
-    Flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(num_classes)."""
+    """depth x (Conv(width * 2^i) -> ReLU -> MaxPool2 while the map is >= 4 wide) ->
+    Flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(num_classes).
+
+    Images (``input_shape`` C, H, W) get 3x3 ``Conv2d``; 1-D signals (C, L, e.g. mnist1d)
+    get ``Conv1d`` with kernel 5, the receptive field of the mnist1d authors' CNN.
+    """
 
     def __init__(self, input_shape, num_classes, width=16, depth=2, dropout=0.0, hidden=64):
-        channels, h, w = input_shape
+        channels, *spatial = input_shape
+        if len(spatial) not in (1, 2):
+            raise InputError(f"cnn takes (C, H, W) images or (C, L) signals; got input shape {tuple(input_shape)}")
+        conv, pool, kernel = (nn.Conv2d, nn.MaxPool2d, 3) if len(spatial) == 2 else (nn.Conv1d, nn.MaxPool1d, 5)
         layers: list[nn.Module] = []
         for i in range(depth):
             out = width * 2**i
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU()]
-            if min(h, w) >= 4:
-                layers.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
+            layers += [conv(channels, out, kernel, padding=kernel // 2), nn.ReLU()]
+            if min(spatial) >= 4:
+                layers.append(pool(2))
+                spatial = [s // 2 for s in spatial]
             channels = out
-        layers += [nn.Flatten(), nn.Linear(channels * h * w, hidden), nn.ReLU()]
+        layers += [nn.Flatten(), nn.Linear(channels * math.prod(spatial), hidden), nn.ReLU()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(hidden, num_classes))
