@@ -14,7 +14,7 @@ from pgen.data import dataset_arrays
 from pgen.devices import model_device
 from pgen.errors import InputError
 
-__all__ = ["TrainConfig", "evaluate", "train_model"]
+__all__ = ["TrainConfig", "evaluate", "train_model", "training_data"]
 
 
 @dataclass
@@ -24,6 +24,13 @@ class TrainConfig:
     ``checkpoint_epochs`` are epoch numbers (0 = the initial weights) at whose end a
     checkpoint is taken; ``checkpoint_iterations`` are global optimizer steps (1-based,
     so ``[1, 5, 10]`` are inside the first epoch for any batch count above 10).
+
+    ``target_train_loss`` trains to a criterion, as Jiang et al. 2019 ("Fantastic
+    generalization measures", section 4: cross-entropy 0.01) and the PGDL competition do:
+    training stops at the end of the first epoch whose training cross-entropy (eval mode,
+    on the model's own training samples and labels) is at most this value; ``epochs`` is
+    then the cap, and a model that reaches it without meeting the criterion is recorded
+    as not converged.
     """
 
     epochs: int = 10
@@ -37,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_epochs: list[int] = field(default_factory=list)
     checkpoint_iterations: list[int] = field(default_factory=list)
+    target_train_loss: float | None = None
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -45,6 +53,8 @@ class TrainConfig:
             raise InputError("label_noise must be in [0, 1) and train_fraction in (0, 1]")
         if self.optimizer not in ("sgd", "adam"):
             raise InputError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.target_train_loss is not None and not self.target_train_loss > 0:
+            raise InputError(f"target_train_loss must be positive; got {self.target_train_loss}")
 
 
 @torch.inference_mode()
@@ -64,6 +74,13 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
         correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)
     return correct / n, loss / n
+
+
+def training_data(labels: torch.Tensor, cfg: TrainConfig, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices into the training split, the labels the model was trained on): the
+    ``train_fraction`` subset and the ``label_noise`` flips that :func:`train_model` draws
+    from ``cfg.seed``. The one definition, so that scoring can see exactly what a model saw."""
+    return _training_labels(labels, cfg, num_classes, np.random.default_rng(cfg.seed))
 
 
 def _training_labels(labels: torch.Tensor, cfg: TrainConfig, num_classes: int, rng: np.random.Generator):
@@ -91,13 +108,13 @@ def train_model(
 
     ``on_checkpoint(info, model)`` is called with ``info = {"epoch", "step",
     "train_acc", "train_loss", "test_acc", "test_loss"}`` at every requested checkpoint
-    (epoch 0 is before any step). Same seed, same data, same result.
+    (epoch 0 is before any step) and at the last step; with ``cfg.target_train_loss``
+    the last checkpoint's info also has ``converged``. Same seed, same data, same result.
     """
     cfg.validate()
-    rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_all, y_all = dataset_arrays(train_set)
-    keep, y_train = _training_labels(y_all, cfg, num_classes, rng)
+    keep, y_train = training_data(y_all, cfg, num_classes)
     x_train = x_all[keep]
     x_test, y_test = dataset_arrays(test_set) if test_set is not None else (None, None)
 
@@ -125,6 +142,8 @@ def train_model(
     if 0 in cfg.checkpoint_epochs or 0 in its:
         last = checkpoint(0, 0)
     n = len(y_train)
+    converged = None
+    epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=gen)
@@ -139,7 +158,19 @@ def train_model(
                 last = checkpoint(epoch, step)
         if epoch in cfg.checkpoint_epochs:
             last = checkpoint(epoch, step)
+        if cfg.target_train_loss is not None:
+            converged = evaluate(model, x_train, y_train)[1] <= cfg.target_train_loss
+            if converged:
+                break
     model.eval()
+    if converged is not None:
+        # the last checkpoint carries the outcome; taken here even when it was requested
+        # at this epoch already, so that it is the one with "converged" in it
+        info = metrics(epoch, step) if last is None or last["step"] != step else dict(last)
+        info["converged"] = bool(converged)
+        if on_checkpoint is not None:
+            on_checkpoint(info, model)
+        return info
     if last is None or last["step"] != step:
-        last = metrics(cfg.epochs, step)
+        last = checkpoint(epoch, step)
     return last

@@ -57,6 +57,11 @@ class ZooEntry:
         model = self.zoo._load_model(self, initial=initial)
         return model.eval()
 
+    def training_data(self):
+        """``(indices into the zoo's training split, labels)`` the model was trained on,
+        where the zoo records them; else None."""
+        return self.zoo.training_data(self)
+
 
 class Zoo(ABC):
     """A population of trained models with their hparams and metrics.
@@ -138,6 +143,12 @@ class Zoo(ABC):
         from pgen.zoo.memory import ModelsZoo
 
         return ModelsZoo(models, data, **kwargs)
+
+    def training_data(self, entry: ZooEntry):
+        """What ``entry`` was trained on: ``(indices into dataset("train"), labels)`` as
+        int64 tensors, or None where the format does not record it (then measures see the
+        shared samples)."""
+        return None
 
     def hparam_grid(self) -> dict[str, list] | None:
         """``{hparam: possible values}`` when the zoo is a full grid (PGDL style), else None."""

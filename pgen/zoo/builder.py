@@ -18,6 +18,15 @@ A recipe::
     iterations = [1, 5, 10]           # optimizer steps, e.g. inside the first epoch
     initial = true                    # save the initial weights too
 
+Training to a criterion (Jiang et al. 2019, PGDL): ``target_train_loss = 0.01`` in
+``[train]`` stops each run at the first epoch whose training cross-entropy is at most
+that, with ``epochs`` as the cap; the final row's metrics record ``converged``, the
+``step`` and the loss reached.
+
+What each model was trained on is recorded: ``checkpoints/<run>-train.npz`` holds the
+indices into the training split and the labels used (after ``label_noise``), and the
+manifest rows name it as ``train_data``; label-using measures score the model on them.
+
 Each finished run appends its rows to ``manifest.jsonl`` after its checkpoints are on
 disk, so an interrupted build resumes where it stopped (finished runs are not retrained;
 the one in progress is retrained from its seed, which gives the same weights).
@@ -25,6 +34,7 @@ the one in progress is retrained from its seed, which gives the same weights).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -37,9 +47,9 @@ from pathlib import Path
 import torch
 
 from pgen.cache import cache_dir
-from pgen.data import dataset_info, load_dataset
+from pgen.data import dataset_arrays, dataset_info, load_dataset
 from pgen.models import ARCHITECTURES, build_model
-from pgen.train import TrainConfig, train_model
+from pgen.train import TrainConfig, train_model, training_data
 from pgen.zoo.base import ZooError
 from pgen.zoo.native import FORMAT, save_state_dict
 
@@ -154,14 +164,20 @@ def _finished_ids(manifest: Path) -> set[str]:
 
 
 def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, progress: bool = True,
-              limit: int | None = None) -> Path:
+              limit: int | None = None, workers: int = 1) -> Path:
     """Train every run of a recipe into a pgen zoo folder; resume if it exists.
+
+    Every run trains on one CPU thread, so the same recipe and seed give bit-identical
+    checkpoints on the same machine type whatever ``workers`` is (a multi-threaded
+    reduction sums in an order that depends on the thread count). ``workers`` runs that
+    many trainings in parallel processes; the manifest is still written in run order.
 
     Parameters
     ----------
     recipe : name of an embedded recipe, path to a TOML file, or a Recipe
     out : folder (default: ``default_cache_dir()/zoos/<name>``)
     limit : train at most this many new runs (for smoke tests)
+    workers : parallel training processes (default 1)
 
     Returns
     -------
@@ -196,21 +212,65 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
         todo = todo[:limit]
     if not todo:
         return out
-    train_set = load_dataset(recipe.dataset, "train")
-    test_set = load_dataset(recipe.dataset, "test")
-    iterator = todo
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(todo, desc=f"building zoo {recipe.name}", unit="model")
-    for run in iterator:
-        rows = _train_run(recipe, run, out, train_set, test_set)
+        bar = tqdm(total=len(todo), desc=f"building zoo {recipe.name}", unit="model")
+
+    def write(rows):
         with manifest.open("a") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: a child forked after torch's OpenMP pool has run can hang
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init,
+                                     initargs=(recipe.raw, recipe.source, str(out))) as pool:
+                futures = [pool.submit(_worker_train, run) for run in todo]
+                for fut in futures:  # in run order: the manifest reads the same however it was built
+                    write(fut.result())
+        else:
+            train_set = load_dataset(recipe.dataset, "train")
+            test_set = load_dataset(recipe.dataset, "test")
+            for run in todo:
+                write(_train_run(recipe, run, out, train_set, test_set))
+    finally:
+        if bar is not None:
+            bar.close()
     return out
+
+
+_BUILD: dict = {}
+
+
+def _worker_init(raw: dict, source: str, out: str) -> None:
+    recipe = Recipe(raw, source)
+    _BUILD.update(recipe=recipe, out=Path(out), train=load_dataset(recipe.dataset, "train"),
+                  test=load_dataset(recipe.dataset, "test"))
+
+
+def _worker_train(run: dict) -> list[dict]:
+    return _train_run(_BUILD["recipe"], run, _BUILD["out"], _BUILD["train"], _BUILD["test"])
+
+
+@contextlib.contextmanager
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_run(recipe: Recipe, run: dict, out: Path, train_set, test_set) -> list[dict]:
@@ -235,9 +295,15 @@ def _train_run(recipe: Recipe, run: dict, out: Path, train_set, test_set) -> lis
             "id": ident, "run": run["id"], "checkpoint": rel, "initial_checkpoint": initial_rel,
             "arch": arch, "model_kwargs": model_kwargs, "hparams": hp, "epoch": info["epoch"], "step": info["step"],
             "metrics": {k: v for k, v in info.items() if k not in ("epoch", "step")}, "final": False,
+            "train_data": train_rel,
         }
 
-    train_model(model, train_set, test_set, cfg, num_classes=recipe.info.num_classes, on_checkpoint=on_checkpoint)
+    indices, labels = training_data(dataset_arrays(train_set)[1], cfg, recipe.info.num_classes)
+    train_rel = f"checkpoints/{run['id']}-train.npz"
+    _save_training_data(out / train_rel, indices, labels)
+    with _one_thread():
+        train_model(model, train_set, test_set, cfg, num_classes=recipe.info.num_classes,
+                    on_checkpoint=on_checkpoint)
     # The checkpoint at the last step (the final epoch is always requested) is the trained
     # model itself: it gets the run's id, and its row goes last, marking the run as done.
     rows = [rows_by_step[s] for s in sorted(rows_by_step)]
@@ -246,3 +312,14 @@ def _train_run(recipe: Recipe, run: dict, out: Path, train_set, test_set) -> lis
     (out / last["checkpoint"]).replace(out / final_rel)
     last.update(id=run["id"], checkpoint=final_rel, final=True)
     return rows
+
+
+def _save_training_data(path: Path, indices: torch.Tensor, labels: torch.Tensor) -> None:
+    """Indices into the training split and the labels a model was trained on (plain .npz)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, indices=indices.numpy().astype(np.int64), labels=labels.numpy().astype(np.int64))
+    tmp.replace(path)

@@ -150,6 +150,7 @@ class NativeZoo(Zoo):
                 raise ZooError(f"{meta_path} lacks the field {key!r}")
         super().__init__(root, name or self.meta.get("name"))
         self.skipped: list[str] = []
+        self._train_labels = None  # the training split's labels, read once for training_data()
         # An imported zoo leaves the user's checkpoints where they are: paths are relative to
         # checkpoint_root (absolute, or relative to the zoo folder) and may not escape it.
         self.checkpoint_root = (root / self.meta.get("checkpoint_root", ".")).resolve()
@@ -206,6 +207,39 @@ class NativeZoo(Zoo):
         if "spec" in ds:
             return dataset_from_spec(ds["spec"], split, transform=ds.get("transform"), base=self.root)
         return load_dataset(ds["name"], split, root=ds.get("root"))
+
+    def training_data(self, entry):
+        """The run's ``train_data`` file (indices and labels, written by the builder); for
+        zoos built before it was recorded, the same draw re-derived from the recipe and the
+        run's hparams (:func:`pgen.train.training_data`, seeded by the run's seed)."""
+        import numpy as np
+
+        rel = entry.extra.get("train_data")
+        if rel:
+            path = safe_join(self.checkpoint_root, rel, what=f"model {entry.id}: train_data")
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    indices, labels = f["indices"], f["labels"]
+            except (OSError, KeyError, ValueError) as exc:
+                raise ZooError(f"model {entry.id}: {path} is not a training-data file (.npz with indices and "
+                               f"labels): {exc}") from None
+            if indices.ndim != 1 or indices.shape != labels.shape or not np.issubdtype(indices.dtype, np.integer) \
+                    or not np.issubdtype(labels.dtype, np.integer):
+                raise ZooError(f"model {entry.id}: {path}: indices and labels must be 1-D integer arrays of one length")
+            return torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
+        recipe = self.meta.get("recipe")
+        if not recipe or "dataset" not in self.meta or "spec" in self.meta["dataset"]:
+            return None
+        from pgen.data import dataset_arrays
+        from pgen.train import training_data
+        from pgen.zoo.builder import Recipe, _train_config
+
+        r = Recipe(recipe, source=str(self.root / "zoo.json"))
+        seed = entry.hparams.get("seed", r.seeds[0])
+        cfg = _train_config(r, entry.hparams, seed)
+        if self._train_labels is None:
+            self._train_labels = dataset_arrays(self.dataset("train"))[1]
+        return training_data(self._train_labels, cfg, self.meta["num_classes"])
 
     @property
     def data_kind(self) -> str | None:
