@@ -29,7 +29,7 @@ import torch
 
 from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
-from pgen.errors import InputError, UnknownNameError
+from pgen.errors import InputError, UnknownNameError, ZooError
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -56,6 +56,9 @@ class ScoreSettings:
     batch_size: int = 256
     allow_tf32: bool = False  # CUDA only; off so that CUDA and CPU P-vectors agree
     dataset_size_term: bool = False  # Dziugaite et al.'s sqrt(v / m) / (v - log m) / 2 on bound measures
+    # Label-using measures and train accuracy on each model's own training samples and
+    # labels where the zoo records them (pgen's recipes); False: the shared samples for all.
+    own_training_data: bool = True
     measures: tuple[str, ...] = field(default=("pvector_angle",))
 
     def __post_init__(self):
@@ -115,8 +118,8 @@ class _Context:
         except Exception:  # PGDL tasks ship no test data; the zoo's recorded accuracy stands in
             self.x_test = self.y_test = None
         self.policy = policy_for(_kind_of(zoo))
-        self.x_pseudo = self.y_pseudo = None  # the pseudo-test policies augment images; other inputs get none
-        if self.x.dim() == 4:
+        self.x_pseudo = self.y_pseudo = None  # images and 1-D signals have a policy; other inputs get none
+        if self.x.dim() == 4 or (self.x.dim() == 3 and self.policy.name == "signal-1d"):
             self.x_pseudo, self.y_pseudo = pseudo_test_set(self.x, self.y, self.policy, seed=s.seed,
                                                            copies=s.pseudo_copies)
         self.measure_data = MeasureData(self.x, self.y, num_classes=int(y.max()) + 1)
@@ -150,10 +153,15 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     try:
         entry = zoo[entry_id]
         model = entry.load_model().to(device)
+        own = _own_training_data(entry, ctx, s)
         if need_targets:
             t = time.perf_counter()
             v = {}
-            v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train, ctx.y_train)
+            if own is not None:  # the accuracy on what the model was trained on, labels as trained
+                v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train[own[0]], own[1])
+                v["train_samples"] = len(own[0])
+            else:
+                v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train, ctx.y_train)
             if ctx.x_test is not None:
                 v["test_acc"], v["test_loss"] = evaluate(model, ctx.x_test, ctx.y_test)
             if ctx.x_pseudo is not None:
@@ -169,16 +177,41 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
         return out
     init = None
     settings = s.measure_settings(device)
-    data = replace(ctx.measure_data, train_size=train_size(entry, len(ctx.x_train)))  # shares the zoo's cache
+    m_train = len(own[0]) if own is not None else train_size(entry, len(ctx.x_train))
+    shared = replace(ctx.measure_data, train_size=m_train)  # shares the zoo's cache
+    own_data = shared
+    if own is not None:  # the first n of the model's own training samples, with its labels
+        n = len(ctx.x)
+        own_data = MeasureData(ctx.x_train[own[0][:n]], own[1][:n], num_classes=ctx.measure_data.num_classes,
+                               train_size=m_train)
     for name in measures:
         try:
-            if get_measure(name).needs_init and init is None:
+            m = get_measure(name)
+            if m.needs_init and init is None:
                 init = entry.load_model(initial=True)
+            data = shared if m.samples == "shared" else own_data
             r = evaluate_measure(name, model, init, data, settings)
             out.measures[name] = (r.value, r.extra, r.seconds, None)
         except Exception as exc:  # recorded with the measure; the model's other scores stand
             out.measures[name] = (None, {}, None, _error_text(exc))
     return out
+
+
+def _own_training_data(entry, ctx: _Context, s: ScoreSettings):
+    """``(indices, labels)`` of the model's own training samples when scoring the training
+    split of a zoo that records them (and ``s.own_training_data``); else None."""
+    if not s.own_training_data or s.split != "train":
+        return None
+    recorded = entry.training_data()
+    if recorded is None:
+        return None
+    indices, labels = recorded
+    n = len(ctx.x_train)
+    if len(indices) == 0 or int(indices.min()) < 0 or int(indices.max()) >= n:
+        raise ZooError(f"model {entry.id}: its training data index samples outside the {n} training samples")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= ctx.measure_data.num_classes):
+        raise ZooError(f"model {entry.id}: its training labels fall outside 0..{ctx.measure_data.num_classes - 1}")
+    return indices, labels
 
 
 def _writable_folder(out: Path) -> Path:

@@ -7,8 +7,13 @@ P-vector's spectral gap):
 * ``model``: the trained ``nn.Module``, already in eval mode on ``settings.device``;
 * ``init_model``: the same architecture with its initial weights (eval, same device), or
   ``None`` when the zoo records none (measures that need it declare ``needs_init``);
-* ``data``: :class:`MeasureData`, the samples every model of a zoo sees, in one fixed
-  order, on the CPU (move batches to the model's device, :func:`model_device`);
+* ``data``: :class:`MeasureData`, samples in one fixed order, on the CPU (move batches to
+  the model's device, :func:`model_device`). Which samples depends on what the measure
+  declares (``samples``): "own" (the default) gets the model's own training samples with
+  the labels it was trained on, where the zoo records them (pgen's recipes do; otherwise
+  the shared samples), as the PGDL competition and Jiang et al. evaluate measures on the
+  training set; "shared" gets one sample set for every model of the zoo (the P-vector and
+  CKA measures: a data P-vector is only comparable across models on the same samples);
 * ``settings``: :class:`MeasureSettings`.
 
 The contract is enforced in one place, :func:`evaluate_measure`: it checks what the
@@ -117,6 +122,7 @@ class Measure:
     sign_reason: str = ""  # why the sign is what it is, with its source
     size_term: str = ""  # Dziugaite et al.'s dataset-size term: "sqrt", "log" or "" (none)
     version: int = 1  # raised when the definition changes: values stored by an earlier one are not reused
+    samples: str = "own"  # "own": the model's own training samples and labels; "shared": one set for the zoo
 
     def __call__(self, model, init_model, data, settings=None) -> float:
         return compute_measure(self.name, model, init_model, data, settings)
@@ -132,13 +138,14 @@ FIDELITY = ("faithful", "inspired by", "pgen's own")
 
 def register(name: str, *, description: str, sign: int, reference: str, sign_reason: str, needs_init: bool = False,
              family: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = "",
-             fidelity: str = "faithful", size_term: str = "", version: int = 1):
+             fidelity: str = "faithful", size_term: str = "", version: int = 1, samples: str = "own"):
     """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``.
 
     ``reference`` names the paper and code whose definition it computes, ``fidelity`` how
     closely (one of :data:`FIDELITY`), ``sign_reason`` why the sign is what it is.
     ``version`` goes up whenever the definition changes, so that result stores do not
-    reuse values computed by an earlier one.
+    reuse values computed by an earlier one. ``samples`` says which samples the measure
+    sees (module docstring): "own" or "shared".
     """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
@@ -150,12 +157,14 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
         raise ValueError(f"measure {name}: fidelity must be one of {FIDELITY}")
     if size_term not in ("", "sqrt", "log"):
         raise ValueError(f"measure {name}: size_term must be 'sqrt', 'log' or ''")
+    if samples not in ("own", "shared"):
+        raise ValueError(f"measure {name}: samples must be 'own' or 'shared'")
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
         REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference, needs_images,
-                                 stochastic, requires, fidelity, sign_reason, size_term, version)
+                                 stochastic, requires, fidelity, sign_reason, size_term, version, samples)
         return fn
 
     return deco
@@ -190,7 +199,8 @@ def list_measures() -> pd.DataFrame:
     return pd.DataFrame([{"name": m.name, "family": m.family, "sign": f"{m.sign:+d}", "needs_init": m.needs_init,
                           "needs_images": m.needs_images, "stochastic": m.stochastic, "requires": m.requires,
                           "description": m.description, "reference": m.reference, "fidelity": m.fidelity,
-                          "sign_reason": m.sign_reason, "size_term": m.size_term}
+                          "sign_reason": m.sign_reason, "size_term": m.size_term,
+                          "samples": m.samples}
                          for m in sorted(REGISTRY.values(), key=lambda m: m.name)])
 
 

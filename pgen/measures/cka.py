@@ -44,7 +44,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, *, debiased: bool = False) -> float
 
 
 @register("cka_to_data", sign_reason="pgen's hypothesis, by analogy with the P-vector angle: features more similar to the inputs' geometry generalize better; no published source",
-          fidelity="pgen's own", sign=-1, family="representation",
+          fidelity="pgen's own", sign=-1, family="representation", samples="shared",
           description="linear CKA between penultimate features and the raw inputs",
           reference="Kornblith et al., ICML 2019")
 def cka_to_data(model, init_model, data, settings) -> float:
@@ -54,7 +54,7 @@ def cka_to_data(model, init_model, data, settings) -> float:
 
 
 @register("cka_to_init", sign_reason="pgen's hypothesis: features that moved less from initialisation generalize better (cf. distance from init); no published source",
-          fidelity="pgen's own", sign=-1, needs_init=True, family="representation",
+          fidelity="pgen's own", sign=-1, needs_init=True, family="representation", samples="shared",
           description="linear CKA between penultimate features of the model and of its initialization",
           reference="Kornblith et al., ICML 2019")
 def cka_to_init(model, init_model, data, settings) -> float:

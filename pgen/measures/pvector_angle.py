@@ -33,7 +33,7 @@ def _angle(model, data, settings, center: bool) -> MeasureValue:
 
 
 @register("pvector_angle", sign_reason='Liu et al. 2022 (sec. 5, app. A.8): the angle to the data P-vector shrinks as training converges and a smaller angle goes with better test performance',
-          fidelity='inspired by', sign=1, family="p-vector",
+          fidelity='inspired by', sign=1, family="p-vector", samples="shared",
           description="angle (deg) between model and data P-vectors (centered features unless --no-center)",
           reference="Liu et al., Machine Learning 111, 2022 (centering: pgen's choice, see README)")
 def pvector_angle(model, init_model, data, settings) -> MeasureValue:
@@ -41,7 +41,7 @@ def pvector_angle(model, init_model, data, settings) -> MeasureValue:
 
 
 @register("pvector_angle_uncentered", sign_reason='Liu et al. 2022 (sec. 5, app. A.8): the angle to the data P-vector shrinks as training converges and a smaller angle goes with better test performance',
-          sign=1, family="p-vector",
+          sign=1, family="p-vector", samples="shared",
           description="angle (deg) between model and data P-vectors, uncentered features (paper's literal reading)",
           reference="Liu et al., Machine Learning 111, 2022")
 def pvector_angle_uncentered(model, init_model, data, settings) -> MeasureValue:
