@@ -74,9 +74,12 @@ def _add_zoo(sub):
     b = zsub.add_parser("build", help="train a zoo from a recipe (TOML)",
                         description="Train every model of a recipe's grid into pgen's zoo format. "
                                     "Resumes an interrupted build without retraining finished models.")
-    b.add_argument("recipe", help="embedded recipe name (digits, mnist5k) or a .toml file")
+    b.add_argument("recipe", help="embedded recipe name (`pgen zoo list`) or a .toml file")
     b.add_argument("--out", help="zoo folder (default: the cache, $PGEN_CACHE or ~/.cache/pgen/zoos/NAME)")
     b.add_argument("--limit", type=int, help="train at most this many new models")
+    b.add_argument("--workers", type=int, default=1,
+                   help="parallel training processes, one CPU thread each (default 1; the models are "
+                        "bit-identical whatever the number)")
     b.set_defaults(func=_cmd_zoo_build)
     ls = zsub.add_parser("list", help="list the embedded recipes", description="List the embedded recipes.")
     ls.set_defaults(func=_cmd_zoo_list)
@@ -144,7 +147,7 @@ def _cmd_zoo_import(args):
 def _cmd_zoo_build(args):
     from pgen.zoo.builder import build_zoo
 
-    out = build_zoo(args.recipe, args.out, limit=args.limit)
+    out = build_zoo(args.recipe, args.out, limit=args.limit, workers=args.workers)
     print(f"zoo at {out}")
 
 
@@ -361,6 +364,10 @@ def _add_measures(sub):
     p.set_defaults(func=_cmd_measures)
 
 
+SAMPLES_TEXT = {"own": "the model's own training samples and labels, where the zoo records them",
+                "shared": "one sample set for every model of the zoo (comparable across models)"}
+
+
 def _cmd_measures(args):
     import pandas as pd
 
@@ -381,10 +388,11 @@ def _cmd_measures(args):
             size = {"sqrt": "sqrt(v / m)", "log": "(v - log m) / 2"}.get(r.size_term, "none")
             print(f"{r.name}  [{r.family}]  sign {r.sign}  {r.fidelity}\n  {r.description}\n"
                   f"  source: {r.reference}\n  sign: {r.sign_reason}\n  dataset-size term (--dataset-size-term): "
-                  f"{size}\n")
+                  f"{size}\n  samples: {SAMPLES_TEXT[r.samples]}\n")
         return
     needs = table.apply(lambda r: ", ".join([w for w, flag in (("init", r.needs_init), ("images", r.needs_images),
-                                                                ("seeded", r.stochastic)) if flag]
+                                                                ("seeded", r.stochastic),
+                                                                ("shared samples", r.samples == "shared")) if flag]
                                             + ([f"pip install '{DISTRIBUTION}[{r.requires}]'"] if r.requires else [])), axis=1)
     table = table.assign(needs=needs)[["name", "family", "sign", "fidelity", "needs", "description"]]
     with pd.option_context("display.width", 250, "display.max_colwidth", 100):
@@ -395,9 +403,12 @@ def _add_benchmark(sub):
     p = sub.add_parser("benchmark", help="compare every generalization measure on one or more zoos",
                        description="Compute the selected measures (default: all but the optional "
                                    "WeightWatcher ones) on every model of each zoo, reusing OUT/results.sqlite "
-                                   "(rerunning resumes), then write per zoo a table of Kendall tau vs the gap "
-                                   "and vs test accuracy, Psi, CMI, Spearman, log-log R^2 and median seconds "
-                                   "per model, and a combined HTML/Markdown report with a ranking plot.")
+                                   "(rerunning resumes), then write per zoo a table with the gap as the target: "
+                                   "Kendall tau with bootstrap CIs, the paired difference to the P-vector angle, "
+                                   "the PGDL CMI with its CI and a permutation null, Psi, Dziugaite et al.'s "
+                                   "robust sign agreement, tau vs test accuracy and seconds per model; which "
+                                   "differences are resolved; and an HTML/Markdown report with a ranking plot. "
+                                   "Format fixtures (a .pgen-fixture file) are scored but not ranked.")
     p.add_argument("zoos", nargs="+", help="zoo folders or embedded zoo names (digits, mnist5k)")
     p.add_argument("--out", default="reports/benchmark", help="output folder (default reports/benchmark)")
     p.add_argument("--measures", default="", help="comma-separated measure names (default: all; `pgen measures`)")
@@ -407,25 +418,40 @@ def _add_benchmark(sub):
     p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
     p.add_argument("--with-checkpoints", action="store_true",
                    help="also score intermediate checkpoints (default: final models only)")
+    p.add_argument("--all-models", action="store_true",
+                   help="keep models that missed their zoo's training criterion (default: --converged-only, "
+                        "as Jiang et al. and the PGDL competition)")
+    p.add_argument("--converged-only", dest="all_models", action="store_false",
+                   help="leave out models that missed their zoo's training criterion (the default)")
+    p.add_argument("--shared-samples", action="store_true",
+                   help="label-using measures see the shared samples, not each model's own training data")
+    p.add_argument("--learned", action="store_true",
+                   help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
+                        "cross-validated by hyperparameter cell)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.set_defaults(func=_cmd_benchmark)
 
 
 def _cmd_benchmark(args):
     import pandas as pd
 
-    from pgen.benchmark import run_benchmark
+    from pgen.benchmark import headline_table, resolved_findings, run_benchmark
     from pgen.score import ScoreSettings
 
     measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
-    res = run_benchmark(args.zoos, args.out, measures=measures, settings=ScoreSettings(n_samples=args.samples or None,
-                                                                                       seed=args.seed),
-                        device=args.device, workers=args.workers, final_only=not args.with_checkpoints)
-    cols = ["measure", "tau_gap", "tau_gap_ci_low", "tau_gap_ci_high", "tau_test_acc", "tau_test_acc_ci_low",
-            "tau_test_acc_ci_high", "psi_gap", "cmi_gap", "median_seconds"]
-    with pd.option_context("display.width", 200):
+    settings = ScoreSettings(n_samples=args.samples or None, seed=args.seed,
+                             own_training_data=not args.shared_samples)
+    res = run_benchmark(args.zoos, args.out, measures=measures, settings=settings, device=args.device,
+                        workers=args.workers, final_only=not args.with_checkpoints,
+                        converged_only=not args.all_models, learned=args.learned, n_boot=args.bootstrap)
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
         for name, summary in res["summaries"].items():
             print(f"\n{name}")
-            print(summary.reindex(columns=cols).round(3).to_string(index=False))
+            for sentence in resolved_findings(summary):
+                print("  " + sentence)
+            print(headline_table(summary).to_string(index=False))
+    for name in res["fixtures"]:
+        print(f"\n{name}: a format fixture, scored but not ranked")
     print("\nreport: " + ", ".join(str(f) for f in res["files"][:2]))
 
 

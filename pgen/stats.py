@@ -22,6 +22,7 @@ __all__ = [
     "StatsError",
     "MeasureStatistics",
     "bootstrap_ci",
+    "cmi_bootstrap_ci",
     "cmi_from_table",
     "cmi_null",
     "jiang_cmi",
@@ -29,10 +30,13 @@ __all__ = [
     "conditional_mutual_information",
     "correlations",
     "granulated_kendall",
+    "hyperparameters",
     "kendall_tau",
     "loglog_fit",
     "measure_statistics",
+    "paired_tau_difference",
     "random_angle_null",
+    "robust_sign_agreement",
 ]
 
 
@@ -513,6 +517,7 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
     -0.8
     """
     targets = dict(TARGETS if targets is None else targets)
+    hparam_grid = hyperparameters(hparam_grid)
     notes: list[str] = []
     if measure not in table.columns:
         raise StatsError(f"the table has no column {measure!r}")
@@ -537,7 +542,7 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
     corr_df = pd.concat(corr, ignore_index=True) if corr else pd.DataFrame(
         columns=["target", "method", "value", "p_value", "ci_low", "ci_high", "n"])
     stats = MeasureStatistics(measure, len(sub), corr_df, fit_list, kendall, kendall_null_sd(len(sub)), notes=notes)
-    hp_cols = [c for c in sub.columns if c.startswith("hp.")]
+    hp_cols = [c for c in sub.columns if c.startswith("hp.") and c != "hp.seed"]
     if hp_cols and "gap" in sub.columns:
         ids = list(sub["model_id"]) if "model_id" in sub.columns else list(range(len(sub)))
         hps = {m: {c[3:]: v for c, v in row.items()} for m, row in zip(ids, sub[hp_cols].to_dict("records"))}
@@ -576,3 +581,127 @@ def cmi_null(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list],
     null = np.array(null)
     return {"median": float(np.median(null)), "q95": float(np.quantile(null, 0.95)),
             "p_value": float((1 + np.sum(null >= observed)) / (1 + permutations)), "permutations": permutations}
+
+
+def hyperparameters(hparam_grid: Mapping[str, list] | None) -> dict[str, list] | None:
+    """The grid without ``seed``: a seed is a replicate, not a hyperparameter, so the
+    statistics never condition on it (Psi's groups, the CMI's pairs, the robust view's
+    environments); models that differ only in seed are samples of one cell."""
+    if hparam_grid is None:
+        return None
+    return {h: v for h, v in hparam_grid.items() if h != "seed"}
+
+
+def cmi_bootstrap_ci(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list], *, n_boot: int = 200,
+                     level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the PGDL CMI, resampling models WITHIN each cell of
+    the hyperparameter grid (the grid minus ``seed``), so that every resample is still a
+    full grid. Needs at least one cell with two or more models (seeds): with one model per
+    cell every resample is the original zoo, and ``(nan, nan)`` says the CI is undefined.
+    """
+    hps = [h for h in sorted(hparam_grid) if h != "seed"]
+    cells = table.groupby([f"hp.{h}" for h in hps], sort=False, dropna=False).indices
+    groups = [np.asarray(v) for v in cells.values()]
+    if all(len(g) < 2 for g in groups):
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    grid = hyperparameters(hparam_grid)
+    vals = []
+    for _ in range(n_boot):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        try:
+            vals.append(cmi_from_table(table.iloc[idx], measure, grid))
+        except StatsError:
+            continue
+    if len(vals) < n_boot // 2:
+        return (math.nan, math.nan)
+    alpha = (1 - level) / 2
+    return tuple(float(q) for q in np.quantile(vals, [alpha, 1 - alpha]))
+
+
+def paired_tau_difference(a, b, target, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Kendall tau-b of ``a`` vs ``target`` minus that of ``b`` vs ``target``, with a paired
+    percentile bootstrap interval (the same resampled models for both), over the models
+    where all three are finite. ``a`` and ``b`` are oriented values (sign x value), so a
+    positive difference against the gap means ``a`` ranks the gap better.
+
+    Returns ``{"diff", "ci_low", "ci_high", "n"}``; the difference is resolved when the
+    interval excludes 0.
+    """
+    a, b, t = (np.asarray(v, dtype=float) for v in (a, b, target))
+    keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(t)
+    a, b, t = a[keep], b[keep], t[keep]
+    n = len(t)
+    out = {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": n}
+    if n < 3 or np.ptp(t) == 0:
+        return out
+
+    def tau(x, y):
+        return float(scipy.stats.kendalltau(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
+
+    out["diff"] = _nan_to_zero(tau(a, t)) - _nan_to_zero(tau(b, t))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if np.ptp(t[idx]) == 0:
+            continue
+        diffs.append(_nan_to_zero(tau(a[idx], t[idx])) - _nan_to_zero(tau(b[idx], t[idx])))
+    if len(diffs) >= max(1, n_boot // 2):
+        alpha = (1 - level) / 2
+        out["ci_low"], out["ci_high"] = (float(q) for q in np.quantile(diffs, [alpha, 1 - alpha]))
+    return out
+
+
+def _nan_to_zero(v: float) -> float:
+    # a constant measure ranks nothing: tau 0, not undefined, when comparing two measures
+    return 0.0 if math.isnan(v) else v
+
+
+def robust_sign_agreement(table: pd.DataFrame, oriented: str, hparam_grid: Mapping[str, list], *,
+                          target: str = "gap", min_difference: float = 0.01) -> dict | None:
+    """Dziugaite et al. 2020 ("In search of robust measures of generalization", NeurIPS):
+    coupled networks. An environment is a pair of hyperparameter cells that differ in
+    exactly one hyperparameter (``seed`` is not one: seeds are the samples within an
+    environment); over every pair of models, one from each cell, the measure is right when
+    the sign of its difference (``oriented``: sign x value) equals the sign of the target's
+    difference. Pairs whose target differs by less than ``min_difference`` are left out,
+    as the paper leaves out pairs within Monte Carlo noise (0.01 is about one standard
+    error of a test accuracy on 1000 samples); a tie of the measure counts as half right.
+
+    Returns ``{"mean", "worst", "environments", "per_hparam": {h: {"mean", "worst",
+    "environments"}}}`` where an environment's value is its share of right pairs, ``mean``
+    averages environments and ``worst`` is the lowest (the paper's robust view: the
+    worst case over environments); None where no environment has a pair left.
+    """
+    hps = [h for h in sorted(hparam_grid) if h != "seed" and f"hp.{h}" in table.columns]
+    if not hps:
+        return None
+    sub = table[np.isfinite(table[oriented].to_numpy(float)) & np.isfinite(table[target].to_numpy(float))]
+    keys = [tuple(str(v) for v in row) for row in sub[[f"hp.{h}" for h in hps]].itertuples(index=False)]
+    cells: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        cells.setdefault(k, []).append(i)
+    m, t = sub[oriented].to_numpy(float), sub[target].to_numpy(float)
+    per: dict[str, list[float]] = {h: [] for h in hps}
+    cell_keys = list(cells)
+    for c1, c2 in combinations(cell_keys, 2):
+        differs = [j for j in range(len(hps)) if c1[j] != c2[j]]
+        if len(differs) != 1:
+            continue
+        right = []
+        for i in cells[c1]:
+            for j in cells[c2]:
+                dt = t[i] - t[j]
+                if abs(dt) < min_difference:
+                    continue
+                dm = m[i] - m[j]
+                right.append(0.5 if dm == 0 else float(np.sign(dm) == np.sign(dt)))
+        if right:
+            per[hps[differs[0]]].append(float(np.mean(right)))
+    everything = [v for vals in per.values() for v in vals]
+    if not everything:
+        return None
+    return {"mean": float(np.mean(everything)), "worst": float(np.min(everything)), "environments": len(everything),
+            "per_hparam": {h: {"mean": float(np.mean(v)), "worst": float(np.min(v)), "environments": len(v)}
+                           for h, v in per.items() if v}}

@@ -18,10 +18,12 @@ def test_benchmark_end_to_end_and_resume(tiny_zoo, tmp_path, capsys):
             "--measures", "pvector_angle,sum_squared_weights,inverse_margin,mixup_margin"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "tau_gap" in text and "task_nin" in text
-    for name in ("benchmark.html", "benchmark.md", "ranking.png", "summary_tiny.csv", "summary_task_nin.csv",
-                 "models_tiny.csv", "results.sqlite"):
+    assert "tau gap [95% CI]" in text and "task_nin: a format fixture, scored but not ranked" in text
+    for name in ("benchmark.html", "benchmark.md", "ranking.png", "summary_tiny.csv", "models_tiny.csv",
+                 "results.sqlite"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "summary_task_nin.csv").exists()  # the fixture is scored, never ranked
+    assert "Format fixtures (scored, not ranked)" in (out / "benchmark.md").read_text()
     summary = pd.read_csv(out / "summary_tiny.csv").set_index("measure")
     models = pd.read_csv(out / "models_tiny.csv")
     assert list(summary.index) == ["pvector_angle", "sum_squared_weights", "inverse_margin", "mixup_margin"]
@@ -75,3 +77,119 @@ def test_benchmark_with_checkpoints_scores_every_entry(tiny_zoo, tmp_path):
     every = pd.read_csv(out / "all" / "models_tiny.csv")
     assert len(every) == 12 and 0 < len(finals) < 12
     assert not finals["model_id"].str.contains("@").any() and every["model_id"].str.contains("@").any()
+
+
+# ----------------------------------------------------------------------------- statistics that can rank
+
+
+def test_paired_tau_difference_matches_a_direct_bootstrap():
+    import numpy as np
+
+    from pgen.stats import paired_tau_difference
+
+    rng = np.random.default_rng(0)
+    gap = rng.random(40)
+    a = gap + 0.1 * rng.standard_normal(40)  # a good measure
+    b = rng.random(40)  # an unrelated one
+    d = paired_tau_difference(a, b, gap, n_boot=500, seed=3)
+    ref = scipy.stats.kendalltau(a, gap)[0] - scipy.stats.kendalltau(b, gap)[0]
+    assert d["diff"] == pytest.approx(ref, abs=1e-12) and d["n"] == 40
+    # the same resamples, drawn independently here
+    r = np.random.default_rng(3)
+    diffs = []
+    for _ in range(500):
+        idx = r.integers(0, 40, 40)
+        diffs.append(scipy.stats.kendalltau(a[idx], gap[idx])[0] - scipy.stats.kendalltau(b[idx], gap[idx])[0])
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])), abs=1e-12)
+    assert d["ci_low"] > 0  # resolved: a ranks the gap better than b
+    same = paired_tau_difference(a, a, gap, n_boot=100)
+    assert same["diff"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+
+
+def test_robust_sign_agreement_by_hand():
+    from pgen.stats import robust_sign_agreement
+
+    # cells (lr, width) x 2 seeds; the measure orders lr right, width wrong
+    rows = []
+    for lr in (0.1, 0.01):
+        for width in (8, 16):
+            for seed in (0, 1):
+                gap = (0.2 if lr == 0.1 else 0.1) + (0.05 if width == 16 else 0.0) + 0.001 * seed
+                measure = (2.0 if lr == 0.1 else 1.0) - (0.5 if width == 16 else 0.0)
+                rows.append({"hp.lr": lr, "hp.width": width, "hp.seed": seed, "gap": gap, "m": measure})
+    table = pd.DataFrame(rows)
+    r = robust_sign_agreement(table, "m", {"lr": [0.1, 0.01], "width": [8, 16], "seed": [0, 1]})
+    assert r["per_hparam"]["lr"] == {"mean": 1.0, "worst": 1.0, "environments": 2}
+    assert r["per_hparam"]["width"] == {"mean": 0.0, "worst": 0.0, "environments": 2}
+    assert r["mean"] == 0.5 and r["worst"] == 0.0 and r["environments"] == 4
+    # pairs whose gap differs by less than min_difference are left out: none remain for width
+    r = robust_sign_agreement(table, "m", {"lr": [0.1, 0.01], "width": [8, 16]}, min_difference=0.06)
+    assert set(r["per_hparam"]) == {"lr"}
+
+
+def test_cmi_bootstrap_within_cells():
+    import numpy as np
+
+    from pgen.stats import cmi_bootstrap_ci, cmi_from_table
+
+    rng = np.random.default_rng(1)
+    rows = [{"hp.a": a, "hp.b": b, "hp.seed": s, "gap": a + b + 0.3 * rng.random(), "m": a + b + rng.random()}
+            for a in (0, 1, 2) for b in (0, 1) for s in (0, 1)]
+    table = pd.DataFrame(rows)
+    grid = {"a": [0, 1, 2], "b": [0, 1], "seed": [0, 1]}
+    lo, hi = cmi_bootstrap_ci(table, "m", grid, n_boot=100)
+    assert 0 <= lo <= hi <= 1 + 1e-9  # MI / entropy, up to rounding
+    one_seed = table[table["hp.seed"] == 0]
+    assert all(np.isnan(cmi_bootstrap_ci(one_seed, "m", {"a": [0, 1, 2], "b": [0, 1]}, n_boot=20)))
+    assert cmi_from_table(table, "m", grid) >= 0
+
+
+def test_converged_only_learned_baseline_and_fixtures(tmp_path):
+    """A protocol-style zoo with one model recorded as not converged: it is left out of the
+    statistics; the learned baseline is cross-validated by cell; the fixture is not ranked."""
+    import json
+
+    from pgen.benchmark import LEARNED, run_benchmark
+    from pgen.learned import statnn_features
+    from pgen.score import ScoreSettings
+    from pgen.zoo.builder import Recipe, build_zoo
+    import tomllib
+
+    recipe = Recipe(tomllib.loads("""
+name = "mini"
+dataset = "digits"
+seeds = [0, 1]
+[train]
+arch = "mlp"
+epochs = 2
+batch_size = 64
+[grid]
+width = [4, 16]
+lr = [0.01, 0.1]
+depth = [1, 2]
+[checkpoints]
+initial = false
+"""), "test")
+    zoo = build_zoo(recipe, tmp_path / "mini", progress=False)
+    rows = [json.loads(line) for line in (zoo / "manifest.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["metrics"]["converged"] = i != 3
+    (zoo / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_benchmark([zoo, PGDL / "kit_toy"], tmp_path / "out", progress=False, n_boot=50, learned=True,
+                        measures=["pvector_angle", "sum_squared_weights"], settings=ScoreSettings(n_samples=100))
+    assert res["excluded"]["mini"] == [rows[3]["id"]]
+    s = res["summaries"]["mini"].set_index("measure")
+    assert s.loc["sum_squared_weights", "models"] == 15
+    assert {"tau_gap_minus_angle", "robust_mean", "cmi_gap", "cmi_null_q95", "cmi_gap_ci_low"} <= set(s.columns)
+    assert LEARNED in s.index and res["learned"]["mini"]["groups"] == 8
+    assert list(res["summaries"]) == ["mini"] and "kit_toy" in res["fixtures"]
+    # StatNN features: first/last/hidden statistics, independent of depth in length
+    from pgen.models import build_model
+
+    shallow = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, width=4, depth=1)
+    f1 = statnn_features(shallow)
+    f3 = statnn_features(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, width=4, depth=3))
+    assert f1.shape == f3.shape == (6 * 7 + 1,)
+    w = shallow[1].weight.detach().double().flatten()  # the first Linear (after Flatten)
+    assert f1[:2] == pytest.approx([float(w.mean()), float(w.var(unbiased=False))])
+    assert f1[6] == pytest.approx(float(w.max()))
