@@ -207,3 +207,29 @@ def test_shared_samples_when_asked(noisy_zoo, tmp_path):
     table = score_zoo(zoo, tmp_path / "out", settings=settings, progress=False).table
     assert (table["own_train_error"] - (1 - table["train_acc"])).abs().max() < 1e-9
     assert "train_samples" not in table or table["train_samples"].isna().all()
+
+
+def test_one_dimensional_zoo_scores_end_to_end(tmp_path):
+    """mnist1d models through pgen score: P-vector angle, pseudo-test accuracy on the 1-D
+    policy, and the CLI's zoo build with workers."""
+    from pgen.cli import main
+
+    recipe = tmp_path / "proto.toml"
+    recipe.write_text(PROTOCOL_RECIPE.replace("seeds = [0, 1]", "seeds = [0]"))
+    assert main(["zoo", "build", str(recipe), "--out", str(tmp_path / "zoo"), "--workers", "2"]) == 0
+    settings = ScoreSettings(n_samples=300, measures=("pvector_angle", "own_train_error"))
+    table = score_zoo(tmp_path / "zoo", tmp_path / "out", settings=settings, progress=False).table
+    assert len(table) == 2 and table["pvector_angle"].between(0, 90).all()
+    assert table["pseudo_test_acc"].between(0, 1).all() and table["train_samples"].eq(4000).all()
+
+
+def test_benchmark_cli_protocol_options(tiny_zoo, tmp_path, capsys):
+    from pgen.cli import main
+
+    args = ["benchmark", str(tiny_zoo), "--out", str(tmp_path / "b"), "--samples", "100", "--measures",
+            "pvector_angle,sum_squared_weights", "--learned", "--bootstrap", "20", "--all-models", "--shared-samples"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "learned_statnn" in out and "Direction not resolved" in out
+    summary = __import__("pandas").read_csv(tmp_path / "b" / "summary_tiny.csv").set_index("measure")
+    assert "learned_statnn" in summary.index and "tau_gap_minus_angle" in summary.columns
