@@ -200,6 +200,9 @@ def _add_score(sub):
                         "training-set size (`pgen measures --long` says which measures have one)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (faster; P-vectors then differ "
                                                        "from the CPU's by ~0.1 degree)")
+    p.add_argument("--shared-samples", action="store_true",
+                   help="label-using measures and train accuracy on the shared samples, not on each model's own "
+                        "training samples and labels (which pgen's recipes record)")
     p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
     p.add_argument("--angle-matrix", action="store_true", help="also write the model-to-model angle matrix")
     p.add_argument("--limit", type=int, help="score at most N models that still miss something")
@@ -226,7 +229,7 @@ def _cmd_score(args):
     out = Path(args.out) if args.out else _default_out(args.zoo)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
-                             dataset_size_term=args.dataset_size_term,
+                             dataset_size_term=args.dataset_size_term, own_training_data=not args.shared_samples,
                              measures=_measure_names(args.measures))
     zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after

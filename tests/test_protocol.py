@@ -233,3 +233,20 @@ def test_benchmark_cli_protocol_options(tiny_zoo, tmp_path, capsys):
     assert "learned_statnn" in out and "Direction not resolved" in out
     summary = __import__("pandas").read_csv(tmp_path / "b" / "summary_tiny.csv").set_index("measure")
     assert "learned_statnn" in summary.index and "tau_gap_minus_angle" in summary.columns
+
+
+def test_score_cli_shared_samples(noisy_zoo, tmp_path):
+    import pandas as pd
+
+    from pgen.cli import main
+
+    for flag, out in (([], "own"), (["--shared-samples"], "shared")):
+        assert main(["score", str(noisy_zoo), "--out", str(tmp_path / out), "--samples", "2000", "--no-report",
+                     "--measures", "own_train_error", *flag]) == 0
+    own = score_zoo(noisy_zoo, tmp_path / "own", settings=ScoreSettings(n_samples=2000, measures=("own_train_error",)),
+                    progress=False).table.set_index("model_id")
+    shared = score_zoo(noisy_zoo, tmp_path / "shared", progress=False, settings=ScoreSettings(
+        n_samples=2000, own_training_data=False, measures=("own_train_error",))).table.set_index("model_id")
+    noisy = [e.id for e in load_zoo(noisy_zoo) if e.hparams["label_noise"] > 0]
+    assert (own.loc[noisy, "own_train_error"] > shared.loc[noisy, "own_train_error"]).all()
+    assert len(pd.read_sql("SELECT * FROM results", __import__("sqlite3").connect(tmp_path / "own" / "results.sqlite")))
