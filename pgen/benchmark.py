@@ -56,10 +56,11 @@ REFERENCE_MEASURE = "pvector_angle"  # pgen's own measure: every other is compar
 
 
 def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | None, *,
-                  n_boot: int = 1000, reference: str = REFERENCE_MEASURE) -> pd.DataFrame:
+                  n_boot: int = 1000, reference: str = REFERENCE_MEASURE, full_grid: bool = True) -> pd.DataFrame:
     """One row per measure: oriented rank statistics against the gap (the headline) and
     test accuracy, with bootstrap CIs, nulls, the paired difference to ``reference`` and
-    Dziugaite et al.'s robust view; and cost. Columns are described in the module docstring."""
+    Dziugaite et al.'s robust view; and cost. Columns are described in the module docstring.
+    ``full_grid=False`` lets the CMI run on a grid with cells left out (unconverged models)."""
     rows = []
     n_perm = min(n_boot, 200)  # CMI resamples are slower than tau's; 200 fix its 2.5% quantiles to ~0.01
     ref_oriented = None
@@ -71,7 +72,7 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
             continue
         m = get_measure(name)
         st = measure_statistics(table, name, targets={t: t for t in ("test_acc", "gap") if t in table},
-                                hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm)
+                                hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm, full_grid=full_grid)
         row = {"measure": name, "sign": m.sign, "family": m.family, "fidelity": m.fidelity, "models": st.n}
         for target in ("gap", "test_acc"):
             k = st.kendall_row(target)
@@ -90,7 +91,7 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
         if st.cmi is not None:
             row["cmi_gap"] = st.cmi
             row["cmi_gap_ci_low"], row["cmi_gap_ci_high"] = cmi_bootstrap_ci(
-                table[table[name].notna()], name, hparam_grid, n_boot=n_perm)
+                table[table[name].notna()], name, hparam_grid, n_boot=n_perm, full_grid=full_grid)
         if st.cmi_null is not None:
             row["cmi_null_median"], row["cmi_null_q95"] = st.cmi_null["median"], st.cmi_null["q95"]
         if st.k_mu is not None:
@@ -195,10 +196,11 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
             res = learned_baseline(zoo, table)
             learned_results[run.name] = res
             table = table.assign(**{LEARNED: table["model_id"].map(res["predictions"])})
-        summary = summarize_run(table, names, run.hparam_grid, n_boot=n_boot)
+        full_grid = not excluded.get(run.name)
+        summary = summarize_run(table, names, run.hparam_grid, n_boot=n_boot, full_grid=full_grid)
         if learned:
-            summary = pd.concat([summary, summarize_learned(table, run.hparam_grid, n_boot=n_boot)],
-                                ignore_index=True)
+            summary = pd.concat([summary, summarize_learned(table, run.hparam_grid, n_boot=n_boot,
+                                                            full_grid=full_grid)], ignore_index=True)
         summaries[run.name], runs[run.name] = summary, run
         summary.to_csv(out / f"summary_{run.name}.csv", index=False)
         run.table.to_csv(out / f"models_{run.name}.csv", index=False)
@@ -207,11 +209,13 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
             "fixtures": fixtures, "files": files}
 
 
-def summarize_learned(table: pd.DataFrame, hparam_grid: dict | None, *, n_boot: int = 1000) -> pd.DataFrame:
+def summarize_learned(table: pd.DataFrame, hparam_grid: dict | None, *, n_boot: int = 1000,
+                      full_grid: bool = True) -> pd.DataFrame:
     """The learned baseline's out-of-fold predictions (a predicted gap: sign +1) through the
     same statistics as every measure."""
     st = measure_statistics(table, LEARNED, targets={t: t for t in ("test_acc", "gap") if t in table},
-                            hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=min(n_boot, 200), fits=False)
+                            hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=min(n_boot, 200), fits=False,
+                            full_grid=full_grid)
     row = {"measure": LEARNED, "sign": 1, "family": "learned", "fidelity": "faithful", "models": st.n}
     for target in ("gap", "test_acc"):
         k = st.kendall_row(target)
@@ -302,7 +306,9 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
         doc.heading(f"{zname} ({n_all - len(dropped)} models ranked)")
         if dropped:
             doc.paragraph(f"{len(dropped)} of {n_all} models did not reach the zoo's training criterion and are left "
-                          f"out (--converged-only): {', '.join(dropped[:12])}{' ...' if len(dropped) > 12 else ''}.")
+                          f"out (--converged-only): {', '.join(dropped[:12])}{' ...' if len(dropped) > 12 else ''}. "
+                          "The CMI runs over the remaining models: a cell left without models leaves bins without "
+                          "pairs, which change neither the scorer's mean MI nor its mean entropy.")
         for sentence in resolved_findings(s):
             doc.paragraph(sentence)
         if zname in learned_results:

@@ -288,7 +288,7 @@ def conditional_mutual_information(scores: Mapping, model_configs: Mapping, *, d
 
 
 def cmi_from_table(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list], *, target: str = "gap",
-                   details: bool = False):
+                   details: bool = False, full_grid: bool = True):
     """The PGDL CMI of one measure column of a per-model table (``hp.<name>`` columns and a
     ``gap`` column), without building the competition's JSON; equal to
     :func:`conditional_mutual_information` on the same models."""
@@ -298,17 +298,21 @@ def cmi_from_table(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, 
         raise StatsError(f"the table lacks {', '.join(absent)}")
     values = {h: list(table[f"hp.{h}"]) for h in sorted(hparam_grid)}
     return _cmi(table[measure].to_numpy(float), table[target].to_numpy(float), values,
-                {h: list(hparam_grid[h]) for h in sorted(hparam_grid)}, details)
+                {h: list(hparam_grid[h]) for h in sorted(hparam_grid)}, details, full_grid)
 
 
-def _cmi(s: np.ndarray, gap: np.ndarray, values: Mapping[str, list], possible: Mapping[str, list], details: bool):
+def _cmi(s: np.ndarray, gap: np.ndarray, values: Mapping[str, list], possible: Mapping[str, list], details: bool,
+         full_grid: bool = True):
     hp_names = sorted(values)
     if len(hp_names) < 2:
         raise StatsError("the CMI score needs at least two hparams")
     # Full-grid check: every combination of possible values must be present (by str()).
+    # Without it (full_grid=False: a protocol zoo whose unconverged models were left out),
+    # a missing cell leaves bins without pairs, which add 0 to both the mean MI and the
+    # mean entropy and so leave the scorer's ratio as it is over the bins that have pairs.
     present = {tuple(str(values[h][i]) for h in hp_names) for i in range(len(s))}
     expected = math.prod(len(v) for v in possible.values())
-    if len(present) < expected:
+    if full_grid and len(present) < expected:
         raise StatsError(f"incomplete hparam grid: {len(present)} of {expected} combinations of "
                          f"{', '.join(hp_names)} are present")
     gap_row = np.where(gap[:, None] > gap[None, :], 0, 1)  # all ordered pairs, self-pairs included
@@ -504,7 +508,7 @@ class MeasureStatistics:
 
 def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[str, str] | None = None,
                        hparam_grid: Mapping[str, list] | None = None, n_boot: int = 1000, seed: int = 0,
-                       cmi_permutations: int = 0, fits: bool = True) -> MeasureStatistics:
+                       cmi_permutations: int = 0, fits: bool = True, full_grid: bool = True) -> MeasureStatistics:
     """Every statistic of one measure column against the target columns of a per-model table.
 
     The one entry point the report and the benchmark share. ``table`` holds ``measure``,
@@ -555,17 +559,18 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
             notes.append(f"PGDL CMI: {measure} is missing for {len(table) - len(sub)} model(s) of the grid")
         else:
             try:
-                stats.cmi = cmi_from_table(sub, measure, hparam_grid)
+                stats.cmi = cmi_from_table(sub, measure, hparam_grid, full_grid=full_grid)
                 stats.k_mu = jiang_cmi(sub[measure], sub["gap"], {h: list(sub[f"hp.{h}"]) for h in hparam_grid})
                 if cmi_permutations:
-                    stats.cmi_null = cmi_null(sub, measure, hparam_grid, stats.cmi, cmi_permutations, seed)
+                    stats.cmi_null = cmi_null(sub, measure, hparam_grid, stats.cmi, cmi_permutations, seed,
+                                              full_grid=full_grid)
             except StatsError as exc:
                 notes.append(f"PGDL CMI: {exc}")
     return stats
 
 
 def cmi_null(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list], observed: float,
-             permutations: int = 200, seed: int = 0) -> dict:
+             permutations: int = 200, seed: int = 0, *, full_grid: bool = True) -> dict:
     """The CMI of random rankings: the measure's values permuted over the models.
 
     Returns ``{"median", "q95", "p_value", "permutations"}``, with the p-value
@@ -577,7 +582,7 @@ def cmi_null(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list],
     null = []
     for _ in range(permutations):
         shuffled[measure] = rng.permutation(values)
-        null.append(cmi_from_table(shuffled, measure, hparam_grid))
+        null.append(cmi_from_table(shuffled, measure, hparam_grid, full_grid=full_grid))
     null = np.array(null)
     return {"median": float(np.median(null)), "q95": float(np.quantile(null, 0.95)),
             "p_value": float((1 + np.sum(null >= observed)) / (1 + permutations)), "permutations": permutations}
@@ -593,7 +598,7 @@ def hyperparameters(hparam_grid: Mapping[str, list] | None) -> dict[str, list] |
 
 
 def cmi_bootstrap_ci(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list], *, n_boot: int = 200,
-                     level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+                     level: float = 0.95, seed: int = 0, full_grid: bool = True) -> tuple[float, float]:
     """Percentile bootstrap interval of the PGDL CMI, resampling models WITHIN each cell of
     the hyperparameter grid (the grid minus ``seed``), so that every resample is still a
     full grid. Needs at least one cell with two or more models (seeds): with one model per
@@ -610,7 +615,7 @@ def cmi_bootstrap_ci(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str
     for _ in range(n_boot):
         idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
         try:
-            vals.append(cmi_from_table(table.iloc[idx], measure, grid))
+            vals.append(cmi_from_table(table.iloc[idx], measure, grid, full_grid=full_grid))
         except StatsError:
             continue
     if len(vals) < n_boot // 2:

@@ -193,3 +193,25 @@ initial = false
     w = shallow[1].weight.detach().double().flatten()  # the first Linear (after Flatten)
     assert f1[:2] == pytest.approx([float(w.mean()), float(w.var(unbiased=False))])
     assert f1[6] == pytest.approx(float(w.max()))
+
+
+def test_cmi_on_a_grid_with_a_cell_left_out_equals_the_mean_over_filled_bins():
+    import numpy as np
+
+    from pgen.stats import StatsError, cmi_from_table
+
+    rng = np.random.default_rng(4)
+    rows = [{"hp.a": a, "hp.b": b, "gap": rng.random(), "m": rng.random()} for a in (0, 1, 2) for b in (0, 1)
+            for _ in range(2)]
+    table = pd.DataFrame(rows)
+    grid = {"a": [0, 1, 2], "b": [0, 1]}
+    part = table[~((table["hp.a"] == 2) & (table["hp.b"] == 1))]
+    with pytest.raises(StatsError, match="incomplete hparam grid"):
+        cmi_from_table(part, "m", grid)
+    # the same models with the missing value removed from the grid: the same bins have pairs
+    value, details = cmi_from_table(part, "m", grid, full_grid=False, details=True)
+    assert 0 <= value <= 1 and len(details) == 2
+    # a grid whose missing combination is simply absent from "possible" gives the same ratio
+    part_ab = part[part["hp.a"] != 2]
+    assert cmi_from_table(part_ab, "m", {"a": [0, 1], "b": [0, 1]}) == pytest.approx(
+        cmi_from_table(part_ab, "m", {"a": [0, 1, 2], "b": [0, 1]}, full_grid=False), abs=1e-12)
