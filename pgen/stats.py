@@ -315,24 +315,44 @@ def _cmi(s: np.ndarray, gap: np.ndarray, values: Mapping[str, list], possible: M
     if full_grid and len(present) < expected:
         raise StatsError(f"incomplete hparam grid: {len(present)} of {expected} combinations of "
                          f"{', '.join(hp_names)} are present")
+    return _cmi_score(s, gap, _cmi_bins(values, possible), details)
+
+
+def _cmi_bins(values: Mapping[str, list], possible: Mapping[str, list]) -> list[tuple]:
+    """The scorer's bin of every ordered model pair, per ordered pair of hyperparameters:
+    ``(h1, h2, bins (n, n), number of bins)``. Depends on the models' hyperparameters only,
+    so permutation nulls and bootstraps compute it once."""
+    hp_names = sorted(values)
+    strs = {h: [str(v) for v in values[h]] for h in hp_names}
+    return [(h1, h2, *_bin_index(strs[h1], strs[h2], possible[h1], possible[h2]))
+            for h1, h2 in ((a, b) for a in hp_names for b in hp_names if a != b)]
+
+
+def _cmi_score(s: np.ndarray, gap: np.ndarray, bins: list[tuple], details: bool = False, rows_index=None):
+    """The PGDL score from precomputed bins; ``rows_index`` picks (and may repeat) models
+    of the table the bins were computed for (a bootstrap resample)."""
+    if rows_index is not None:
+        s, gap = s[rows_index], gap[rows_index]
     gap_row = np.where(gap[:, None] > gap[None, :], 0, 1)  # all ordered pairs, self-pairs included
     score_col = np.where(s[:, None] > s[None, :], 0, 1)
-    strs = {h: [str(v) for v in values[h]] for h in hp_names}
+    cell = (gap_row * 2 + score_col).ravel()
     rows = []
-    for h1, h2 in ((a, b) for a in hp_names for b in hp_names if a != b):
-        flat_bins, n_bins = _bin_index(strs[h1], strs[h2], possible[h1], possible[h2])
+    for h1, h2, flat_bins, n_bins in bins:
+        if rows_index is not None:
+            flat_bins = flat_bins[rows_index[:, None], rows_index[None, :]]
+        flat = flat_bins.ravel()
         # As the scorer: a pair whose key is not among the possible values' str() forms
         # (say current_value 1 where possible_values hold 1.0) is skipped, not counted.
-        known = flat_bins >= 0
-        table = np.zeros((2, 2, n_bins))
-        np.add.at(table, (gap_row[known], score_col[known], flat_bins[known]), 1)
-        mi, ent = _bin_mi_and_entropy(table)
+        known = flat >= 0
+        counts = np.bincount(cell[known] * n_bins + flat[known], minlength=4 * n_bins)
+        mi, ent = _bin_mi_and_entropy(counts.reshape(2, 2, n_bins).astype(float))
         score = float(mi.mean() / ent.mean()) if ent.mean() > 0 else 0.0
         rows.append({"h1": h1, "h2": h2, "mi": float(mi.mean()), "entropy": float(ent.mean()), "score": score,
                      "skipped_pairs": int((~known).sum())})
+    if not details:
+        return min(r["score"] for r in rows)
     table = pd.DataFrame(rows)
-    result = float(table["score"].min())
-    return (result, table) if details else result
+    return float(table["score"].min()), table
 
 
 def jiang_cmi(scores, gap, values: Mapping[str, list], *, details: bool = False):
@@ -577,12 +597,11 @@ def cmi_null(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list],
     (1 + #{null >= observed}) / (1 + permutations).
     """
     rng = np.random.default_rng(seed)
-    shuffled = table.copy()
-    values = table[measure].to_numpy(float)
-    null = []
-    for _ in range(permutations):
-        shuffled[measure] = rng.permutation(values)
-        null.append(cmi_from_table(shuffled, measure, hparam_grid, full_grid=full_grid))
+    cmi_from_table(table, measure, hparam_grid, full_grid=full_grid)  # the checks, once
+    names = sorted(hparam_grid)
+    bins = _cmi_bins({h: list(table[f"hp.{h}"]) for h in names}, {h: list(hparam_grid[h]) for h in names})
+    values, gap = table[measure].to_numpy(float), table["gap"].to_numpy(float)
+    null = [_cmi_score(rng.permutation(values), gap, bins) for _ in range(permutations)]
     null = np.array(null)
     return {"median": float(np.median(null)), "q95": float(np.quantile(null, 0.95)),
             "p_value": float((1 + np.sum(null >= observed)) / (1 + permutations)), "permutations": permutations}
@@ -611,13 +630,14 @@ def cmi_bootstrap_ci(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
     grid = hyperparameters(hparam_grid)
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
-        try:
-            vals.append(cmi_from_table(table.iloc[idx], measure, grid, full_grid=full_grid))
-        except StatsError:
-            continue
+    cmi_from_table(table, measure, grid, full_grid=full_grid)  # the checks, once
+    names = sorted(grid)
+    bins = _cmi_bins({h: list(table[f"hp.{h}"]) for h in names}, {h: list(grid[h]) for h in names})
+    values, gap = table[measure].to_numpy(float), table["gap"].to_numpy(float)
+    # within-cell resampling keeps every cell present, so the grid check holds for every resample
+    vals = [_cmi_score(values, gap, bins, rows_index=np.concatenate([g[rng.integers(0, len(g), len(g))]
+                                                                      for g in groups]))
+            for _ in range(n_boot)]
     if len(vals) < n_boot // 2:
         return (math.nan, math.nan)
     alpha = (1 - level) / 2
