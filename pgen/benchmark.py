@@ -193,12 +193,16 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
             table = table[~missed].reset_index(drop=True)
         names = list(settings.measures)
         if learned:
-            res = learned_baseline(zoo, table)
-            learned_results[run.name] = res
-            table = table.assign(**{LEARNED: table["model_id"].map(res["predictions"])})
+            try:
+                res = learned_baseline(zoo, table)
+            except ValueError as exc:  # e.g. a zoo without hyperparameter cells: said in the report
+                learned_results[run.name] = {"error": str(exc)}
+            else:
+                learned_results[run.name] = res
+                table = table.assign(**{LEARNED: table["model_id"].map(res["predictions"])})
         full_grid = not excluded.get(run.name)
         summary = summarize_run(table, names, run.hparam_grid, n_boot=n_boot, full_grid=full_grid)
-        if learned:
+        if LEARNED in table:
             summary = pd.concat([summary, summarize_learned(table, run.hparam_grid, n_boot=n_boot,
                                                             full_grid=full_grid)], ignore_index=True)
         summaries[run.name], runs[run.name] = summary, run
@@ -311,7 +315,9 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
                           "pairs, which change neither the scorer's mean MI nor its mean entropy.")
         for sentence in resolved_findings(s):
             doc.paragraph(sentence)
-        if zname in learned_results:
+        if "error" in learned_results.get(zname, {}):
+            doc.paragraph(f"Learned baseline ({LEARNED}): not computed: {learned_results[zname]['error']}.")
+        elif zname in learned_results:
             lr = learned_results[zname]
             doc.paragraph(f"Learned baseline ({LEARNED}, Unterthiner et al. 2020's StatNN features, gradient-boosted "
                           f"trees): out-of-fold over {lr['folds']} folds grouped by {lr['groups']} hyperparameter "

@@ -215,3 +215,19 @@ def test_cmi_on_a_grid_with_a_cell_left_out_equals_the_mean_over_filled_bins():
     part_ab = part[part["hp.a"] != 2]
     assert cmi_from_table(part_ab, "m", {"a": [0, 1], "b": [0, 1]}) == pytest.approx(
         cmi_from_table(part_ab, "m", {"a": [0, 1, 2], "b": [0, 1]}, full_grid=False), abs=1e-12)
+
+
+def test_learned_baseline_on_a_single_cell_is_reported_not_fatal(tmp_path):
+    import torch
+
+    from pgen.benchmark import LEARNED, run_benchmark
+    from pgen.score import ScoreSettings
+    from pgen.zoo import Zoo
+
+    torch.manual_seed(0)
+    nets = {f"m{i}": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for i in range(4)}
+    zoo = Zoo.from_models(nets, "digits", test_data="digits", name="own", hparams={k: {"a": 1} for k in nets})
+    res = run_benchmark([zoo], tmp_path, measures=["param_norm"], learned=True, progress=False, n_boot=20,
+                        settings=ScoreSettings(n_samples=100))
+    assert "error" in res["learned"]["own"] and LEARNED not in set(res["summaries"]["own"]["measure"])
+    assert "Learned baseline (learned_statnn): not computed" in (tmp_path / "benchmark.md").read_text()
