@@ -73,15 +73,8 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
         m = get_measure(name)
         st = measure_statistics(table, name, targets={t: t for t in ("test_acc", "gap") if t in table},
                                 hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm, full_grid=full_grid)
-        row = {"measure": name, "sign": m.sign, "family": m.family, "fidelity": m.fidelity, "models": st.n}
-        for target in ("gap", "test_acc"):
-            k = st.kendall_row(target)
-            if k is not None:  # tau(sign x value) = sign x tau(value), for tau-b exactly
-                lo, hi = sorted((m.sign * k["ci_low"], m.sign * k["ci_high"]))
-                row.update({f"tau_{target}": m.sign * k["value"], f"tau_{target}_ci_low": lo,
-                            f"tau_{target}_ci_high": hi})
-            elif target in table:
-                row[f"tau_{target}"] = math.nan
+        row = {"measure": name, "sign": m.sign, "family": m.family, "fidelity": m.fidelity, "models": st.n,
+               **_tau_columns(st, m.sign, table)}
         c = st.correlations
         sp = c[(c["target"] == "test_acc") & (c["method"] == "spearman")] if not c.empty else c
         row["spearman_test_acc"] = m.sign * float(sp["value"].iloc[0]) if len(sp) else math.nan
@@ -98,9 +91,7 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
             row["k_mu_gap"] = st.k_mu
         oriented = m.sign * table[name].to_numpy(float)
         if ref_oriented is not None and name != reference and "gap" in table:
-            d = paired_tau_difference(oriented, ref_oriented, table["gap"], n_boot=n_boot)
-            row.update({"tau_gap_minus_angle": d["diff"], "tau_gap_minus_angle_ci_low": d["ci_low"],
-                        "tau_gap_minus_angle_ci_high": d["ci_high"]})
+            row.update(_minus_reference_columns(oriented, ref_oriented, table["gap"], n_boot))
         if hparam_grid and "gap" in table:
             robust = robust_sign_agreement(table.assign(_oriented=oriented), "_oriented", hparam_grid)
             if robust is not None:
@@ -113,6 +104,25 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
         row["median_seconds"] = float(secs.median()) if secs is not None and secs.notna().any() else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _tau_columns(st, sign: int, table: pd.DataFrame) -> dict:
+    """Kendall tau of sign x value against the gap and test accuracy, with its CI."""
+    cols = {}
+    for target in ("gap", "test_acc"):
+        k = st.kendall_row(target)
+        if k is not None:  # tau(sign x value) = sign x tau(value), for tau-b exactly
+            lo, hi = sorted((sign * k["ci_low"], sign * k["ci_high"]))
+            cols.update({f"tau_{target}": sign * k["value"], f"tau_{target}_ci_low": lo, f"tau_{target}_ci_high": hi})
+        elif target in table:
+            cols[f"tau_{target}"] = math.nan
+    return cols
+
+
+def _minus_reference_columns(oriented, ref_oriented, gap, n_boot: int) -> dict:
+    d = paired_tau_difference(oriented, ref_oriented, gap, n_boot=n_boot)
+    return {"tau_gap_minus_angle": d["diff"], "tau_gap_minus_angle_ci_low": d["ci_low"],
+            "tau_gap_minus_angle_ci_high": d["ci_high"]}
 
 
 def resolved_findings(summary: pd.DataFrame, reference: str = REFERENCE_MEASURE) -> list[str]:
@@ -220,12 +230,8 @@ def summarize_learned(table: pd.DataFrame, hparam_grid: dict | None, *, n_boot: 
     st = measure_statistics(table, LEARNED, targets={t: t for t in ("test_acc", "gap") if t in table},
                             hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=min(n_boot, 200), fits=False,
                             full_grid=full_grid)
-    row = {"measure": LEARNED, "sign": 1, "family": "learned", "fidelity": "faithful", "models": st.n}
-    for target in ("gap", "test_acc"):
-        k = st.kendall_row(target)
-        if k is not None:
-            row.update({f"tau_{target}": k["value"], f"tau_{target}_ci_low": k["ci_low"],
-                        f"tau_{target}_ci_high": k["ci_high"]})
+    row = {"measure": LEARNED, "sign": 1, "family": "learned", "fidelity": "faithful", "models": st.n,
+           **_tau_columns(st, 1, table)}
     row["tau_null_sd"] = st.kendall_null_sd
     if st.psi is not None:
         row["psi_gap"] = st.psi["psi"]
@@ -235,9 +241,7 @@ def summarize_learned(table: pd.DataFrame, hparam_grid: dict | None, *, n_boot: 
         row["cmi_null_median"], row["cmi_null_q95"] = st.cmi_null["median"], st.cmi_null["q95"]
     if REFERENCE_MEASURE in table and "gap" in table:
         ref = get_measure(REFERENCE_MEASURE).sign * table[REFERENCE_MEASURE].to_numpy(float)
-        d = paired_tau_difference(table[LEARNED].to_numpy(float), ref, table["gap"], n_boot=n_boot)
-        row.update({"tau_gap_minus_angle": d["diff"], "tau_gap_minus_angle_ci_low": d["ci_low"],
-                    "tau_gap_minus_angle_ci_high": d["ci_high"]})
+        row.update(_minus_reference_columns(table[LEARNED].to_numpy(float), ref, table["gap"], n_boot))
     return pd.DataFrame([row])
 
 

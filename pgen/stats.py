@@ -623,13 +623,12 @@ def cmi_bootstrap_ci(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str
     full grid. Needs at least one cell with two or more models (seeds): with one model per
     cell every resample is the original zoo, and ``(nan, nan)`` says the CI is undefined.
     """
-    hps = [h for h in sorted(hparam_grid) if h != "seed"]
-    cells = table.groupby([f"hp.{h}" for h in hps], sort=False, dropna=False).indices
+    grid = hyperparameters(hparam_grid)
+    cells = table.groupby([f"hp.{h}" for h in sorted(grid)], sort=False, dropna=False).indices
     groups = [np.asarray(v) for v in cells.values()]
     if all(len(g) < 2 for g in groups):
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
-    grid = hyperparameters(hparam_grid)
     cmi_from_table(table, measure, grid, full_grid=full_grid)  # the checks, once
     names = sorted(grid)
     bins = _cmi_bins({h: list(table[f"hp.{h}"]) for h in names}, {h: list(grid[h]) for h in names})
@@ -699,7 +698,7 @@ def robust_sign_agreement(table: pd.DataFrame, oriented: str, hparam_grid: Mappi
     averages environments and ``worst`` is the lowest (the paper's robust view: the
     worst case over environments); None where no environment has a pair left.
     """
-    hps = [h for h in sorted(hparam_grid) if h != "seed" and f"hp.{h}" in table.columns]
+    hps = [h for h in sorted(hyperparameters(hparam_grid)) if f"hp.{h}" in table.columns]
     if not hps:
         return None
     sub = table[np.isfinite(table[oriented].to_numpy(float)) & np.isfinite(table[target].to_numpy(float))]
