@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["model_device", "tf32_mode"]
+__all__ = ["check_device", "model_device", "tf32_mode"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -19,6 +19,19 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def check_device(device: str) -> None:
+    """Before any model: a device that cannot run would fail every model one by one."""
+    from pgen.errors import InputError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but torch sees no CUDA device here "
+                         f"(torch {torch.__version__}); use --device cpu")
 
 
 @contextlib.contextmanager

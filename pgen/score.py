@@ -29,6 +29,7 @@ import torch
 
 from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
+from pgen.devices import check_device
 from pgen.errors import InputError, UnknownNameError, ZooError
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.results import ScoreRun, run_from_store, measure_settings
@@ -245,17 +246,6 @@ def _check_layer(zoo: Zoo, model_id: str, ctx: _Context, s: ScoreSettings) -> No
                                f"of {zoo.name}: {exc}") from None
 
 
-def _check_device(device: str) -> None:
-    """Before any model: a device that cannot run would fail every model one by one."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but torch sees no CUDA device here "
-                         f"(torch {torch.__version__}); use --device cpu")
-
-
 _WORKER: dict = {}
 
 
@@ -296,7 +286,7 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     >>> run.table[["model_id", "pvector_angle", "test_acc"]].head()      # doctest: +SKIP
     """
     s = settings or ScoreSettings()
-    _check_device(device)
+    check_device(device)
     if not isinstance(zoo, Zoo):
         zoo = load_zoo(zoo, progress=progress)
     out = _writable_folder(Path(out))

@@ -248,3 +248,24 @@ def test_streaming_bad_batches():
     with pytest.raises(ValueError, match="NaN"):
         acc.update(np.full((2, 4), np.nan))
     acc.close()
+
+
+@pytest.mark.parametrize("shape", [(120, 30), (30, 120)])
+@pytest.mark.parametrize("center", [True, False])
+def test_top_singular_vectors_match_float64_svd(shape, center):
+    """Both Gram sides against numpy's float64 SVD; column 0 is the P-vector."""
+    from pgen.pvector import top_singular_vectors
+
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal(shape) * np.linspace(3, 1, shape[1]), 0).astype(np.float32)
+    u, s, total = top_singular_vectors(x, k=5, center=center)
+    x64 = x.astype(np.float64)
+    if center:
+        x64 = x64 - x64.mean(0)
+    ru, rs, _ = np.linalg.svd(x64, full_matrices=False)
+    np.testing.assert_allclose(s, rs[:5], rtol=1e-10)
+    assert total == pytest.approx(float((rs**2).sum()), rel=1e-10)
+    for j in range(5):
+        assert abs(abs(u[:, j] @ ru[:, j]) - 1) < 1e-10
+    assert pgen.angle(u[:, 0], pgen.p_vector(x, center=center)) < 1e-4
+    assert u[np.argmax(np.abs(u[:, 0])), 0] > 0  # the canonical sign

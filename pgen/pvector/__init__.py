@@ -30,7 +30,7 @@ lanczos, torch), ``streaming`` (:class:`StreamingPVector`), ``angles``, ``result
 
 from pgen.pvector.angles import angle, angle_matrix
 from pgen.pvector.result import DEFAULT_MIN_GAP, PVectorResult, UnstablePVectorWarning
-from pgen.pvector.solvers import METHODS, p_vector, p_vector_spectrum
+from pgen.pvector.solvers import METHODS, p_vector, p_vector_spectrum, top_singular_vectors
 from pgen.pvector.streaming import StreamingPVector
 
 __all__ = [
@@ -43,4 +43,5 @@ __all__ = [
     "angle_matrix",
     "p_vector",
     "p_vector_spectrum",
+    "top_singular_vectors",
 ]

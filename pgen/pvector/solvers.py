@@ -8,10 +8,10 @@ import numpy as np
 import scipy.linalg
 
 from pgen.errors import InputError, UnknownNameError
-from pgen.pvector._validation import _prepare, _torch, _zero_matrix_error
+from pgen.pvector._validation import _canonical_sign, _prepare, _torch, _zero_matrix_error
 from pgen.pvector.result import DEFAULT_MIN_GAP, PVectorResult, UnstablePVectorWarning
 
-__all__ = ["METHODS", "p_vector", "p_vector_spectrum"]
+__all__ = ["METHODS", "p_vector", "p_vector_spectrum", "top_singular_vectors"]
 
 METHODS = ("auto", "exact", "gram", "lanczos", "streaming")
 # Up to this smaller dimension a Gram matrix + dense eigensolver beats Lanczos on CPU.
@@ -398,5 +398,49 @@ def p_vector(features, *, center: bool = True, method: str = "auto", min_gap: fl
     """
     return p_vector_spectrum(features, center=center, method=method, k=2, min_gap=min_gap, _gap_only=True).vector
 
+
+
+def top_singular_vectors(features, *, k: int = 5, center: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """The top ``k`` left singular vectors, their singular values and the total energy.
+
+    For the studies that look past the P-vector (the paper's A.7 and A.9: the 2nd to 5th
+    singular vectors, explained variance, reconstruction error ``E_k = ||X - U_k S_k V_k^T||_F^2
+    = total - sum(s[:k]**2)``). Float64 Gram matrix of the smaller side and a dense
+    eigensolver, so it is exact for the small matrices of the studies; column 0 is the
+    P-vector (same canonical sign as :func:`p_vector`). Vectors with tied singular values
+    are not determined; the caller sees the values and judges.
+
+    Returns
+    -------
+    U : ndarray of shape (n_samples, k), float64, unit columns, canonical signs
+    s : ndarray of shape (k,), descending
+    total_energy : float, the squared Frobenius norm of the (centered) matrix
+    """
+    x = _prepare(features)
+    if not isinstance(x, np.ndarray):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if center:
+        x = x - x.mean(axis=0)
+    n, d = x.shape
+    k = int(min(k, n, d))
+    if k < 1:
+        raise InputError(f"k must be at least 1; got {k}")
+    total = float(np.einsum("ij,ij->", x, x))
+    if total == 0:
+        raise _zero_matrix_error(center, (n, d))
+    small = min(n, d)
+    g = x @ x.T if n <= d else x.T @ x
+    w, vecs = scipy.linalg.eigh(g, subset_by_index=[small - k, small - 1], check_finite=False)
+    w, vecs = np.clip(w[::-1], 0, None), vecs[:, ::-1]
+    s = np.sqrt(w)
+    if n <= d:
+        u = vecs
+    else:
+        u = x @ vecs
+        norms = np.linalg.norm(u, axis=0)
+        u = u / np.where(norms > 0, norms, 1)
+    u = np.stack([_canonical_sign(u[:, j]) for j in range(k)], axis=1)
+    return u, s, total
 
 # --------------------------------------------------------------------------- angles

@@ -1,0 +1,151 @@
+"""`pgen paper`: the study end to end at --quick size, its numbers re-derived with numpy
+from the saved P-vectors, the random-vector null against its closed form, resume."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from pgen.cli import main
+from pgen.errors import InputError
+from pgen.paper import QUICK, PaperSettings, claims_from_folder, run_paper
+from pgen.paper.claims import random_null, t_interval
+
+# smaller than --quick so the module stays a few seconds; the same code path
+TINY = dict(QUICK, epochs=2, samples=120, bootstrap=4)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper") / "digits"
+    assert main(["paper", "--quick", "--dataset", "digits", "--epochs", "2", "--samples", "120", "--bootstrap", "4",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def _np_angle(u, v):
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    return math.degrees(math.acos(min(1.0, abs(u @ v) / (np.linalg.norm(u) * np.linalg.norm(v)))))
+
+
+def test_every_claim_has_a_row_a_verdict_a_figure_and_a_csv(study):
+    claims = pd.read_csv(study / "claims.csv")
+    assert [c.split(" ")[0] for c in claims["claim"]] == [f"C{i}" for i in range(1, 11)] + ["S"]
+    allowed = {"holds", "partly", "does not hold", "not resolved", "does not hold (opposite sign)"}
+    for tag in ("centered", "uncentered"):
+        verdicts = claims[f"{tag}_verdict"].fillna("")
+        for claim, v in zip(claims["claim"], verdicts):
+            assert v in allowed or v.startswith("measured:") or claim.startswith("S"), (claim, v)
+        assert claims[f"{tag}_measured"].str.len().gt(10).all()
+    for f in claims["file"]:
+        assert len(pd.read_csv(study / f)) > 0, f
+    figs = sorted(p.name for p in study.glob("fig*.png"))
+    assert figs == sorted(["fig11_common_subspace.png", "fig12_training_dynamics.png", "fig13_first_epoch.png",
+                           "fig14_cross_paradigm.png", "fig15_model_to_data.png", "fig16_layers.png",
+                           "fig17_entry_distribution.png", "fig19_other_singular_vectors.png", "fig20_log_log.png",
+                           "fig22_explained_variance.png"])
+    md = (study / "claims.md").read_text()
+    assert "random unit vectors" in md and "no augmentation for the classifiers" in md
+    assert "data:image/png;base64," in (study / "claims.html").read_text()
+
+
+def test_checkpoints_cover_every_iteration_of_epoch_one(study):
+    c = pd.read_csv(study / "checkpoints.csv")
+    per_epoch = math.ceil(1347 / 128)  # digits' training split, batch 128
+    run = c[c["run"] == "mlp-seed0"].sort_values("step")
+    assert list(run["step"]) == list(range(per_epoch + 1)) + [2 * per_epoch]
+    assert set(c["run"]) == {f"{p}-seed{s}" for p in ("mlp", "cnn", "autoencoder", "contrastive") for s in (0, 1)}
+
+
+def test_angles_in_the_csvs_are_recomputed_from_pvectors_npz(study):
+    """Independent numpy: arccos |<u, v>| of the stored float32 vectors."""
+    z = np.load(study / "pvectors.npz")
+    final = pd.read_csv(study / "checkpoints.csv").groupby("run")["step"].max()
+    c1 = pd.read_csv(study / "c1_common_subspace.csv")
+    for _, r in c1.iterrows():
+        a = z[f"{r['model_a']}|s{final[r['model_a']]}|feature|test|{r['centering']}"][0]
+        b = z[f"{r['model_b']}|s{final[r['model_b']]}|feature|test|{r['centering']}"][0]
+        assert _np_angle(a, b) == pytest.approx(r["angle_trained"], abs=1e-6)
+    c5 = pd.read_csv(study / "c5_model_to_data.csv").sample(20, random_state=0)
+    for _, r in c5.iterrows():
+        u = z[f"{r['run']}|s{r['step']}|feature|train|{r['centering']}"][0]
+        d = z[f"data|s0|input|train|{r['centering']}"][0]
+        assert _np_angle(u, d) == pytest.approx(r["angle_to_data"], abs=1e-6)
+    c8 = pd.read_csv(study / "c8_other_singular_vectors.csv")
+    r = c8[c8["k"] == 3].iloc[0]
+    a = z[f"{r['model_a']}|s{final[r['model_a']]}|feature|test|{r['centering']}"][2]
+    b = z[f"{r['model_b']}|s{final[r['model_b']]}|feature|test|{r['centering']}"][2]
+    assert _np_angle(a, b) == pytest.approx(r["angle"], abs=1e-6)
+    # and the claims table recomputed from the folder's files equals the written one
+    again, _ = claims_from_folder(study)
+    written = pd.read_csv(study / "claims.csv").fillna("")
+    assert list(again["centered_measured"]) == list(written["centered_measured"])
+
+
+def test_stored_vectors_are_the_pvectors_of_the_features(study):
+    """The data P-vector in the file equals pgen.p_vector and float64 numpy SVD of the same samples."""
+    from pgen.data import dataset_arrays, load_dataset
+    from pgen.pvector import p_vector
+
+    x, _ = dataset_arrays(load_dataset("digits", "train"))
+    x = x[:120].reshape(120, -1).numpy().astype(np.float64)
+    z = np.load(study / "pvectors.npz")
+    for tag, centered in (("centered", True), ("uncentered", False)):
+        xc = x - x.mean(0) if centered else x
+        u = np.linalg.svd(xc, full_matrices=False)[0]
+        stored = z[f"data|s0|input|train|{tag}"]
+        for k in range(5):
+            assert _np_angle(stored[k], u[:, k]) < 1e-3
+        assert _np_angle(stored[0], p_vector(x, center=centered)) < 1e-3
+
+
+def test_spectra_give_explained_variance_and_reconstruction_error(study):
+    s = pd.read_csv(study / "spectra.csv")
+    row = s[(s["run"] == "data") & (s["samples"] == "train") & (s["centering"] == "centered")].iloc[0]
+    from pgen.data import dataset_arrays, load_dataset
+
+    x, _ = dataset_arrays(load_dataset("digits", "train"))
+    x = x[:120].reshape(120, -1).numpy().astype(np.float64)
+    x = x - x.mean(0)
+    u, sv, vt = np.linalg.svd(x, full_matrices=False)
+    e1 = np.linalg.norm(x - sv[0] * np.outer(u[:, 0], vt[0])) ** 2
+    assert row["total_energy"] - row["s1"] ** 2 == pytest.approx(e1, rel=1e-9)
+
+
+def test_random_null_matches_its_closed_form():
+    for n in (200, 2000):
+        null = random_null(n, draws=4000)
+        assert null["mean_abs_cos"] == pytest.approx(math.sqrt(2 / (math.pi * n)), rel=0.05)
+        assert 85 < null["median_deg"] < 90
+
+
+def test_t_interval_matches_scipy():
+    v = [3.0, 5.0, 4.5, 8.0]
+    m, lo, hi, n = t_interval(v)
+    ref = sps.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=sps.sem(v))
+    assert (lo, hi) == pytest.approx(ref) and n == 4 and m == pytest.approx(5.125)
+    assert math.isnan(t_interval([1.0])[1])
+
+
+def test_resume_trains_nothing_twice_and_refuses_other_settings(study, monkeypatch, tmp_path):
+    import shutil
+
+    import pgen.paper as paper
+
+    out = tmp_path / "again"
+    shutil.copytree(study, out)
+    monkeypatch.setattr(paper, "run_experiment", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    s = PaperSettings(dataset="digits", **TINY)
+    res = run_paper(out, s, progress=False)
+    assert list(res["claims"]["centered_verdict"].fillna("")) == list(
+        pd.read_csv(study / "claims.csv")["centered_verdict"].fillna(""))
+    with pytest.raises(InputError, match="other settings.*epochs"):
+        run_paper(out, PaperSettings(dataset="digits", **dict(TINY, epochs=3)), progress=False)
+
+
+def test_cli_refuses_a_device_it_cannot_use(tmp_path, capsys):
+    assert main(["paper", "--quick", "--device", "nonsense", "--out", str(tmp_path / "x")]) != 0
+    assert "nonsense" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
