@@ -115,11 +115,12 @@ def _report(out: Path, s: PaperSettings, claims: pd.DataFrame, figs: dict, null:
     from pgen.report.document import Document
 
     doc = Document(f"Liu et al. 2022, reproduced on {s.dataset}")
-    tally = {tag: claims[f"{tag}_verdict"].value_counts().to_dict() for tag in ("centered", "uncentered")}
+    paper_claims = claims[claims["claim"].str.startswith("C")]
+    tally = {tag: paper_claims[f"{tag}_verdict"].value_counts().to_dict() for tag in ("centered", "uncentered")}
     doc.paragraph(
         f"{len(s.paradigms)} paradigms x {s.seeds} seeds, {s.epochs} epochs each. Of the ten claims, centered: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(tally["centered"].items()))
-        + "; uncentered: " + ", ".join(f"{v} {k}" for k, v in sorted(tally["uncentered"].items()))
+        + ", ".join(f"{k} {v}" for k, v in sorted(tally["centered"].items()))
+        + "; uncentered: " + ", ".join(f"{k} {v}" for k, v in sorted(tally["uncentered"].items()))
         + ". Intervals are 95% t-intervals over training runs (over seeds for pairs of one seed). "
         f"The scale of an angle over {null['n']} samples: two random unit vectors sit at {null['median_deg']:.1f}° "
         f"(90% between {null['q05_deg']:.1f}° and {null['q95_deg']:.1f}°; mean |cos| {null['mean_abs_cos']:.4f}, "
