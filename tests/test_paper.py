@@ -149,3 +149,24 @@ def test_cli_refuses_a_device_it_cannot_use(tmp_path, capsys):
     assert main(["paper", "--quick", "--device", "nonsense", "--out", str(tmp_path / "x")]) != 0
     assert "nonsense" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_every_paradigm_runs_on_colour_images_at_tiny_size():
+    """The CIFAR path (3 x 32 x 32, 'color' augmentation policy) on CPU, without the dataset:
+    the same run_experiment on random images shaped like CIFAR-10."""
+    import torch
+
+    from pgen.data import dataset_info
+    from pgen.paper.experiments import PARADIGMS, run_experiment
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 3, 32, 32, generator=g), torch.randint(0, 10, (40,), generator=g)
+    data = {"info": dataset_info("cifar10"), "x_train": x, "y_train": y, "x_test": x[:20], "y_test": y[:20],
+            "probe_test": x[:16], "probe_train": x[:16]}
+    s = PaperSettings(dataset="cifar10", epochs=1, batch_size=20, width=16, code=8, bootstrap=2)
+    for paradigm in PARADIGMS:
+        r = run_experiment(paradigm, 0, s, data)
+        steps = sorted({c["step"] for c in r.checkpoints})
+        assert steps == [0, 1, 2], paradigm
+        u = r.vectors[f"{paradigm}-seed0|s2|feature|test|centered"]
+        assert u.shape == (5, 16) and np.isfinite(u).all()
