@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,10 @@ from pgen.devices import model_device
 from pgen.errors import InputError
 
 __all__ = ["TrainConfig", "evaluate", "train_model", "training_data"]
+
+# A run whose training cross-entropy stays at >= this fraction of ln(classes) (a constant
+# prediction's loss) is at chance level; see TrainConfig.stop_at_chance_epochs.
+CHANCE_FRACTION = 0.95
 
 
 @dataclass
@@ -31,6 +36,12 @@ class TrainConfig:
     on the model's own training samples and labels) is at most this value; ``epochs`` is
     then the cap, and a model that reaches it without meeting the criterion is recorded
     as not converged.
+
+    ``stop_at_chance_epochs`` (with a criterion only) ends a run that cannot meet it: once
+    its training cross-entropy has stayed at chance level (at least 95% of ln(classes), the
+    loss of a constant prediction) for that many consecutive epochs, or is not finite,
+    training stops as not converged and the info says ``stalled``. Such runs are left out
+    of rankings like any other unconverged run; without the rule they train to the cap.
     """
 
     epochs: int = 10
@@ -45,6 +56,7 @@ class TrainConfig:
     checkpoint_epochs: list[int] = field(default_factory=list)
     checkpoint_iterations: list[int] = field(default_factory=list)
     target_train_loss: float | None = None
+    stop_at_chance_epochs: int | None = None
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -55,6 +67,10 @@ class TrainConfig:
             raise InputError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
         if self.target_train_loss is not None and not self.target_train_loss > 0:
             raise InputError(f"target_train_loss must be positive; got {self.target_train_loss}")
+        if self.stop_at_chance_epochs is not None and (self.target_train_loss is None
+                                                        or not self.stop_at_chance_epochs >= 1):
+            raise InputError("stop_at_chance_epochs needs target_train_loss and must be at least 1; "
+                             f"got {self.stop_at_chance_epochs}")
 
 
 @torch.inference_mode()
@@ -143,6 +159,9 @@ def train_model(
         last = checkpoint(0, 0)
     n = len(y_train)
     converged = None
+    stalled = False
+    chance_run = 0  # consecutive epochs at chance-level training loss
+    chance_loss = CHANCE_FRACTION * math.log(num_classes)
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -159,15 +178,23 @@ def train_model(
         if epoch in cfg.checkpoint_epochs:
             last = checkpoint(epoch, step)
         if cfg.target_train_loss is not None:
-            converged = evaluate(model, x_train, y_train)[1] <= cfg.target_train_loss
+            train_ce = evaluate(model, x_train, y_train)[1]
+            converged = train_ce <= cfg.target_train_loss
             if converged:
                 break
+            if cfg.stop_at_chance_epochs:
+                chance_run = chance_run + 1 if train_ce >= chance_loss else 0
+                if not math.isfinite(train_ce) or chance_run >= cfg.stop_at_chance_epochs:
+                    stalled = True
+                    break
     model.eval()
     if converged is not None:
         # the last checkpoint carries the outcome; taken here even when it was requested
         # at this epoch already, so that it is the one with "converged" in it
         info = metrics(epoch, step) if last is None or last["step"] != step else dict(last)
         info["converged"] = bool(converged)
+        if stalled:
+            info["stalled"] = True
         if on_checkpoint is not None:
             on_checkpoint(info, model)
         return info

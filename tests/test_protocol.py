@@ -3,6 +3,7 @@ each model measured on its own training data."""
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from pgen.augment import Policy, policy_for, pseudo_test_set
 from pgen.data import dataset_arrays, load_dataset
+from pgen.errors import InputError
 from pgen.measures import MeasureData, compute_measure
 from pgen.models import build_model
 from pgen.score import ScoreSettings, score_zoo
@@ -130,6 +132,30 @@ def test_training_stops_at_the_criterion_or_the_cap():
     r = train_model(model, train, test, TrainConfig(epochs=2, lr=0.05, target_train_loss=1e-9), num_classes=10)
     assert not r["converged"] and r["epoch"] == 2 and r["train_loss"] > 1e-9
 
+
+
+def test_a_run_stuck_at_chance_stops_early_and_a_healthy_one_is_unchanged():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+
+    def run(lr, stop):
+        torch.manual_seed(0)
+        model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, width=16, depth=1)
+        cfg = TrainConfig(epochs=8, lr=lr, target_train_loss=1e-9, stop_at_chance_epochs=stop)
+        return model, train_model(model, train, test, cfg, num_classes=10)
+
+    # lr 50 with momentum sends the weights to a constant (or non-finite) prediction at once
+    _, stuck = run(50.0, 2)
+    assert stuck["stalled"] and not stuck["converged"] and stuck["epoch"] <= 2
+    assert not stuck["train_loss"] < 0.95 * math.log(10)  # at chance level (or NaN)
+    _, capped = run(50.0, None)
+    assert capped["epoch"] == 8 and "stalled" not in capped
+    # a run that learns is never at chance for 2 epochs: bit-identical with and without the rule
+    a, ra = run(0.05, 2)
+    b, rb = run(0.05, None)
+    assert "stalled" not in ra and ra["epoch"] == rb["epoch"] == 8
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(InputError, match="stop_at_chance_epochs"):
+        TrainConfig(stop_at_chance_epochs=3).validate()
 
 def test_protocol_build_is_bit_identical_and_records_convergence(tmp_path):
     recipe = _recipe(PROTOCOL_RECIPE)
