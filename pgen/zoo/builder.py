@@ -21,7 +21,9 @@ A recipe::
 Training to a criterion (Jiang et al. 2019, PGDL): ``target_train_loss = 0.01`` in
 ``[train]`` stops each run at the first epoch whose training cross-entropy is at most
 that, with ``epochs`` as the cap; the final row's metrics record ``converged``, the
-``step`` and the loss reached.
+``step`` and the loss reached. ``stop_at_chance_epochs = N`` also ends a run whose
+training loss has sat at chance level for N epochs (metrics ``stalled``), instead of
+training it to the cap.
 
 What each model was trained on is recorded: ``checkpoints/<run>-train.npz`` holds the
 indices into the training split and the labels used (after ``label_noise``), and the
