@@ -59,7 +59,8 @@ def _add_paper(sub):
                                                  "(default 50; 0 skips it)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quick", action="store_true", help="a small run of the same code (2 seeds, 3 epochs, "
-                                                        "200 samples, narrow models) in about a minute")
+                                                        "the first 1000 training samples, 200 samples per "
+                                                        "P-vector, narrow models) in about a minute")
     p.set_defaults(func=_cmd_paper)
 
 

@@ -24,7 +24,7 @@ from pgen.paper.experiments import PARADIGMS, PaperSettings, data_vectors, load_
 __all__ = ["PaperSettings", "QUICK", "run_paper", "load_study", "claims_from_folder"]
 
 # --quick: small enough for the tests, the same code path
-QUICK = {"seeds": 2, "epochs": 3, "samples": 200, "bootstrap": 10, "width": 64, "code": 16}
+QUICK = {"seeds": 2, "epochs": 3, "samples": 200, "train_samples": 1000, "bootstrap": 10, "width": 64, "code": 16}
 
 
 def run_paper(out_dir: str | Path, settings: PaperSettings | None = None, *, progress: bool = True) -> dict:
@@ -43,9 +43,10 @@ def run_paper(out_dir: str | Path, settings: PaperSettings | None = None, *, pro
     runs_dir = out / "runs"
     settings_file = out / "settings.json"
     if settings_file.exists() and any(runs_dir.glob("*.npz")):
-        before = json.loads(settings_file.read_text())
-        if before != s.to_json():
-            changed = sorted(k for k in s.to_json() if before.get(k) != s.to_json()[k])
+        before, now = json.loads(settings_file.read_text()), s.to_json()
+        # a setting added since (absent before) counts as unchanged when it has its null default
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        if changed:
             raise InputError(f"{out}: holds runs made with other settings ({', '.join(changed)}); "
                              "use another --out or delete its runs/ folder")
     settings_file.write_text(json.dumps(s.to_json(), indent=2))
@@ -135,6 +136,8 @@ def _report(out: Path, s: PaperSettings, claims: pd.DataFrame, figs: dict, null:
     doc.heading("Settings")
     doc.key_values({
         "dataset": s.dataset,
+        "training set": "the whole training split" if s.train_samples is None
+                        else f"the first {s.train_samples} samples of the training split",
         "samples": f"the first {s.samples} of the test split (model-to-model angles) and of the training split "
                    "(model-to-data angles), the same in the same order for every P-vector",
         "feature layer": "classifiers: the penultimate ReLU output; autoencoder: the bottleneck code; contrastive: "

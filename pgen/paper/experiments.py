@@ -49,6 +49,7 @@ class PaperSettings:
     seeds: int = 3
     epochs: int = 15
     samples: int = 1000
+    train_samples: int | None = None  # train on the first N of the training split (None: all)
     batch_size: int = 128
     classifier_lr: float = 0.05  # SGD, momentum 0.9 (the classifiers)
     unsupervised_lr: float = 1e-3  # Adam (autoencoder, contrastive)
@@ -286,6 +287,10 @@ def load_data(s: PaperSettings) -> dict:
     test = load_dataset(s.dataset, "test", root=s.root)
     x_train, y_train = dataset_arrays(train)
     x_test, y_test = dataset_arrays(test)
+    if s.train_samples is not None:
+        if s.train_samples < 10:
+            raise InputError(f"train_samples must be at least 10; got {s.train_samples}")
+        x_train, y_train = x_train[: s.train_samples], y_train[: s.train_samples]
     n = min(s.samples, len(x_test), len(x_train))
     if n < 10:
         raise InputError(f"--samples must be at least 10; got {s.samples}")
