@@ -246,6 +246,23 @@ def _check_layer(zoo: Zoo, model_id: str, ctx: _Context, s: ScoreSettings) -> No
                                f"of {zoo.name}: {exc}") from None
 
 
+def scoring_environment(device: str, workers: int) -> dict:
+    """What produced a call's numbers beyond its settings: versions, threads, device. Kept
+    with the run (every distinct one), so a report says which software scored its models."""
+    import os
+    import platform
+
+    import numpy as np
+
+    from pgen import __version__
+
+    return {"pgen": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "device": str(device),
+            # worker processes train and score on one thread each (see _worker_init)
+            "threads_per_model": 1 if workers > 1 else torch.get_num_threads(),
+            "workers": int(workers), "cpus": os.cpu_count()}
+
+
 _WORKER: dict = {}
 
 
@@ -297,7 +314,8 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
         ctx = _Context(zoo, s)
         info = {"zoo": zoo.describe(), "zoo_table": zoo.to_frame().to_dict("records"),
                 "hparam_grid": zoo.hparam_grid(), "pseudo_test_policy": ctx.policy.describe(),
-                "n_samples_used": len(ctx.x), "split": s.split, "device": device}
+                "n_samples_used": len(ctx.x), "split": s.split, "device": device,
+                "environment": scoring_environment(device, workers)}
         run_id = store.register_run(zoo.name, run_settings, info, s.measures)
         targets_done = store.done(zoo.name, run_settings)
         measure_done = {name: store.measure_done(zoo.name, ms, name) for name, ms in per_measure.items()}

@@ -63,6 +63,13 @@ class ResultsStore:
         old = self.run_info(h)
         known = list(old.get("measures", [])) if old else []
         info = {**(info or {}), "measures": known + [m for m in measures if m not in known]}
+        # every distinct environment that scored this run, oldest first
+        environments = list(old.get("environments", [])) if old else []
+        env = info.pop("environment", None)
+        if env is not None and env not in environments:
+            environments.append(env)
+        if environments:
+            info["environments"] = environments
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
                                (h, zoo, json.dumps(settings, sort_keys=True, default=str),

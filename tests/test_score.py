@@ -55,6 +55,30 @@ def test_cli_score_and_report(tiny_zoo, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.html").exists()
 
 
+
+def test_results_record_the_software_and_threads_that_scored_them(tiny_zoo, tmp_path):
+    """Versions, threads and device go with the run (every distinct one) and into the report."""
+    import numpy as np
+    import torch
+
+    import pgen
+    from pgen.results import run_from_store
+    from pgen.score import scoring_environment
+
+    s = ScoreSettings(n_samples=100)
+    run = score_zoo(tiny_zoo, tmp_path, settings=s, progress=False, limit=2)
+    env = run.info["environments"]
+    assert env == [scoring_environment("cpu", 1)]
+    assert env[0]["torch"] == torch.__version__ and env[0]["numpy"] == np.__version__
+    assert env[0]["pgen"] == pgen.__version__ and env[0]["threads_per_model"] == torch.get_num_threads()
+    score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)  # the same environment: recorded once
+    store = ResultsStore(tmp_path / "results.sqlite")
+    assert store.run_info(run.run_id)["environments"] == env
+    assert run_from_store(store, tmp_path / "results.sqlite", run.run_id).info["environments"] == env
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"pgen {pgen.__version__}, torch {torch.__version__}, numpy {np.__version__}" in md
+
 def test_rerun_recomputes_nothing(tiny_zoo, tmp_path):
     s = ScoreSettings(n_samples=200)
     score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)

@@ -144,6 +144,12 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     settings["measures"] = ", ".join(run.measures)
     settings["device"] = run.info.get("device")
     settings["pseudo-test policy"] = run.info.get("pseudo_test_policy")
+    environments = run.info.get("environments") or []
+    if environments:
+        settings["scored with"] = "; ".join(
+            f"pgen {e.get('pgen')}, torch {e.get('torch')}, numpy {e.get('numpy')}, python {e.get('python')}, "
+            f"{e.get('threads_per_model')} thread(s) per model, {e.get('workers')} worker(s) on {e.get('cpus')} CPUs, "
+            f"{e.get('device')}" for e in environments)
     doc.key_values(settings)
     scored = f"Models with every target: {run.models_scored}; models that failed: {run.models_failed}"
     measure_failures = int((run.errors["measure"] != "").sum()) if len(run.errors) else 0
