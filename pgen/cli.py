@@ -280,6 +280,13 @@ def _cmd_score(args):
     print(f"{run.name}: computed {run.computed} model(s) in this call; {run.models_scored} of "
           f"{len(run.zoo_table)} models have every target; {len(run.errors)} failure(s); results in "
           f"{run.store_path}")
+    if len(run.errors):
+        first = run.errors.iloc[0]
+        where = f"{first['model_id']}" + (f", measure {first['measure']}" if first["measure"] else "")
+        print(f"first error ({where}): {first['error']}" + ("" if args.no_report else
+                                                            f"; every failure: {out / 'errors.csv'}"))
+    if run.models_scored == 0:
+        print(f"0 of {len(run.zoo_table)} models scored", file=sys.stderr)
     if not args.no_report:
         files = write_report(run, out, color_by=args.color_by)
         _print_answer(files)

@@ -118,12 +118,16 @@ def test_killed_run_resumes_with_every_model_once(tiny_zoo, tmp_path):
     assert len(ids) == len(set(ids))
 
 
-def test_failing_model_is_recorded_and_skipped(tiny_zoo, tmp_path):
+def test_failing_model_is_recorded_and_skipped(tiny_zoo, tmp_path, capsys):
     z = tmp_path / "zoo"
     shutil.copytree(tiny_zoo, z)
     (z / "checkpoints" / "tiny-0002.safetensors").write_bytes(b"garbage")
     out = tmp_path / "out"
     assert main(["score", str(z), "--out", str(out), "--samples", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "11 of 12 models have every target; 1 failure(s)" in printed
+    assert "first error (tiny-0002): " in printed and "tiny-0002.safetensors cannot be read" in printed
+    assert f"every failure: {out / 'errors.csv'}" in printed
     store = ResultsStore(out / "results.sqlite")
     errors = store.errors()
     assert list(errors.model_id) == ["tiny-0002"]
@@ -189,3 +193,15 @@ def test_registered_measures_are_stored_and_resume_one_by_one(tiny_zoo, tmp_path
     pd.testing.assert_series_equal(first["pvector_angle"], second["pvector_angle"])
     with pytest.raises(UnknownNameError, match="unknown measure"):
         score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(measures=("no_such",)), progress=False)
+
+
+def test_every_model_failing_ends_with_a_count_the_first_error_and_status_1(tiny_zoo, tmp_path, capsys):
+    z = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, z)
+    for f in (z / "checkpoints").glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    assert main(["score", str(z), "--out", str(tmp_path / "out"), "--samples", "100"]) == 1
+    captured = capsys.readouterr()
+    assert "0 of 12 models scored" in captured.err
+    assert "first error (tiny-0000" in captured.out and "cannot be read" in captured.out
+    assert (tmp_path / "out" / "report.md").exists()  # the report says what failed, it does not crash
