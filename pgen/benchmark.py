@@ -39,6 +39,7 @@ from pgen.learned import learned_baseline
 from pgen.measures import get_measure, list_measures
 from pgen.report import plots
 from pgen.report.document import Document
+from pgen.report.glossary import add_glossary
 from pgen.score import ScoreSettings, score_zoo
 from pgen.stats import cmi_bootstrap_ci, measure_statistics, paired_tau_difference, robust_sign_agreement
 from pgen.zoo import Zoo, load_zoo
@@ -337,4 +338,5 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
                       "so they stay out of the tables and the plot.")
         doc.table(pd.DataFrame([{"zoo": n, "models": len(r.table), "failures": len(r.errors)}
                                 for n, r in fixtures.items()]))
+    add_glossary(doc)
     return doc.write(out, "benchmark") + ([plot] if plot is not None else [])

@@ -39,6 +39,9 @@ def test_cli_score_and_report(tiny_zoo, tmp_path, capsys):
         assert section in md, section
     assert md.index("## Answer") < md.index("## Zoo")  # the answer comes first
     assert "random rankings give 0 +- " in md  # a null beside every tau
+    glossary = md[md.index("## Glossary"):]  # one meaning per word, at the end
+    assert "**gap**: the generalization gap" in glossary and "**relative spectral gap**" in glossary
+    assert "Glossary" in (out / "report.html").read_text()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5  # self-contained
     assert "`" not in html.split("<body>")[1]  # no raw Markdown in the HTML

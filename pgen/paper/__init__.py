@@ -114,6 +114,7 @@ def write_outputs(out: Path, s: PaperSettings) -> dict:
 
 def _report(out: Path, s: PaperSettings, claims: pd.DataFrame, figs: dict, null: dict) -> list[Path]:
     from pgen.report.document import Document
+    from pgen.report.glossary import add_glossary
 
     doc = Document(f"Liu et al. 2022, reproduced on {s.dataset}")
     paper_claims = claims[claims["claim"].str.startswith("C")]
@@ -158,4 +159,5 @@ def _report(out: Path, s: PaperSettings, claims: pd.DataFrame, figs: dict, null:
     })
     doc.heading("Figures")
     doc.images([(f"{k}: {p.stem}", p) for k, p in figs.items()])
+    add_glossary(doc, ["P-vector", "angle", "centered", "relative spectral gap", "Kendall tau"])
     return doc.write(out, "claims")

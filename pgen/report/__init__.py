@@ -21,6 +21,7 @@ import pandas as pd
 from pgen.errors import UnknownNameError
 from pgen.report import plots
 from pgen.report.document import Document, fmt
+from pgen.report.glossary import add_glossary
 from pgen.results import ScoreRun, load_runs
 from pgen.stats import TARGETS, MeasureStatistics, measure_statistics, random_angle_null
 
@@ -230,6 +231,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
                "measure_failures": measure_failures, "answer": answers, "measures": summary_measures, "notes": notes,
                "generated": generated}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    add_glossary(doc)
     doc.paragraph(f"Generated {generated} by pgen from `{_relative(str(run.store_path), out)}` (run {run.run_id}).")
     written = doc.write(out, "report")
     return written + [out / "models.csv", out / "correlations.csv", out / "loglog_fits.csv", out / "errors.csv",
