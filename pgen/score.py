@@ -314,8 +314,7 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
         ctx = _Context(zoo, s)
         info = {"zoo": zoo.describe(), "zoo_table": zoo.to_frame().to_dict("records"),
                 "hparam_grid": zoo.hparam_grid(), "pseudo_test_policy": ctx.policy.describe(),
-                "n_samples_used": len(ctx.x), "split": s.split, "device": device,
-                "environment": scoring_environment(device, workers)}
+                "n_samples_used": len(ctx.x), "split": s.split, "device": device}
         run_id = store.register_run(zoo.name, run_settings, info, s.measures)
         targets_done = store.done(zoo.name, run_settings)
         measure_done = {name: store.measure_done(zoo.name, ms, name) for name, ms in per_measure.items()}
@@ -328,6 +327,7 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
             jobs = jobs[:limit]
         if jobs:
             _check_layer(zoo, jobs[0][0], ctx, s)
+            store.add_environment(run_id, scoring_environment(device, workers))  # only calls that compute
         _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measure, angle_matrix_out, out,
                   progress)
         return run_from_store(store, out / "results.sqlite", run_id, computed=len(jobs))

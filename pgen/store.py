@@ -63,18 +63,24 @@ class ResultsStore:
         old = self.run_info(h)
         known = list(old.get("measures", [])) if old else []
         info = {**(info or {}), "measures": known + [m for m in measures if m not in known]}
-        # every distinct environment that scored this run, oldest first
-        environments = list(old.get("environments", [])) if old else []
-        env = info.pop("environment", None)
-        if env is not None and env not in environments:
-            environments.append(env)
-        if environments:
-            info["environments"] = environments
+        if old and old.get("environments"):
+            info["environments"] = old["environments"]
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
                                (h, zoo, json.dumps(settings, sort_keys=True, default=str),
                                 json.dumps(info, default=str)))
         return h
+
+    def add_environment(self, run_id: str, environment: dict) -> None:
+        """Keep ``environment`` (versions, threads, device) with the run unless it is there
+        already: the run then lists every distinct environment that computed its values."""
+        zoo, settings, info = self.run(run_id)
+        environments = list(info.get("environments", []))
+        if environment not in environments:
+            info["environments"] = environments + [environment]
+            with self._conn:
+                self._conn.execute("UPDATE runs SET info=? WHERE settings_hash=?",
+                                   (json.dumps(info, default=str), run_id))
 
     def run(self, run_id: str) -> tuple[str, dict, dict]:
         """``(zoo name, settings, info)`` of a registered run."""

@@ -76,6 +76,16 @@ def test_results_record_the_software_and_threads_that_scored_them(tiny_zoo, tmp_
     assert env[0]["pgen"] == pgen.__version__ and env[0]["threads_per_model"] == torch.get_num_threads()
     score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)  # the same environment: recorded once
     store = ResultsStore(tmp_path / "results.sqlite")
+    other = dict(env[0], torch="0.0-other")
+    store.add_environment(run.run_id, other)
+    assert store.run_info(run.run_id)["environments"] == [env[0], other]
+    store._conn.execute("UPDATE runs SET info=json_set(info, '$.environments', json('[]')) WHERE settings_hash=?",
+                        (run.run_id,))
+    store._conn.commit()
+    score_zoo(tiny_zoo, tmp_path, settings=s, progress=False)  # computes nothing: records no environment
+    assert store.run_info(run.run_id).get("environments", []) == []
+    store.add_environment(run.run_id, env[0])
+    store = ResultsStore(tmp_path / "results.sqlite")
     assert store.run_info(run.run_id)["environments"] == env
     assert run_from_store(store, tmp_path / "results.sqlite", run.run_id).info["environments"] == env
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0

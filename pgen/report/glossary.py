@@ -13,7 +13,8 @@ GLOSSARY = {
     "sigma ratio": "sigma1 / sigma2 of a feature matrix (`pvector_angle.sigma_ratio`).",
     "P-vector": "the top left singular vector of a model's feature matrix over n fixed samples (Liu et al. 2022): "
                 "a unit vector in R^n. The data P-vector is the same for the raw inputs.",
-    "angle": "arccos |<u, v>| between two P-vectors, in degrees (0 to 90); two random unit vectors in R^n sit near "
+    "angle": "arccos of the absolute dot product of two unit P-vectors, in degrees (0 to 90); two random unit "
+             "vectors in R^n sit near "
              "90 degrees (the null printed beside angles).",
     "centered": "feature means removed before the SVD (the PCA reading, pgen's default); uncentered: the raw matrix.",
     "sign": "+1 when a measure's authors claim a larger value predicts worse generalization, -1 when better; every "
