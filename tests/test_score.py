@@ -218,3 +218,19 @@ def test_every_model_failing_ends_with_a_count_the_first_error_and_status_1(tiny
     assert "0 of 12 models scored" in captured.err
     assert "first error (tiny-0000" in captured.out and "cannot be read" in captured.out
     assert (tmp_path / "out" / "report.md").exists()  # the report says what failed, it does not crash
+
+
+def test_a_fresh_tiny_build_reproduces_the_committed_numbers(tiny_zoo, tmp_path):
+    """Reproducibility end to end: the tiny recipe built afresh (session fixture) and scored
+    gives the numbers committed in tests/fixtures/tiny_scored.csv. Accuracies must be equal
+    (single-threaded builds are bit-identical); angles may move at float rounding only.
+    After an intended change, regenerate the file with the same build_zoo + score_zoo(...,
+    settings=ScoreSettings(n_samples=300)) and say why in the commit."""
+    from pathlib import Path
+
+    committed = pd.read_csv(Path(__file__).parent / "fixtures" / "tiny_scored.csv").set_index("model_id")
+    run = score_zoo(tiny_zoo, tmp_path, settings=ScoreSettings(n_samples=300), progress=False)
+    fresh = run.table.set_index("model_id").loc[committed.index]
+    for col in ("train_acc", "test_acc", "pseudo_test_acc", "gap", "zoo.test_acc", "zoo.train_acc"):
+        assert (fresh[col] - committed[col]).abs().max() < 1e-12, col
+    assert (fresh["pvector_angle"] - committed["pvector_angle"]).abs().max() < 1e-4
