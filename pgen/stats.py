@@ -452,7 +452,8 @@ TARGETS = {"test_acc": "test accuracy", "test_error": "test error", "pseudo_test
 
 def random_angle_null(n: int, *, draws: int = 2000, seed: int = 0) -> dict:
     """Angles (degrees) between a fixed unit vector in R^n and uniformly random unit vectors:
-    the scale beside any P-vector angle over n samples. Returns ``{"median", "q05", "q95"}``.
+    the scale beside any P-vector angle over n samples. Returns ``{"median", "q05", "q95"}``
+    and the mean |cos| of the draws beside its closed form sqrt(2 / (pi n)) (large n).
 
     >>> round(random_angle_null(1000)["median"])
     89
@@ -462,7 +463,8 @@ def random_angle_null(n: int, *, draws: int = 2000, seed: int = 0) -> dict:
     cos = np.abs(v[:, 0]) / np.linalg.norm(v, axis=1)  # the fixed vector: e_1, by symmetry any
     angles = np.degrees(np.arccos(np.clip(cos, 0, 1)))
     return {"median": float(np.median(angles)), "q05": float(np.quantile(angles, 0.05)),
-            "q95": float(np.quantile(angles, 0.95))}
+            "q95": float(np.quantile(angles, 0.95)), "mean_abs_cos": float(cos.mean()),
+            "mean_abs_cos_closed_form": math.sqrt(2 / (math.pi * n))}
 
 
 def kendall_null_sd(n: int) -> float:

@@ -11,7 +11,8 @@ from scipy import stats as sps
 from pgen.cli import main
 from pgen.errors import InputError
 from pgen.paper import QUICK, PaperSettings, claims_from_folder, run_paper
-from pgen.paper.claims import random_null, t_interval
+from pgen.paper.claims import t_interval
+from pgen.stats import random_angle_null
 
 # smaller than --quick so the module stays a few seconds; the same code path
 TINY = dict(QUICK, epochs=2, samples=120, bootstrap=4)
@@ -116,9 +117,10 @@ def test_spectra_give_explained_variance_and_reconstruction_error(study):
 
 def test_random_null_matches_its_closed_form():
     for n in (200, 2000):
-        null = random_null(n, draws=4000)
+        null = random_angle_null(n, draws=4000)
         assert null["mean_abs_cos"] == pytest.approx(math.sqrt(2 / (math.pi * n)), rel=0.05)
-        assert 85 < null["median_deg"] < 90
+        assert null["mean_abs_cos_closed_form"] == math.sqrt(2 / (math.pi * n))
+        assert 85 < null["median"] < 90
 
 
 def test_t_interval_matches_scipy():

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pgen.errors import InputError
-from pgen.paper.claims import ClaimInputs, compute_claims, random_null
+from pgen.paper.claims import ClaimInputs, compute_claims
 from pgen.paper.experiments import PARADIGMS, PaperSettings, data_vectors, load_data, load_run, run_experiment, save_run
 
 __all__ = ["PaperSettings", "QUICK", "run_paper", "load_study", "claims_from_folder"]
@@ -99,7 +99,9 @@ def write_outputs(out: Path, s: PaperSettings) -> dict:
     from pgen.paper.figures import write_figures
 
     claims, tables = claims_from_folder(out)
-    null = random_null(s.samples)
+    from pgen.stats import random_angle_null
+
+    null = {"n": s.samples, **random_angle_null(s.samples)}
     files = []
     for name, table in tables.items():
         table.to_csv(out / name, index=False)
@@ -124,8 +126,9 @@ def _report(out: Path, s: PaperSettings, claims: pd.DataFrame, figs: dict, null:
         + ", ".join(f"{k} {v}" for k, v in sorted(tally["centered"].items()))
         + "; uncentered: " + ", ".join(f"{k} {v}" for k, v in sorted(tally["uncentered"].items()))
         + ". Intervals are 95% t-intervals over training runs (over seeds for pairs of one seed). "
-        f"The scale of an angle over {null['n']} samples: two random unit vectors sit at {null['median_deg']:.1f}° "
-        f"(90% between {null['q05_deg']:.1f}° and {null['q95_deg']:.1f}°; mean |cos| {null['mean_abs_cos']:.4f}, "
+        f"The scale of an angle over {null['n']} samples: random unit vectors sit at {null['median']:.1f}° from any "
+        "fixed one "
+        f"(90% between {null['q05']:.1f}° and {null['q95']:.1f}°; mean |cos| {null['mean_abs_cos']:.4f}, "
         f"closed form sqrt(2/(pi n)) = {null['mean_abs_cos_closed_form']:.4f}).", answer=True)
     doc.heading("Claims")
     view = claims[["claim", "paper", "centered_measured", "centered_verdict", "uncentered_measured",

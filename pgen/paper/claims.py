@@ -1,6 +1,7 @@
 """The paper's claims, measured from the saved P-vectors and spectra alone.
 
-Every number here is computed from ``pvectors.npz`` (float32 vectors, angles in float64)
+Every number here is computed from ``pvectors.npz`` (float32 vectors, angles by
+:func:`pgen.pvector.angle` in float64)
 and the checkpoint / spectrum tables, so a reader can recompute any of them with numpy.
 Intervals are 95% Student-t intervals over independent training runs (or over seeds where
 a number pairs the runs of one seed); a verdict is "holds" only when the interval resolves
@@ -16,8 +17,9 @@ import pandas as pd
 from scipy import stats as sps
 
 from pgen.paper.experiments import CENTERINGS, CLASSIFIERS, TOP_K
+from pgen.pvector import angle
 
-__all__ = ["ClaimInputs", "compute_claims", "t_interval", "random_null"]
+__all__ = ["ClaimInputs", "compute_claims", "t_interval"]
 
 SMALL = 10.0  # degrees: the paper's "small" (under 10 degrees on CIFAR, abstract / A.1)
 RISE = 1.0  # degrees: a rise or fall within epoch 1 must exceed this to count
@@ -35,24 +37,9 @@ def t_interval(values) -> tuple[float, float, float, int]:
     return m, m - h, m + h, len(v)
 
 
-def random_null(n: int, *, draws: int = 4000, seed: int = 0) -> dict:
-    """Angles between independent uniformly random unit vectors in R^n (the scale of
-    "small"), with the closed form E|cos| = sqrt(2 / (pi n)) for large n beside the draw."""
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((draws, n))
-    b = rng.standard_normal((draws, n))
-    cos = np.abs((a * b).sum(1)) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    ang = np.degrees(np.arccos(np.clip(cos, 0, 1)))
-    return {"n": n, "mean_abs_cos": float(cos.mean()), "mean_abs_cos_closed_form": math.sqrt(2 / (math.pi * n)),
-            "median_deg": float(np.median(ang)), "q05_deg": float(np.quantile(ang, 0.05)),
-            "q95_deg": float(np.quantile(ang, 0.95))}
-
-
-def _angle(u: np.ndarray, v: np.ndarray) -> float:
-    u = u.astype(np.float64)
-    v = v.astype(np.float64)
-    c = abs(float(u @ v)) / (np.linalg.norm(u) * np.linalg.norm(v))
-    return math.degrees(math.acos(min(1.0, c)))
+def _spearman(x, y) -> float:
+    """Spearman's rho, NaN for fewer than 3 points (a per-run statistic that cannot be had)."""
+    return float(sps.spearmanr(x, y)[0]) if len(x) > 2 else math.nan
 
 
 def _fmt(ci, unit="deg") -> str:
@@ -98,6 +85,14 @@ class ClaimInputs:
         c = self.checkpoints
         return c[(c["run"] == run) & c["iteration_in_epoch1"].notna()].sort_values("step")
 
+    def same_seed_pairs(self):
+        """(seed, run a, run b) for every pair of paradigms trained from the same seed."""
+        for seed in self.seeds:
+            runs = [f"{p}-seed{seed}" for p in self.paradigms]
+            for i, a in enumerate(runs):
+                for b in runs[i + 1:]:
+                    yield seed, a, b
+
     def other_seed(self, run) -> str | None:
         paradigm, seed = run.rsplit("-seed", 1)
         seeds = self.seeds
@@ -132,15 +127,11 @@ def _row(claim, paper, rule, file, per_centering: dict) -> dict:
 def _c1(ci: ClaimInputs):
     out = []
     for tag, _ in CENTERINGS:
-        for seed in ci.seeds:
-            runs = [f"{p}-seed{seed}" for p in ci.paradigms]
-            for i, a in enumerate(runs):
-                for b in runs[i + 1:]:
-                    out.append({"centering": tag, "seed": seed, "model_a": a, "model_b": b,
-                                "angle_trained": _angle(ci.vec(a, ci.final[a], "feature", "test", tag),
-                                                        ci.vec(b, ci.final[b], "feature", "test", tag)),
-                                "angle_init": _angle(ci.vec(a, 0, "feature", "test", tag),
-                                                     ci.vec(b, 0, "feature", "test", tag))})
+        for seed, a, b in ci.same_seed_pairs():
+            out.append({"centering": tag, "seed": seed, "model_a": a, "model_b": b,
+                        "angle_trained": angle(ci.vec(a, ci.final[a], "feature", "test", tag),
+                                               ci.vec(b, ci.final[b], "feature", "test", tag)),
+                        "angle_init": angle(ci.vec(a, 0, "feature", "test", tag), ci.vec(b, 0, "feature", "test", tag))})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -164,9 +155,10 @@ def _c2(ci: ClaimInputs):
                 v = ci.vec(run, r["step"], "feature", "test", tag)
                 out.append({"run": run, "paradigm": r["paradigm"], "epoch": r["epoch"], "step": r["step"],
                             "centering": tag,
-                            "angle_to_own_final": _angle(v, ci.vec(run, ci.final[run], "feature", "test", tag)),
-                            "angle_to_other_seed_final": (_angle(v, ci.vec(other, ci.final[other], "feature", "test",
-                                                                           tag)) if other else math.nan)})
+                            "angle_to_own_final": angle(v, ci.vec(run, ci.final[run], "feature", "test", tag)),
+                            "angle_to_other_seed_final": (
+                                angle(v, ci.vec(other, ci.final[other], "feature", "test", tag)) if other
+                                else math.nan)})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -175,7 +167,7 @@ def _c2(ci: ClaimInputs):
         rhos = []
         for run, g in d.groupby("run"):
             g = g[g["step"] < ci.final[run]]  # the reference itself is 0 by construction
-            rhos.append(sps.spearmanr(g["epoch"], g["angle_to_own_final"])[0] if len(g) > 2 else math.nan)
+            rhos.append(_spearman(g["epoch"], g["angle_to_own_final"]))
         rho = t_interval(rhos)
         res[tag] = (f"at init {_fmt(init)}; Spearman rho(epoch, angle) {_fmt(rho, '')}",
                     _verdict([init[1] > 45, rho[2] < 0 and rho[0] <= -0.8]))
@@ -196,8 +188,8 @@ def _c3(ci: ClaimInputs):
         for _, r in ci.epoch1_steps(run).iterrows():
             for tag, _ in CENTERINGS:
                 out.append({"run": run, "paradigm": r["paradigm"], "iteration": r["step"], "centering": tag,
-                            "angle_to_own_final": _angle(ci.vec(run, r["step"], "feature", "test", tag),
-                                                         ci.vec(run, ci.final[run], "feature", "test", tag))})
+                            "angle_to_own_final": angle(ci.vec(run, r["step"], "feature", "test", tag),
+                                                        ci.vec(run, ci.final[run], "feature", "test", tag))})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -224,8 +216,8 @@ def _c4(ci: ClaimInputs):
                     for tag, _ in CENTERINGS:
                         out.append({"seed": seed, "paradigm": p, "reference": q, "epoch": r["epoch"],
                                     "step": r["step"], "centering": tag,
-                                    "angle": _angle(ci.vec(run, r["step"], "feature", "test", tag),
-                                                    ci.vec(ref, ci.final[ref], "feature", "test", tag))})
+                                    "angle": angle(ci.vec(run, r["step"], "feature", "test", tag),
+                                                   ci.vec(ref, ci.final[ref], "feature", "test", tag))})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -249,14 +241,15 @@ def _c4(ci: ClaimInputs):
 def _c5(ci: ClaimInputs):
     out = []
     for run in ci.runs:
-        steps = pd.concat([ci.epoch1_steps(run), ci.epoch_steps(run)]).drop_duplicates("step").sort_values("step")
+        epoch1 = ci.epoch1_steps(run)
+        steps = pd.concat([epoch1, ci.epoch_steps(run)]).drop_duplicates("step").sort_values("step")
         for _, r in steps.iterrows():
             for tag, _ in CENTERINGS:
                 out.append({"run": run, "paradigm": r["paradigm"], "step": r["step"], "epoch": r["epoch"],
-                            "in_epoch1": bool(r["step"] <= ci.epoch1_steps(run)["step"].max()), "centering": tag,
+                            "in_epoch1": bool(r["step"] <= epoch1["step"].max()), "centering": tag,
                             "is_epoch_end": bool(r["is_epoch_end"]),
-                            "angle_to_data": _angle(ci.vec(run, r["step"], "feature", "train", tag),
-                                                    ci.data("train", tag))})
+                            "angle_to_data": angle(ci.vec(run, r["step"], "feature", "train", tag),
+                                                   ci.data("train", tag))})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -265,7 +258,7 @@ def _c5(ci: ClaimInputs):
         for _, g in d.groupby("run"):
             rf.append(_rise_fall(g[g["in_epoch1"]].sort_values("step")["angle_to_data"].to_numpy()))
             e = g[g["is_epoch_end"] & (g["epoch"] >= 1)]
-            rhos.append(sps.spearmanr(e["epoch"], e["angle_to_data"])[0] if len(e) > 2 else math.nan)
+            rhos.append(_spearman(e["epoch"], e["angle_to_data"]))
         rise, fall, rho = t_interval([a for a, _ in rf]), t_interval([b for _, b in rf]), t_interval(rhos)
         res[tag] = (f"epoch-1 rise {_fmt(rise)}, fall {_fmt(fall)}; after epoch 1 Spearman rho(epoch, angle) "
                     f"{_fmt(rho, '')}", _verdict([rise[1] > RISE and fall[1] > RISE, rho[2] < 0]))
@@ -288,8 +281,8 @@ def _c6(ci: ClaimInputs):
                 for tag, _ in CENTERINGS:
                     out.append({"run": run, "paradigm": paradigm, "epoch": r["epoch"], "step": r["step"],
                                 "depth": depth, "layer": layer, "centering": tag,
-                                "angle_to_data": _angle(ci.vec(run, r["step"], layer, "train", tag),
-                                                        ci.data("train", tag))})
+                                "angle_to_data": angle(ci.vec(run, r["step"], layer, "train", tag),
+                                                       ci.data("train", tag))})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -298,7 +291,7 @@ def _c6(ci: ClaimInputs):
         for run, g in d.groupby("run"):
             for which, target in ((1, early), (g["epoch"].max(), late)):
                 h = g[g["epoch"] == which]
-                target.append(sps.spearmanr(h["depth"], h["angle_to_data"])[0] if len(h) > 2 else math.nan)
+                target.append(_spearman(h["depth"], h["angle_to_data"]))
         e, lt = t_interval(early), t_interval(late)
         res[tag] = (f"rho(depth, angle) after epoch 1 {_fmt(e, '')}; at the end {_fmt(lt, '')}",
                     _verdict([e[1] > 0, lt[2] < 0]))
@@ -345,14 +338,11 @@ def _c7(ci: ClaimInputs):
 def _c8(ci: ClaimInputs):
     out = []
     for tag, _ in CENTERINGS:
-        for seed in ci.seeds:
-            runs = [f"{p}-seed{seed}" for p in ci.paradigms]
-            for i, a in enumerate(runs):
-                for b in runs[i + 1:]:
-                    va, vb = (ci.vectors[f"{r}|s{ci.final[r]}|feature|test|{tag}"] for r in (a, b))
-                    for k in range(min(len(va), len(vb), TOP_K)):
-                        out.append({"centering": tag, "seed": seed, "model_a": a, "model_b": b, "k": k + 1,
-                                    "angle": _angle(va[k], vb[k])})
+        for seed, a, b in ci.same_seed_pairs():
+            va, vb = (ci.vectors[f"{r}|s{ci.final[r]}|feature|test|{tag}"] for r in (a, b))
+            for k in range(min(len(va), len(vb), TOP_K)):
+                out.append({"centering": tag, "seed": seed, "model_a": a, "model_b": b, "k": k + 1,
+                            "angle": angle(va[k], vb[k])})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -376,8 +366,8 @@ def _c9(ci: ClaimInputs):
         for tag, _ in CENTERINGS:
             out.append({"run": r["run"], "paradigm": r["paradigm"], "epoch": r["epoch"], "step": r["step"],
                         "centering": tag, "test_error": 1 - r["test_acc"], "train_error": 1 - r["train_acc"],
-                        "angle_to_data": _angle(ci.vec(r["run"], r["step"], "feature", "train", tag),
-                                                ci.data("train", tag))})
+                        "angle_to_data": angle(ci.vec(r["run"], r["step"], "feature", "train", tag),
+                                               ci.data("train", tag))})
     t = pd.DataFrame(out)
     res = {}
     for tag, _ in CENTERINGS:
@@ -437,7 +427,7 @@ def _stability(ci: ClaimInputs):
     res, out = {}, []
     for tag, _ in CENTERINGS:
         g = b[b["centering"] == tag]
-        full = {run: _angle(ci.vec(run, ci.final[run], "feature", "train", tag), ci.data("train", tag))
+        full = {run: angle(ci.vec(run, ci.final[run], "feature", "train", tag), ci.data("train", tag))
                 for run in ci.runs}
         sd = g.groupby("run")["angle_to_data"].std(ddof=1)
         wide = g.pivot(index="resample", columns="run", values="angle_to_data")[list(full)]

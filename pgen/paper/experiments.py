@@ -31,7 +31,7 @@ from pgen.data import dataset_arrays, dataset_info, load_dataset
 from pgen.errors import InputError
 from pgen.features import extract_features
 from pgen.models import build_model
-from pgen.pvector import top_singular_vectors
+from pgen.pvector import angle, top_singular_vectors
 
 __all__ = ["PARADIGMS", "PaperSettings", "RunResult", "run_experiment", "load_run", "save_run"]
 
@@ -238,6 +238,23 @@ def run_experiment(paradigm: str, seed: int, s: PaperSettings, data: dict) -> Ru
     return result
 
 
+def bootstrap_resamples(data: dict, n_resamples: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The resamples of the training sample set and the data P-vector of each, both
+    centerings: drawn once per study (kept in ``data``) and shared by every run, so that the
+    runs' bootstrap angles compare and the data side is not recomputed per run."""
+    key = ("bootstrap", n_resamples)
+    if key not in data:
+        x = data["probe_train"].reshape(len(data["probe_train"]), -1).numpy().astype(np.float64)
+        rng = np.random.default_rng(12345)
+        resamples = []
+        for _ in range(n_resamples):
+            idx = rng.integers(0, len(x), len(x))
+            resamples.append((idx, {tag: top_singular_vectors(x[idx], k=2, center=centered)[0][:, 0]
+                                    for tag, centered in CENTERINGS}))
+        data[key] = resamples
+    return data[key]
+
+
 def _bootstrap(model, feature_layer, run, s: PaperSettings, data, result: RunResult) -> None:
     """How far the final model-to-data angle moves when the sample set is resampled."""
     if s.bootstrap <= 0:
@@ -245,16 +262,11 @@ def _bootstrap(model, feature_layer, run, s: PaperSettings, data, result: RunRes
     model.eval()
     with torch.no_grad():
         f = _features(model, data["probe_train"], [feature_layer], s.device)[feature_layer].astype(np.float64)
-    x = data["probe_train"].reshape(len(f), -1).numpy().astype(np.float64)
-    rng = np.random.default_rng(12345)  # the same resamples for every run, so rankings compare
-    for b in range(s.bootstrap):
-        idx = rng.integers(0, len(f), len(f))
+    for b, (idx, data_vectors) in enumerate(bootstrap_resamples(data, s.bootstrap)):
         for tag, centered in CENTERINGS:
             um = top_singular_vectors(f[idx], k=2, center=centered)[0][:, 0]
-            ud = top_singular_vectors(x[idx], k=2, center=centered)[0][:, 0]
-            cos = min(1.0, abs(float(um @ ud)))
             result.bootstrap.append({"run": run, "resample": b, "centering": tag,
-                                     "angle_to_data": math.degrees(math.acos(cos))})
+                                     "angle_to_data": angle(um, data_vectors[tag])})
 
 
 # ---------------------------------------------------------------------- persistence

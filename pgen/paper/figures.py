@@ -1,8 +1,8 @@
 """One figure per claim, named after the appendix figure of Liu et al. 2022 it mirrors.
 
 Each figure has a centered and an uncentered panel, and the random-vector null (median
-angle between independent random unit vectors over the same samples) as a dashed line
-wherever an angle is plotted.
+angle between random unit vectors and a fixed one over the same samples,
+:func:`pgen.stats.random_angle_null`) as a dashed line wherever an angle is plotted.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ COLOURS = {"mlp": "C0", "cnn": "C1", "autoencoder": "C2", "contrastive": "C3"}
 
 
 def _null(ax, null):
-    ax.axhline(null["median_deg"], ls="--", c="grey", lw=1, label=f"random null {null['median_deg']:.0f}°")
+    ax.axhline(null["median"], ls="--", c="grey", lw=1, label=f"random null {null['median']:.0f}°")
 
 
 def _curves(tables, file, x, y, title, ylabel, path, null, *, hue="paradigm", unit="run", where=None, logy=False):
@@ -66,7 +66,7 @@ def write_figures(out: Path, tables: dict[str, pd.DataFrame], null: dict) -> dic
         for i in range(len(names)):
             for j in range(len(names)):
                 ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_title(f"trained models, seed {d['seed'].min()} ({tag}); null {null['median_deg']:.0f}°")
+        ax.set_title(f"trained models, seed {d['seed'].min()} ({tag}); null {null['median']:.0f}°")
         ax.grid(False)
     fig.colorbar(im, ax=axes[1], label="angle (deg)")
     figs["C1"] = save(fig, out / "fig11_common_subspace.png")
