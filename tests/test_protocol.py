@@ -156,6 +156,12 @@ def test_a_run_stuck_at_chance_stops_early_and_a_healthy_one_is_unchanged():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(InputError, match="stop_at_chance_epochs"):
         TrainConfig(stop_at_chance_epochs=3).validate()
+    # the recipe key reaches every run's training settings, as a user writes it
+    from pgen.zoo.builder import _train_config, find_recipe
+
+    recipe = Recipe.load(find_recipe("fantastic-mnist1d"))
+    cfg = _train_config(recipe, recipe.runs()[0]["hparams"], 0)
+    assert cfg.stop_at_chance_epochs == 20 and cfg.target_train_loss == 0.01
 
 def test_protocol_build_is_bit_identical_and_records_convergence(tmp_path):
     recipe = _recipe(PROTOCOL_RECIPE)
