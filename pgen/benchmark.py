@@ -73,15 +73,16 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
             continue
         m = get_measure(name)
         st = measure_statistics(table, name, targets={t: t for t in ("test_acc", "gap") if t in table},
-                                hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm, full_grid=full_grid)
+                                hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm, full_grid=full_grid,
+                                sign=m.sign)
         row = {"measure": name, "sign": m.sign, "family": m.family, "fidelity": m.fidelity, "models": st.n,
-               **_tau_columns(st, m.sign, table)}
+               **_tau_columns(st, table)}
         c = st.correlations
         sp = c[(c["target"] == "test_acc") & (c["method"] == "spearman")] if not c.empty else c
-        row["spearman_test_acc"] = m.sign * float(sp["value"].iloc[0]) if len(sp) else math.nan
+        row["spearman_test_acc"] = float(sp["value"].iloc[0]) if len(sp) else math.nan
         row["tau_null_sd"] = st.kendall_null_sd
         if st.psi is not None:
-            row["psi_gap"] = m.sign * st.psi["psi"]
+            row["psi_gap"] = st.psi["psi"]
         if st.cmi is not None:
             row["cmi_gap"] = st.cmi
             row["cmi_gap_ci_low"], row["cmi_gap_ci_high"] = cmi_bootstrap_ci(
@@ -107,14 +108,14 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
     return pd.DataFrame(rows)
 
 
-def _tau_columns(st, sign: int, table: pd.DataFrame) -> dict:
-    """Kendall tau of sign x value against the gap and test accuracy, with its CI."""
+def _tau_columns(st, table: pd.DataFrame) -> dict:
+    """Kendall tau of sign x value (``st`` is oriented) against the gap and test accuracy, with its CI."""
     cols = {}
     for target in ("gap", "test_acc"):
         k = st.kendall_row(target)
-        if k is not None:  # tau(sign x value) = sign x tau(value), for tau-b exactly
-            lo, hi = sorted((sign * k["ci_low"], sign * k["ci_high"]))
-            cols.update({f"tau_{target}": sign * k["value"], f"tau_{target}_ci_low": lo, f"tau_{target}_ci_high": hi})
+        if k is not None:
+            cols.update({f"tau_{target}": k["value"], f"tau_{target}_ci_low": k["ci_low"],
+                         f"tau_{target}_ci_high": k["ci_high"]})
         elif target in table:
             cols[f"tau_{target}"] = math.nan
     return cols
@@ -232,7 +233,7 @@ def summarize_learned(table: pd.DataFrame, hparam_grid: dict | None, *, n_boot: 
                             hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=min(n_boot, 200), fits=False,
                             full_grid=full_grid)
     row = {"measure": LEARNED, "sign": 1, "family": "learned", "fidelity": "faithful", "models": st.n,
-           **_tau_columns(st, 1, table)}
+           **_tau_columns(st, table)}
     row["tau_null_sd"] = st.kendall_null_sd
     if st.psi is not None:
         row["psi_gap"] = st.psi["psi"]

@@ -12,6 +12,35 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _integer(minimum: int, *, zero_means: str | None = None):
+    """An argparse type: an integer >= ``minimum`` (or 0 where ``zero_means`` says what 0 is),
+    so that a negative count is refused instead of slicing from the end."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value == 0 and zero_means:
+            return value
+        if value < minimum:
+            extra = f" (or 0 for {zero_means})" if zero_means else ""
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{extra}; got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds; got {text}")
+    return value
+
+
 def _add_study(sub):
     p = sub.add_parser("study", help="train small MLPs/CNNs on digits and compare P-vector angles",
                        description="Train small MLPs and CNNs with several seeds; write the angles "
@@ -19,8 +48,8 @@ def _add_study(sub):
                                    "centered and uncentered, and the angle matrix between trained "
                                    "models, as CSV and PNG.")
     p.add_argument("--dataset", default="digits", help="packaged dataset (digits, mnist5k)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per architecture (default 3)")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seeds", type=_integer(1), default=3, help="seeds per architecture (default 3)")
+    p.add_argument("--epochs", type=_integer(1), default=15)
     p.add_argument("--split", default="test", choices=["train", "test"], help="sample set for the P-vectors")
     p.add_argument("--out", default="reports/study", help="output folder (default reports/study)")
     p.set_defaults(func=_cmd_study)
@@ -52,10 +81,10 @@ def _add_paper(sub):
                    help="packaged dataset (mnist5k, digits, mnist1d) or a torchvision one with --root "
                         "(cifar10, cifar100; use --device cuda)")
     p.add_argument("--root", help="folder of a torchvision dataset (never downloaded)")
-    p.add_argument("--seeds", type=int, help="seeds per paradigm (default 3; --quick 2)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 15; --quick 3)")
-    p.add_argument("--samples", type=int, help="samples per P-vector (default 1000; --quick 200)")
-    p.add_argument("--bootstrap", type=int, help="resamples of the sample set for the stability study "
+    p.add_argument("--seeds", type=_integer(1), help="seeds per paradigm (default 3; --quick 2)")
+    p.add_argument("--epochs", type=_integer(1), help="training epochs (default 15; --quick 3)")
+    p.add_argument("--samples", type=_integer(2), help="samples per P-vector (default 1000; --quick 200)")
+    p.add_argument("--bootstrap", type=_integer(0), help="resamples of the sample set for the stability study "
                                                  "(default 50; 0 skips it)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quick", action="store_true", help="a small run of the same code (2 seeds, 3 epochs, "
@@ -88,7 +117,7 @@ def _add_pvector(sub):
     p.add_argument("features", help=".npy file with an (n, d) matrix")
     p.add_argument("--no-center", action="store_true", help="use the raw matrix (default: centered)")
     p.add_argument("--method", default="auto", choices=["auto", "exact", "gram", "lanczos", "streaming"])
-    p.add_argument("--k", type=int, default=5, help="singular values to report")
+    p.add_argument("--k", type=_integer(1), default=5, help="singular values to report")
     p.add_argument("--save", help="write the P-vector to this .npy file")
     p.add_argument("--against", help="another P-vector (.npy): print the angle to it")
     p.set_defaults(func=_cmd_pvector)
@@ -118,8 +147,8 @@ def _add_zoo(sub):
                                     "Resumes an interrupted build without retraining finished models.")
     b.add_argument("recipe", help="embedded recipe name (`pgen zoo list`) or a .toml file")
     b.add_argument("--out", help="zoo folder (default: the cache, $PGEN_CACHE or ~/.cache/pgen/zoos/NAME)")
-    b.add_argument("--limit", type=int, help="train at most this many new models")
-    b.add_argument("--workers", type=int, default=1,
+    b.add_argument("--limit", type=_integer(1), help="train at most this many new models")
+    b.add_argument("--workers", type=_integer(1), default=1,
                    help="parallel training processes, one CPU thread each (default 1; the models are "
                         "bit-identical whatever the number)")
     b.set_defaults(func=_cmd_zoo_build)
@@ -155,7 +184,7 @@ def _add_zoo(sub):
                                                       "hp.<name>, other metrics]")
     imp.add_argument("--out", required=True, help="zoo folder to write")
     imp.add_argument("--name", help="zoo name (default: the folder's name)")
-    imp.add_argument("--num-classes", type=int, help="default: the dataset's")
+    imp.add_argument("--num-classes", type=_integer(2), help="default: the dataset's")
     imp.add_argument("--data-kind", help="pseudo-test policy: grayscale-digits, grayscale, color, color-digits")
     imp.add_argument("--trust-code", action="store_true", help="allow --arch package.module:callable "
                                                                "(importing it runs your code)")
@@ -230,11 +259,12 @@ def _add_score(sub):
     p.add_argument("--measures", default="pvector_angle",
                    help="registered measures, comma-separated (default pvector_angle; `pgen measures` lists them), "
                         "e.g. pvector_angle,distance_from_init")
-    p.add_argument("--samples", type=int, default=1000, help="first N samples of the split (default 1000; 0 = all)")
+    p.add_argument("--samples", type=_integer(2, zero_means="all"), default=1000,
+                   help="first N samples of the split (default 1000; 0 = all)")
     p.add_argument("--split", default="train", choices=["train", "test"], help="sample set (default train)")
     p.add_argument("--layer", default="penultimate", help="layer name (default penultimate)")
     p.add_argument("--no-center", action="store_true", help="uncentered P-vectors (default: centered)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-test augmentation and stochastic measures")
+    p.add_argument("--seed", type=_integer(0), default=0, help="seed of the pseudo-test augmentation and stochastic measures")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dataset-size-term", action="store_true",
                    help="apply Dziugaite et al.'s dataset-size term to bound measures (sqrt(v/m), or (v - log m)/2 "
@@ -245,9 +275,9 @@ def _add_score(sub):
     p.add_argument("--shared-samples", action="store_true",
                    help="label-using measures and train accuracy on the shared samples, not on each model's own "
                         "training samples and labels (which pgen's recipes record)")
-    p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
+    p.add_argument("--workers", type=_integer(1), default=1, help="CPU worker processes")
     p.add_argument("--angle-matrix", action="store_true", help="also write the model-to-model angle matrix")
-    p.add_argument("--limit", type=int, help="score at most N models that still miss something")
+    p.add_argument("--limit", type=_integer(1), help="score at most N models that still miss something")
     p.add_argument("--color-by", help="hyperparameter that colours the report's scatter plots, e.g. arch")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.set_defaults(func=_cmd_score)
@@ -308,7 +338,7 @@ def _add_report(sub):
                                    "the zoo folder is not needed. Several runs: one subfolder each.")
     p.add_argument("results", help="folder holding results.sqlite, or the file itself")
     p.add_argument("--out", help="report folder (default: the results folder)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--bootstrap", type=_integer(0), default=1000, help="bootstrap resamples for CIs")
     p.add_argument("--color-by", help="hyperparameter that colours the scatter plots, e.g. arch")
     p.set_defaults(func=_cmd_report)
 
@@ -366,11 +396,12 @@ def _add_pgdl(sub):
     pr.add_argument("task_dir", help="PGDL task folder (input_data/<task> or the toy layout)")
     pr.add_argument("--measure", default="pvector_angle", help="measure name (default pvector_angle)")
     pr.add_argument("--out", default="predictions", help="output folder (default predictions)")
-    pr.add_argument("--samples", type=int, default=1000, help="first N training samples (default 1000; 0 = all)")
-    pr.add_argument("--time-budget", type=float, help="seconds per model; a model over budget is killed and "
+    pr.add_argument("--samples", type=_integer(2, zero_means="all"), default=1000,
+                    help="first N training samples (default 1000; 0 = all)")
+    pr.add_argument("--time-budget", type=_seconds, help="seconds per model; a model over budget is killed and "
                                                       "recorded (the competition allowed 300)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda")
-    pr.add_argument("--seed", type=int, default=0, help="seed for measures that sample")
+    pr.add_argument("--seed", type=_integer(0), default=0, help="seed for measures that sample")
     pr.set_defaults(func=_cmd_pgdl_predict)
 
 
@@ -464,10 +495,10 @@ def _add_benchmark(sub):
     p.add_argument("zoos", nargs="+", help="zoo folders or embedded zoo names (digits, mnist5k)")
     p.add_argument("--out", default="reports/benchmark", help="output folder (default reports/benchmark)")
     p.add_argument("--measures", default="", help="comma-separated measure names (default: all; `pgen measures`)")
-    p.add_argument("--samples", type=int, default=1000, help="first N training samples per model (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=_integer(2), default=1000, help="first N training samples per model (default 1000)")
+    p.add_argument("--seed", type=_integer(0), default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--workers", type=int, default=1, help="CPU worker processes")
+    p.add_argument("--workers", type=_integer(1), default=1, help="CPU worker processes")
     p.add_argument("--with-checkpoints", action="store_true",
                    help="also score intermediate checkpoints (default: final models only)")
     p.add_argument("--all-models", action="store_true",
@@ -480,7 +511,7 @@ def _add_benchmark(sub):
     p.add_argument("--learned", action="store_true",
                    help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
                         "cross-validated by hyperparameter cell)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--bootstrap", type=_integer(0), default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.set_defaults(func=_cmd_benchmark)
 
 

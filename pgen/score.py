@@ -303,6 +303,10 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     >>> run.table[["model_id", "pvector_angle", "test_acc"]].head()      # doctest: +SKIP
     """
     s = settings or ScoreSettings()
+    if limit is not None and limit < 1:  # a negative limit would slice models off the end
+        raise InputError(f"limit must be at least 1 (or None for every model); got {limit}")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1; got {workers}")
     check_device(device)
     if not isinstance(zoo, Zoo):
         zoo = load_zoo(zoo, progress=progress)

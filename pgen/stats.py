@@ -484,16 +484,17 @@ class MeasureStatistics:
         Models with a finite value of the measure.
     correlations : DataFrame
         target, method (pearson, spearman, kendall = tau-b), value, p_value, ci_low,
-        ci_high (percentile bootstrap over models), n; of the RAW value.
+        ci_high (percentile bootstrap over models), n; of the ORIENTED value, sign x measure
+        (``sign`` = +1: the raw value), so every report shows one convention.
     fits : list of LogLogFit
-        log(target) on log(measure), HC3 errors (positive values only).
+        log(target) on log(measure), of the raw value (HC3 errors; positive values only).
     kendall : dict
-        target -> Kendall tau-b of the raw value (``nan`` where undefined).
+        target -> Kendall tau-b of sign x value (``nan`` where undefined).
     kendall_null_sd : float
         Standard deviation of tau under random rankings of n models.
     psi : dict or None
-        Granulated Kendall ``{"psi", "per_hparam"}`` against the gap (zoos with hparams;
-        Jiang et al.'s tau-a within groups, constant groups counting 0).
+        Granulated Kendall ``{"psi", "per_hparam"}`` of sign x value against the gap (zoos
+        with hparams; Jiang et al.'s tau-a within groups, constant groups counting 0).
     cmi : float or None
         The PGDL conditional mutual information, as the competition's scorer computes it
         (conditioning on pairs of hyperparameters; zoos that are a full hparam grid).
@@ -518,6 +519,7 @@ class MeasureStatistics:
     cmi_null: dict | None = None
     notes: list = None
     k_mu: float | None = None
+    sign: int = 1
 
     def kendall_row(self, target: str) -> dict | None:
         """The Kendall row (value, p_value, ci_low, ci_high) against ``target``, if computed."""
@@ -530,12 +532,18 @@ class MeasureStatistics:
 
 def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[str, str] | None = None,
                        hparam_grid: Mapping[str, list] | None = None, n_boot: int = 1000, seed: int = 0,
-                       cmi_permutations: int = 0, fits: bool = True, full_grid: bool = True) -> MeasureStatistics:
+                       cmi_permutations: int = 0, fits: bool = True, full_grid: bool = True,
+                       sign: int = 1) -> MeasureStatistics:
     """Every statistic of one measure column against the target columns of a per-model table.
 
     The one entry point the report and the benchmark share. ``table`` holds ``measure``,
     the target columns present among ``targets`` (default :data:`TARGETS`), ``gap``,
     ``hp.<name>`` columns for Psi and, with ``hparam_grid``, the CMI.
+
+    ``sign`` is the measure's direction (+1: larger predicts worse generalization). The
+    correlations, Kendall tau and Psi are of ``sign x value``, so a positive tau against the
+    gap means the authors' direction in every report; the log-log fits are of the values
+    themselves and the CMI is sign-free.
 
     >>> import pandas as pd
     >>> t = pd.DataFrame({"m": [1.0, 2, 3, 4, 5], "test_acc": [0.9, 0.8, 0.85, 0.7, 0.6]})
@@ -547,13 +555,16 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
     notes: list[str] = []
     if measure not in table.columns:
         raise StatsError(f"the table has no column {measure!r}")
+    if sign not in (1, -1):
+        raise StatsError(f"sign must be +1 or -1, not {sign!r}")
     sub = table[np.isfinite(table[measure].to_numpy(float))]
+    oriented = sign * sub[measure]
     corr, fit_list, kendall = [], [], {}
     for col, label in targets.items():
         if col not in sub.columns:
             continue
         try:
-            c = correlations(sub[measure], sub[col], n_boot=n_boot, seed=seed, name_x=measure, name_y=col)
+            c = correlations(oriented, sub[col], n_boot=n_boot, seed=seed, name_x=measure, name_y=col)
             c.insert(0, "target", col)
             corr.append(c)
             kendall[col] = float(c.loc[c["method"] == "kendall", "value"].iloc[0])
@@ -567,13 +578,14 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
                 notes.append(f"log-log fit of {label} on {measure}: {exc}")
     corr_df = pd.concat(corr, ignore_index=True) if corr else pd.DataFrame(
         columns=["target", "method", "value", "p_value", "ci_low", "ci_high", "n"])
-    stats = MeasureStatistics(measure, len(sub), corr_df, fit_list, kendall, kendall_null_sd(len(sub)), notes=notes)
+    stats = MeasureStatistics(measure, len(sub), corr_df, fit_list, kendall, kendall_null_sd(len(sub)), notes=notes,
+                              sign=sign)
     hp_cols = [c for c in sub.columns if c.startswith("hp.") and c != "hp.seed"]
     if hp_cols and "gap" in sub.columns:
         ids = list(sub["model_id"]) if "model_id" in sub.columns else list(range(len(sub)))
         hps = {m: {c[3:]: v for c, v in row.items()} for m, row in zip(ids, sub[hp_cols].to_dict("records"))}
         try:
-            stats.psi = granulated_kendall(dict(zip(ids, sub[measure])), hps, dict(zip(ids, sub["gap"])))
+            stats.psi = granulated_kendall(dict(zip(ids, oriented)), hps, dict(zip(ids, sub["gap"])))
         except StatsError as exc:
             notes.append(f"granulated Kendall: {exc}")
     if hparam_grid and "gap" in table.columns:

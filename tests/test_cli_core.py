@@ -32,6 +32,33 @@ def test_help_everywhere(capsys):
         assert "usage: pgen" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("args, complaint", [
+    (["score", "digits", "--limit", "-1"], "--limit: must be at least 1; got -1"),
+    (["score", "digits", "--samples", "-5"], "--samples: must be at least 2 (or 0 for all); got -5"),
+    (["score", "digits", "--workers", "0"], "--workers: must be at least 1; got 0"),
+    (["zoo", "build", "digits", "--limit", "-1"], "--limit: must be at least 1; got -1"),
+    (["benchmark", "digits", "--bootstrap", "-3"], "--bootstrap: must be at least 0; got -3"),
+    (["pgdl", "predict", "x", "--time-budget", "inf"], "--time-budget: must be a positive, finite"),
+    (["score", "digits", "--seed", "x1"], "--seed: 'x1' is not an integer"),
+])
+def test_a_count_out_of_range_is_refused_before_any_work(args, complaint, capsys):
+    # --limit -1 once scored every model but the last, --samples -5 all but five: silently wrong.
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2 and complaint in capsys.readouterr().err
+
+
+def test_the_api_refuses_a_negative_limit_too(tiny_zoo, tmp_path):
+    from pgen.errors import InputError
+    from pgen.score import score_zoo
+    from pgen.zoo.builder import build_zoo
+
+    with pytest.raises(InputError, match="limit must be at least 1"):
+        score_zoo(tiny_zoo, tmp_path / "out", limit=-1)
+    with pytest.raises(InputError, match="limit must be at least 1"):
+        build_zoo("tiny", out=tmp_path / "zoo", limit=0)
+
+
 def test_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     assert main(["study", "--seeds", "1", "--epochs", "2", "--out", str(out)]) == 0

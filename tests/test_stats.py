@@ -206,6 +206,30 @@ def test_measure_statistics_is_what_report_and_benchmark_use():
         measure_statistics(t, "absent")
 
 
+def test_statistics_of_a_sign_minus_one_measure_are_of_sign_x_value():
+    # One convention in every report: correlations, tau and Psi of sign x value; fits of the values.
+    import pandas as pd
+
+    from pgen.stats import measure_statistics
+
+    rng = np.random.default_rng(1)
+    t = pd.DataFrame({"model_id": [str(i) for i in range(24)], "m": 1 + rng.random(24),
+                      "hp.a": np.repeat([0, 1, 2], 8), "hp.b": np.tile([0, 1], 12)})
+    t["test_acc"] = 0.5 + 0.2 * t["m"] + 0.05 * rng.random(24)  # larger m, better: a sign -1 measure
+    t["gap"] = 0.3 - 0.1 * t["m"] + 0.02 * rng.random(24)
+    raw = measure_statistics(t, "m", n_boot=200)
+    oriented = measure_statistics(t, "m", n_boot=200, sign=-1)
+    for target in ("test_acc", "gap"):
+        assert oriented.kendall[target] == pytest.approx(scipy.stats.kendalltau(-t["m"], t[target])[0], abs=1e-12)
+        r, o = raw.kendall_row(target), oriented.kendall_row(target)
+        assert (o["ci_low"], o["ci_high"]) == pytest.approx((-r["ci_high"], -r["ci_low"]), abs=1e-12)
+    assert oriented.kendall["gap"] > 0 > oriented.kendall["test_acc"]  # the intended direction reads positive
+    assert oriented.psi["psi"] == pytest.approx(-raw.psi["psi"], abs=1e-12)
+    assert [f.slope for f in oriented.fits] == pytest.approx([f.slope for f in raw.fits])
+    with pytest.raises(StatsError, match="sign"):
+        measure_statistics(t, "m", sign=0)
+
+
 @pytest.mark.parametrize("method", ["pearson", "spearman", "kendall"])
 def test_vectorized_bootstrap_equals_the_loop_over_scipy(method):
     """correlations() computes its CIs in one vectorized pass; the generic loop over scipy

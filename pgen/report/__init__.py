@@ -46,11 +46,13 @@ def _verdict(tau: float, lo: float, hi: float, expected: int) -> str:
     return "in the intended direction" if (tau > 0) == (expected > 0) else "in the OPPOSITE direction to its sign"
 
 
-def answer_sentences(stats: MeasureStatistics, sign: int) -> list[str]:
-    """Plain sentences: how the measure ranks test accuracy and the gap, against chance."""
+def answer_sentences(stats: MeasureStatistics) -> list[str]:
+    """Plain sentences: how the measure (oriented: sign x value) ranks test accuracy and the
+    gap, against chance."""
     out = []
     null = f"random rankings give 0 +- {stats.kendall_null_sd:.2f} (1 sd)"
-    for target, expected, label in (("test_acc", -sign, "test accuracy"), ("gap", sign, "the generalization gap")):
+    # Oriented, the authors' direction is a negative tau with test accuracy, positive with the gap.
+    for target, expected, label in (("test_acc", -1, "test accuracy"), ("gap", 1, "the generalization gap")):
         row = stats.kendall_row(target)
         if row is None:
             continue
@@ -104,8 +106,9 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     measures = [m for m in run.measures if m in table.columns]
     files: list[Path] = []
+    signs = {m: (meta.sign if (meta := _measure_meta(m)) else 1) for m in measures}
     stats = {m: measure_statistics(table, m, hparam_grid=run.hparam_grid, n_boot=n_boot,
-                                   cmi_permutations=cmi_permutations) for m in measures}
+                                   cmi_permutations=cmi_permutations, sign=signs[m]) for m in measures}
     generated = dt.datetime.now().isoformat(timespec="seconds")
     doc = Document(f"pgen report: {run.name}")
 
@@ -116,9 +119,9 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         doc.paragraph(f"No measure has a value on this zoo ({len(run.errors)} failure(s), listed below).", answer=True)
     for m in measures:
         meta = _measure_meta(m)
-        sign = meta.sign if meta else 1
+        sign = signs[m]
         direction = "larger predicts worse generalization" if sign > 0 else "larger predicts better generalization"
-        sentences = answer_sentences(stats[m], sign)
+        sentences = answer_sentences(stats[m])
         if meta is not None and meta.family == "p-vector" and run.info.get("n_samples_used"):
             null = random_angle_null(int(run.info["n_samples_used"]))
             values = table[m].dropna()
@@ -129,7 +132,8 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         answers[m] = sentences
         doc.paragraph(f"**{m}** (sign {sign:+d}: {direction}; {stats[m].n} models). " + " ".join(sentences),
                       answer=True)
-    doc.paragraph("Kendall tau is tau-b; the CIs are percentile bootstraps over models "
+    doc.paragraph("Kendall tau is tau-b of sign x value (so a positive tau against the gap, a negative one against "
+                  "test accuracy, is the measure's intended direction); the CIs are percentile bootstraps over models "
                   f"({n_boot} resamples). A CI that includes 0 does not tell the measure from a random ranking.")
 
     # The zoo and the settings, as tables.
@@ -168,15 +172,18 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         corr = st.correlations
         corr_frames.append(corr.assign(measure=m))
         if not corr.empty:
+            doc.paragraph(f"Correlations of sign x {m} (sign {signs[m]:+d}) with each target, 95% bootstrap CIs: "
+                          "as intended, negative with accuracies and positive with the error and the gap.")
             doc.table(corr[["target", "method", "value", "p_value", "ci_low", "ci_high", "n"]])
         fits = pd.DataFrame([f.as_dict() for f in st.fits])
         if not fits.empty:
             fit_rows.append(fits)
-            doc.paragraph(f"Log-log fits: OLS of log(target) on log({m}), HC3 robust errors, 95% CIs.")
+            doc.paragraph(f"Log-log fits: OLS of log(target) on log({m}) (the values themselves, not sign x value), "
+                          "HC3 robust errors, 95% CIs.")
             doc.table(fits[["y", "slope", "slope_ci_low", "slope_ci_high", "intercept", "r2", "slope_p", "n"]])
         if st.psi is not None:
             per = ", ".join(f"{k}: {fmt(v, 3)}" for k, v in st.psi["per_hparam"].items())
-            doc.paragraph(f"Granulated Kendall Psi against the gap (Jiang et al. 2020; tau-a within groups, a "
+            doc.paragraph(f"Granulated Kendall Psi of sign x {m} against the gap (Jiang et al. 2020; tau-a within groups, a "
                           f"constant group counting 0): {fmt(st.psi['psi'], 3)} "
                           f"(per hyperparameter: {Document.text(per)}).")
         if st.k_mu is not None:
@@ -194,7 +201,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         images.append((f"distribution of {m}", plots.histogram(table[m], label=wrapped, path=out / f"{m}_histogram.png")))
         doc.images(images)
         files += [p for _, p in images]
-        summary_measures[m] = {"models": st.n, "kendall": st.kendall, "kendall_null_sd": st.kendall_null_sd,
+        summary_measures[m] = {"models": st.n, "sign": signs[m], "kendall_of_sign_x_value": st.kendall, "kendall_null_sd": st.kendall_null_sd,
                                "psi": st.psi, "cmi": st.cmi, "cmi_null": st.cmi_null, "k_mu": st.k_mu}
     if measures and {"test_acc", "pseudo_test_acc"} <= set(table.columns):
         p = plots.test_vs_pseudo(table, colour_column=measures[0], colour_label=measures[0],

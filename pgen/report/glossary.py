@@ -17,8 +17,10 @@ GLOSSARY = {
              "vectors in R^n sit near "
              "90 degrees (the null printed beside angles).",
     "centered": "feature means removed before the SVD (the PCA reading, pgen's default); uncentered: the raw matrix.",
-    "sign": "+1 when a measure's authors claim a larger value predicts worse generalization, -1 when better; every "
-            "tau and plot uses sign x value, so a positive tau means the authors' direction.",
+    "sign": "+1 when a measure's authors claim a larger value predicts worse generalization, -1 when better. Every "
+            "correlation, tau and Psi in every report is of sign x value, so a positive tau against the gap (a "
+            "negative one against test accuracy) means the authors' direction; scatter plots, histograms and "
+            "log-log fits show the values themselves.",
     "Kendall tau": "tau-b between sign x measure and the target over models; its CI is a percentile bootstrap over "
                    "models, its null the spread under random rankings.",
     "CMI": "the PGDL competition's conditional mutual information between a measure's ranking and the gap's, "

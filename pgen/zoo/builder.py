@@ -50,6 +50,7 @@ import torch
 
 from pgen.cache import cache_dir
 from pgen.data import dataset_arrays, dataset_info, load_dataset
+from pgen.errors import InputError
 from pgen.models import ARCHITECTURES, build_model
 from pgen.train import TrainConfig, train_model, training_data
 from pgen.zoo.base import ZooError
@@ -185,6 +186,10 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
     -------
     Path of the zoo folder.
     """
+    if limit is not None and limit < 1:  # a negative limit would slice runs off the end
+        raise InputError(f"limit must be at least 1 (or None for every run); got {limit}")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1; got {workers}")
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(find_recipe(str(recipe)))
     out = Path(out) if out else default_cache_dir() / "zoos" / recipe.name
