@@ -22,6 +22,26 @@ def complete_ids(db):
         return [r[0] for r in conn.execute("SELECT model_id FROM results WHERE measure='_complete'")]
 
 
+def markdown_prose_missing_from_html(md: str, html: str) -> list[str]:
+    """Every heading, paragraph and bullet of the Markdown, as plain text, that the HTML's
+    visible text lacks (the HTML once dropped the direction sentence and the notes)."""
+    import html as html_lib
+    import re
+
+    body = re.sub(r"<(style|script)[^>]*>.*?</\1>", "", html, flags=re.S)
+    body = re.sub(r"</?(strong|code|em)>", "", body)
+    text = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+    missing = []
+    for line in md.splitlines():
+        if not line.strip() or line.startswith(("|", "![")):
+            continue
+        plain = re.sub(r"\*\*|`", "", line.lstrip("#").strip().removeprefix("> ").removeprefix("- "))
+        plain = " ".join(html_lib.unescape(plain.replace("\\", "")).split())
+        if plain not in text:
+            missing.append(plain)
+    return missing
+
+
 def test_cli_score_and_report(tiny_zoo, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "300", "--angle-matrix"]) == 0
@@ -45,6 +65,7 @@ def test_cli_score_and_report(tiny_zoo, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5  # self-contained
     assert "`" not in html.split("<body>")[1]  # no raw Markdown in the HTML
+    assert markdown_prose_missing_from_html(md, html) == []  # the HTML says everything report.md says
     models = pd.read_csv(out / "models.csv")
     assert len(models) == 12 and models["pvector_angle"].between(0, 90).all()
     assert models["pseudo_test_acc"].between(0, 1).all()
