@@ -43,6 +43,7 @@ from pgen.report.glossary import add_glossary
 from pgen.score import ScoreSettings, score_zoo
 from pgen.stats import cmi_bootstrap_ci, measure_statistics, paired_tau_difference, robust_sign_agreement
 from pgen.zoo import Zoo, load_zoo
+from pgen.paths import output_path, safe_filename
 
 __all__ = ["run_benchmark", "summarize_run", "default_measures"]
 
@@ -218,8 +219,9 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
             summary = pd.concat([summary, summarize_learned(table, run.hparam_grid, n_boot=n_boot,
                                                             full_grid=full_grid)], ignore_index=True)
         summaries[run.name], runs[run.name] = summary, run
-        summary.to_csv(out / f"summary_{run.name}.csv", index=False)
-        run.table.to_csv(out / f"models_{run.name}.csv", index=False)
+        name = safe_filename(run.name)  # a zoo's name comes from its files: never a path
+        summary.to_csv(output_path(out, f"summary_{name}.csv"), index=False)
+        run.table.to_csv(output_path(out, f"models_{name}.csv"), index=False)
     files = _write_report(summaries, runs, out, settings, n_boot, excluded, learned_results, fixtures)
     return {"summaries": summaries, "runs": runs, "excluded": excluded, "learned": learned_results,
             "fixtures": fixtures, "files": files}
@@ -316,13 +318,13 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
         doc.heading(f"{zname} ({n_all - len(dropped)} models ranked)")
         if dropped:
             doc.paragraph(f"{len(dropped)} of {n_all} models did not reach the zoo's training criterion and are left "
-                          f"out (--converged-only): {', '.join(dropped[:12])}{' ...' if len(dropped) > 12 else ''}. "
+                          f"out (--converged-only): {Document.text(', '.join(dropped[:12]))}{' ...' if len(dropped) > 12 else ''}. "
                           "The CMI runs over the remaining models: a cell left without models leaves bins without "
                           "pairs, which change neither the scorer's mean MI nor its mean entropy.")
         for sentence in resolved_findings(s):
             doc.paragraph(sentence)
         if "error" in learned_results.get(zname, {}):
-            doc.paragraph(f"Learned baseline ({LEARNED}): not computed: {learned_results[zname]['error']}.")
+            doc.paragraph(f"Learned baseline ({LEARNED}): not computed: {Document.text(learned_results[zname]['error'])}.")
         elif zname in learned_results:
             lr = learned_results[zname]
             doc.paragraph(f"Learned baseline ({LEARNED}, Unterthiner et al. 2020's StatNN features, gradient-boosted "

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from pgen.cache import cache_dir
 from pgen.errors import DatasetError, InputError, UnknownNameError
+from pgen.paths import replace_link
 
 __all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
 
@@ -113,7 +114,7 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     arrays = {"x": d["x"].astype(np.float32), "y": d["y"].astype(np.int64),
               "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = replace_link(path.with_suffix(".tmp.npz"))
     np.savez(tmp, generator_version=np.array(version), **arrays)
     tmp.replace(path)
     return arrays

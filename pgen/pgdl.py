@@ -27,6 +27,7 @@ from pgen.results import measure_settings
 from pgen.store import settings_hash
 from pgen.stats import conditional_mutual_information, granulated_kendall, kendall_tau
 from pgen.zoo import Zoo, ZooError, load_zoo
+from pgen.paths import output_path, replace_link, safe_filename
 
 __all__ = ["predict_task", "score_predictions", "measure_data_for"]
 
@@ -102,9 +103,9 @@ class _BudgetedRunner:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = replace_link(path.with_suffix(path.suffix + ".tmp"))
     tmp.write_text(text)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # replaces a link at path; never writes through it
 
 
 def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_samples: int | None = 1000,
@@ -130,7 +131,8 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     zoo = load_zoo(task_dir, build=False, progress=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, pred_path = out / f"{zoo.name}.csv", out / f"{zoo.name}.predict"
+    stem = safe_filename(zoo.name)  # the task's name comes from its files: never a path
+    csv_path, pred_path = output_path(out, f"{stem}.csv"), output_path(out, f"{stem}.predict")
     # A value is reused only when everything it depends on is the same (device and TF32 aside).
     identity = measure_settings({"zoo": zoo.identity(), "n_samples": n_samples, "split": "train",
                                  "seed": settings.seed, "layer": settings.layer, "center": settings.center,
@@ -192,6 +194,13 @@ def score_predictions(predictions: str | Path | dict, model_configs: str | Path 
     """
     preds = _read_json(predictions, "predictions")
     configs = _read_json(model_configs, "model configs")
+    # One NaN once moved the CMI from 0.214 to 0.342 and all-NaN predictions scored 0.0: refuse them.
+    bad = sorted(str(k) for k, v in preds.items()
+                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
+    if bad:
+        where = predictions if not isinstance(predictions, dict) else "the predictions"
+        raise ZooError(f"{where}: {len(bad)} prediction(s) are not finite numbers ({', '.join(bad[:10])}"
+                       f"{' ...' if len(bad) > 10 else ''}); every model needs a finite value to be scored")
     cmi, table = conditional_mutual_information(preds, configs, details=True)
     ids, gaps, hparams = [], {}, {}
     for key, cfg in configs.items():

@@ -138,6 +138,10 @@ def run_from_store(store: ResultsStore, db: Path, run_id: str, computed: int = 0
     zoo_table = pd.DataFrame.from_records(info.pop("zoo_table"))
     zoo_table["model_id"] = zoo_table["model_id"].astype(str)
     measures = list(info.pop("measures", []))
+    for m in measures:  # a measure's name becomes file names and report text: pgen's names are plain
+        if not (isinstance(m, str) and m and all(ch.isascii() and (ch.isalnum() or ch in "_.-") for ch in m)):
+            raise ResultsError(f"{db}: run {run_id} names a measure {m!r}, which is not a measure name "
+                               "(letters, digits, _ . -); this store was not written by pgen")
     per_measure = {m: measure_settings(settings, m) for m in measures}
     targets = store.wide_frame(zoo_name, settings)
     extra = store.measure_frame(zoo_name, per_measure)

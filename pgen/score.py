@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_me
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
 from pgen.train import evaluate
+from pgen.paths import output_path
 from pgen.zoo import Zoo, load_zoo
 
 __all__ = ["ScoreSettings", "score_zoo"]
@@ -366,15 +369,9 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
     try:
         # worker processes reopen the zoo from its folder; an in-memory zoo is scored here
         if workers > 1 and device == "cpu" and not angle_matrix_out and getattr(zoo, "reopenable", True):
-            with ProcessPoolExecutor(workers, initializer=_worker_init,
-                                     initargs=(zoo.root, getattr(zoo, "data_root", None),
-                                               getattr(zoo, "trust_code", False), zoo.identity(), s, ctx)) as pool:
-                futures = {pool.submit(_worker_score, *job): job[0] for job in jobs}
-                for fut in as_completed(futures):
-                    try:
-                        record(fut.result())
-                    except Exception as exc:  # a worker that died: recorded, the run goes on
-                        record(_Outcome(futures[fut], error=_error_text(exc)))
+            initargs = (zoo.root, getattr(zoo, "data_root", None), getattr(zoo, "trust_code", False),
+                        zoo.identity(), s, ctx)
+            _run_in_pool(jobs, workers, initargs, record)
         else:
             for mid, need_targets, missing in jobs:
                 record(_score_one(zoo, mid, ctx, s, device, need_targets, missing, angle_matrix_out))
@@ -386,7 +383,61 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
 
         names = sorted(vectors)
         mat = angle_matrix([vectors[n] for n in names])
-        pd.DataFrame(mat, index=names, columns=names).to_csv(out / "angle_matrix.csv")
+        pd.DataFrame(mat, index=names, columns=names).to_csv(output_path(out, "angle_matrix.csv"))
+
+
+def _run_in_pool(jobs, workers: int, initargs, record) -> None:
+    """Score ``jobs`` in worker processes; a worker that dies costs only its own model.
+
+    At most ``workers`` models are in flight, so when a worker dies (killed, out of memory,
+    a crash in native code) the suspects are known: if one model was in flight it is
+    recorded as failed; if several, each is scored again alone in a fresh pool, where a
+    second death is that model's alone. Every finished model is recorded as it arrives.
+    """
+    queue = deque((job, False) for job in jobs)  # (job, suspect: was in flight when a worker died)
+    empty_breaks = 0
+    while queue:
+        in_flight = {}
+        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=initargs) as pool:
+            broken = None
+            while (queue or in_flight) and broken is None:
+                # a suspect runs alone, so that a second death names it
+                while queue and len(in_flight) < workers and not any(sus for _, sus in in_flight.values()):
+                    if queue[0][1] and in_flight:
+                        break
+                    job, suspect = queue.popleft()
+                    try:
+                        in_flight[pool.submit(_worker_score, *job)] = (job, suspect)
+                    except BrokenProcessPool as exc:
+                        queue.appendleft((job, suspect))
+                        broken = exc
+                        break
+                if broken is not None or not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job, suspect = in_flight.pop(fut)
+                    try:
+                        record(fut.result())
+                    except BrokenProcessPool as exc:
+                        broken = exc
+                        in_flight[fut] = (job, suspect)  # settled below with the others in flight
+                    except Exception as exc:  # the model's own failure: recorded, the run goes on
+                        record(_Outcome(job[0], error=_error_text(exc)))
+            if broken is not None:
+                lost = list(in_flight.values())
+                for fut in list(in_flight):
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:  # finished before the break
+                        record(fut.result())
+                        lost.remove(in_flight[fut])
+                empty_breaks = empty_breaks + 1 if not lost else 0
+                if empty_breaks >= 3:  # pools that break with no model in flight: workers cannot start
+                    raise RuntimeError(f"worker processes keep dying before scoring anything: {broken}")
+                if len(lost) == 1:
+                    record(_Outcome(lost[0][0][0], error=f"the worker process scoring this model died ({broken}); "
+                                                           "often out of memory or a crash in native code"))
+                else:
+                    queue.extendleft((job, True) for job, _ in reversed(lost))
 
 
 def score_models(models, data, *, metrics=None, hparams=None, test_data=None, initial_models=None,

@@ -52,9 +52,18 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=60)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
+        for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"), Path(f"{self.path}-journal")):
+            if p.is_symlink():  # sqlite would write through it, outside the output folder
+                raise ResultsError(f"{p} is a symlink; pgen does not write through links: move it aside")
+        if self.path.exists() and not self.path.is_file():
+            raise ResultsError(f"{self.path} is not a regular file: move it aside")
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=60)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ResultsError(f"{self.path} cannot be used as a results store ({exc}); move it aside and "
+                               "run again to start a new one (pgen never deletes results)") from None
 
     def register_run(self, zoo: str, settings: dict, info: dict | None = None, measures: tuple[str, ...] = ()) -> str:
         """Record a run (its settings and ``info``); ``measures`` are added to those the run

@@ -21,6 +21,7 @@ from pgen.features import data_p_vector, model_p_vectors
 from pgen.models import build_model
 from pgen.pvector import angle, angle_matrix
 from pgen.train import TrainConfig, train_model
+from pgen.paths import output_path
 
 __all__ = ["run_study"]
 
@@ -77,7 +78,7 @@ def run_study(out_dir: str | Path, *, dataset: str = "digits", seeds=(0, 1, 2), 
                 pair_rows.append({"centering": tag, "model_a": names[i], "model_b": names[j], "angle": mat[i, j]})
     pairs = pd.DataFrame(pair_rows)
 
-    files = [out / "study.csv", out / "study_pairs.csv", out / "study.png"]
+    files = [output_path(out, "study.csv"), output_path(out, "study_pairs.csv"), output_path(out, "study.png")]
     models.to_csv(files[0], index=False)
     pairs.to_csv(files[1], index=False)
     _plot(models, trained, files[2], dataset, split)

@@ -20,6 +20,7 @@ import pandas as pd
 from pgen.errors import InputError
 from pgen.paper.claims import ClaimInputs, compute_claims
 from pgen.paper.experiments import PARADIGMS, PaperSettings, data_vectors, load_data, load_run, run_experiment, save_run
+from pgen.paths import output_path, replace_link
 
 __all__ = ["PaperSettings", "QUICK", "run_paper", "load_study", "claims_from_folder"]
 
@@ -49,7 +50,7 @@ def run_paper(out_dir: str | Path, settings: PaperSettings | None = None, *, pro
         if changed:
             raise InputError(f"{out}: holds runs made with other settings ({', '.join(changed)}); "
                              "use another --out or delete its runs/ folder")
-    settings_file.write_text(json.dumps(s.to_json(), indent=2))
+    replace_link(settings_file).write_text(json.dumps(s.to_json(), indent=2))
 
     data = load_data(s)
     s = replace(s, samples=len(data["probe_test"]))
@@ -72,10 +73,10 @@ def run_paper(out_dir: str | Path, settings: PaperSettings | None = None, *, pro
         spectra += r.spectra
         checkpoints += r.checkpoints
         bootstrap += r.bootstrap
-    np.savez_compressed(out / "pvectors.npz", **vectors)
-    pd.DataFrame(checkpoints).to_csv(out / "checkpoints.csv", index=False)
-    pd.DataFrame(spectra).to_csv(out / "spectra.csv", index=False)
-    pd.DataFrame(bootstrap).to_csv(out / "bootstrap.csv", index=False)
+    np.savez_compressed(output_path(out, "pvectors.npz"), **vectors)
+    pd.DataFrame(checkpoints).to_csv(output_path(out, "checkpoints.csv"), index=False)
+    pd.DataFrame(spectra).to_csv(output_path(out, "spectra.csv"), index=False)
+    pd.DataFrame(bootstrap).to_csv(output_path(out, "bootstrap.csv"), index=False)
     return write_outputs(out, s)
 
 
@@ -104,10 +105,10 @@ def write_outputs(out: Path, s: PaperSettings) -> dict:
     null = {"n": s.samples, **random_angle_null(s.samples)}
     files = []
     for name, table in tables.items():
-        table.to_csv(out / name, index=False)
+        table.to_csv(output_path(out, name), index=False)
         files.append(out / name)
-    claims.to_csv(out / "claims.csv", index=False)
-    (out / "null.json").write_text(json.dumps(null, indent=2))
+    claims.to_csv(output_path(out, "claims.csv"), index=False)
+    output_path(out, "null.json").write_text(json.dumps(null, indent=2))
     figs = write_figures(out, tables, null)
     files += [out / "claims.csv", out / "null.json", *figs.values()]
     files += _report(out, s, claims, figs, null)

@@ -32,6 +32,7 @@ from pgen.errors import InputError
 from pgen.features import extract_features
 from pgen.models import build_model
 from pgen.pvector import angle, top_singular_vectors
+from pgen.paths import replace_link
 
 __all__ = ["PARADIGMS", "PaperSettings", "RunResult", "run_experiment", "load_run", "save_run"]
 
@@ -275,7 +276,7 @@ def _bootstrap(model, feature_layer, run, s: PaperSettings, data, result: RunRes
 def save_run(folder: Path, r: RunResult) -> None:
     """One file per finished run, written atomically: a rerun skips it (resume)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{r.run}.tmp.npz"
+    tmp = replace_link(folder / f".{r.run}.tmp.npz")
     tables = {name: pd.DataFrame(rows).to_json(orient="records") for name, rows in
               (("spectra", r.spectra), ("checkpoints", r.checkpoints), ("bootstrap", r.bootstrap))}
     np.savez_compressed(tmp, **{f"v::{k}": v for k, v in r.vectors.items()},

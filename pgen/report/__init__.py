@@ -24,6 +24,7 @@ from pgen.report.document import Document, fmt
 from pgen.report.glossary import add_glossary
 from pgen.results import ScoreRun, load_runs
 from pgen.stats import TARGETS, MeasureStatistics, measure_statistics, random_angle_null
+from pgen.paths import output_path, safe_filename
 
 __all__ = ["write_report", "report_from_results", "answer_sentences", "color_column"]
 
@@ -196,16 +197,17 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
             if target in table.columns and table[m].notna().sum() > 1:
                 p = plots.measure_scatter(table, m, target, label=wrapped, target_label=TARGETS[target],
                                           fit=fit_by_target.get(target) if target != "gap" else None,
-                                          color_by=color_by, path=out / f"{m}_vs_{target}.png")
+                                          color_by=color_by, path=output_path(out, f"{safe_filename(m)}_vs_{target}.png"))
                 images.append((f"{m} vs {TARGETS[target]}", p))
-        images.append((f"distribution of {m}", plots.histogram(table[m], label=wrapped, path=out / f"{m}_histogram.png")))
+        histogram = plots.histogram(table[m], label=wrapped, path=output_path(out, f"{safe_filename(m)}_histogram.png"))
+        images.append((f"distribution of {m}", histogram))
         doc.images(images)
         files += [p for _, p in images]
         summary_measures[m] = {"models": st.n, "sign": signs[m], "kendall_of_sign_x_value": st.kendall, "kendall_null_sd": st.kendall_null_sd,
                                "psi": st.psi, "cmi": st.cmi, "cmi_null": st.cmi_null, "k_mu": st.k_mu}
     if measures and {"test_acc", "pseudo_test_acc"} <= set(table.columns):
         p = plots.test_vs_pseudo(table, colour_column=measures[0], colour_label=measures[0],
-                                 path=out / "test_vs_pseudo_test.png")
+                                 path=output_path(out, "test_vs_pseudo_test.png"))
         doc.heading("Test vs pseudo-test accuracy")
         doc.paragraph("Pseudo-test accuracy: accuracy on augmented copies of the scored samples "
                       "(the policy is in the settings table).")
@@ -228,27 +230,21 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         doc.paragraph("A failed model has no targets; a failed measure leaves only that measure missing.")
         doc.table(run.errors.assign(measure=run.errors["measure"].replace("", "(model)")))
 
-    table.to_csv(out / "models.csv", index=False)
+    table.to_csv(output_path(out, "models.csv"), index=False)
     correlations = pd.concat(corr_frames, ignore_index=True) if corr_frames else pd.DataFrame()
-    correlations.to_csv(out / "correlations.csv", index=False)
-    (pd.concat(fit_rows, ignore_index=True) if fit_rows else pd.DataFrame()).to_csv(out / "loglog_fits.csv", index=False)
-    run.errors.to_csv(out / "errors.csv", index=False)
+    correlations.to_csv(output_path(out, "correlations.csv"), index=False)
+    (pd.concat(fit_rows, ignore_index=True) if fit_rows else pd.DataFrame()).to_csv(output_path(out, "loglog_fits.csv"), index=False)
+    run.errors.to_csv(output_path(out, "errors.csv"), index=False)
     summary = {"zoo": zoo, "settings": run.settings, "run_id": run.run_id, "info": run.info,
                "models_scored": run.models_scored, "models_failed": run.models_failed,
                "measure_failures": measure_failures, "answer": answers, "measures": summary_measures, "notes": notes,
                "generated": generated}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    output_path(out, "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     add_glossary(doc)
-    doc.paragraph(f"Generated {generated} by pgen from `{_relative(str(run.store_path), out)}` (run {run.run_id}).")
+    doc.paragraph(f"Generated {generated} by pgen from `{_relative(str(run.store_path), out)}` (run {Document.text(run.run_id)}).")
     written = doc.write(out, "report")
     return written + [out / "models.csv", out / "correlations.csv", out / "loglog_fits.csv", out / "errors.csv",
                       out / "summary.json"] + files
-
-
-def _safe_name(name: str) -> str:
-    # A zoo name from someone else's file must not become a path outside the folder.
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
-    return cleaned or "zoo"
 
 
 def report_from_results(results: str | Path, out: str | Path | None = None, *, color_by: str | None = None,
@@ -262,7 +258,8 @@ def report_from_results(results: str | Path, out: str | Path | None = None, *, c
     base = Path(out) if out else (Path(results) if Path(results).is_dir() else Path(results).parent)
     written = []
     for run in runs:
-        folder = base if len(runs) == 1 else base / f"{_safe_name(run.name)}-{run.run_id}"
+        # The zoo name and run id come from the store (perhaps someone else's): never a path.
+        folder = base if len(runs) == 1 else output_path(base, f"{run.name}-{run.run_id}", directory=True)
         written.append((run, write_report(run, folder, color_by=color_by, n_boot=n_boot,
                                           cmi_permutations=cmi_permutations)))
     return written

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pgen.paths import output_path
+
 __all__ = ["Document", "fmt"]
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
@@ -164,7 +166,7 @@ class Document:
     def write(self, folder: str | Path, stem: str) -> list[Path]:
         """Write ``<stem>.html`` (images inlined) and ``<stem>.md`` (images beside it)."""
         folder = Path(folder)
-        html_path, md_path = folder / f"{stem}.html", folder / f"{stem}.md"
+        html_path, md_path = output_path(folder, f"{stem}.html"), output_path(folder, f"{stem}.md")
         html_path.write_text(self.to_html())
         md_path.write_text(self.to_markdown())
         return [html_path, md_path]

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pgen.paths import replace_link
+
 __all__ = ["figure", "save", "measure_scatter", "histogram", "test_vs_pseudo", "ranking_plot"]
 
 
@@ -26,7 +28,7 @@ def save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(replace_link(path), dpi=110)
     plt.close(fig)
     return path
 

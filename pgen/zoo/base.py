@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from pgen.errors import UnknownNameError, ZooError
 
-__all__ = ["Zoo", "ZooEntry", "ZooError", "safe_join"]
+__all__ = ["Zoo", "ZooEntry", "ZooError", "safe_join", "zoo_file"]
 
 
 def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
@@ -27,6 +27,38 @@ def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
     resolved = (root / rel).resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise ZooError(f"{what} {relative!r} escapes the zoo folder {root}")
+    if resolved.exists() and not (resolved.is_file() or resolved.is_dir()):
+        raise ZooError(f"{what} {relative!r} is a FIFO, device or socket, not a file; refused")
+    return resolved
+
+
+def zoo_file(root: Path, path: str | Path, *, what: str, directory: bool = False) -> Path:
+    """``path`` (absolute, or relative to ``root``) resolved, checked to be inside ``root``
+    and to be a regular file (a folder with ``directory=True``), before anything reads it.
+
+    A symlink out of the zoo, a FIFO (which would block the read forever), a device such as
+    ``/dev/zero`` (which never ends) or a socket is refused with a :class:`ZooError` naming
+    the file.
+    """
+    import os
+    import stat
+
+    given = Path(path)
+    full = given if given.is_absolute() else Path(root) / given
+    resolved = Path(os.path.realpath(full))
+    if not resolved.is_relative_to(Path(os.path.realpath(root))):
+        raise ZooError(f"{what}: {full} resolves to {resolved}, outside the zoo folder {root}")
+    try:
+        mode = os.stat(resolved).st_mode
+    except FileNotFoundError:
+        raise ZooError(f"{what}: {full} is missing") from None
+    except OSError as exc:
+        raise ZooError(f"{what}: cannot read {full}: {exc.strerror or exc}") from None
+    wanted, ok = ("a folder", stat.S_ISDIR(mode)) if directory else ("a regular file", stat.S_ISREG(mode))
+    if not ok:
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "a file")
+        raise ZooError(f"{what}: {full} is {kind}, not {wanted}; refused")
     return resolved
 
 

@@ -55,6 +55,7 @@ from pgen.models import ARCHITECTURES, build_model
 from pgen.train import TrainConfig, train_model, training_data
 from pgen.zoo.base import ZooError
 from pgen.zoo.native import FORMAT, save_state_dict
+from pgen.paths import replace_link, safe_filename
 
 __all__ = ["Recipe", "build_zoo", "default_cache_dir", "find_recipe", "embedded_recipes"]
 
@@ -97,6 +98,9 @@ class Recipe:
             self.grid = {k: list(v) for k, v in data["grid"].items()}
         except KeyError as exc:
             raise ZooError(f"recipe {source} lacks {exc.args[0]!r}") from None
+        if safe_filename(self.name) != self.name:  # the name becomes the zoo's folder and its models' file names
+            raise ZooError(f"recipe {source}: name {self.name!r} must be a plain file name (letters, digits and "
+                           f"-_.+=@, not starting with a dot), e.g. {safe_filename(self.name)!r}")
         self.seeds = list(data.get("seeds", [0]))
         self.train = dict(data.get("train", {}))
         ck = data.get("checkpoints", {})
@@ -210,9 +214,11 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
         old = json.loads(meta_path.read_text())
         if old.get("recipe") != recipe.raw:
             raise ZooError(f"{out} holds a zoo built from a different recipe; choose another --out")
-    meta_path.write_text(json.dumps(meta, indent=1))
+    replace_link(meta_path).write_text(json.dumps(meta, indent=1))
 
     manifest = out / "manifest.jsonl"
+    if manifest.is_symlink():  # appending would write through it, outside the zoo folder
+        raise ZooError(f"{manifest} is a symlink; pgen does not write through links: move it aside")
     done = _finished_ids(manifest)
     todo = [r for r in recipe.runs() if r["id"] not in done]
     if limit is not None:
@@ -326,7 +332,7 @@ def _save_training_data(path: Path, indices: torch.Tensor, labels: torch.Tensor)
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = replace_link(path.with_name(path.name + ".tmp"))
     with tmp.open("wb") as fh:
         np.savez(fh, indices=indices.numpy().astype(np.int64), labels=labels.numpy().astype(np.int64))
     tmp.replace(path)

@@ -17,6 +17,7 @@ import pandas as pd
 from pgen.errors import InputError
 from pgen.models import build_model, model_arguments
 from pgen.zoo.native import FORMAT, NativeZoo, load_state_dict, load_weights_into
+from pgen.paths import replace_link
 
 __all__ = ["import_zoo"]
 
@@ -119,6 +120,6 @@ def _plain(v):
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = replace_link(path.with_name(path.name + ".tmp"))
     tmp.write_text(text)
     tmp.replace(path)

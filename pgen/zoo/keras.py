@@ -434,6 +434,32 @@ def _decode(name) -> str:
     return name.decode("utf-8") if isinstance(name, bytes) else str(name)
 
 
+MAX_WEIGHT_ELEMENTS = 2**30  # one weight array of at most 4 GiB as float32; a larger one is a broken file
+
+
+def _internal(group, name: str, path: Path):
+    """``group[name]``, refusing what would read outside this file: an HDF5 external link,
+    a dataset with external raw storage or a virtual dataset (both map other files' bytes),
+    and a dataset too large to be a weight."""
+    import h5py
+
+    link = group.get(name, getlink=True)
+    if link is None:
+        raise KerasPortError(f"{path}: {group.name}/{name} is missing")
+    if isinstance(link, h5py.ExternalLink):
+        raise KerasPortError(f"{path}: {group.name}/{name} is an external link to {link.filename!r}; "
+                             "pgen reads weights only from inside the file")
+    item = group[name]
+    if isinstance(item, h5py.Dataset):
+        if item.external or item.is_virtual:
+            raise KerasPortError(f"{path}: dataset {item.name} stores its data in other files "
+                                 f"({'external storage' if item.external else 'a virtual dataset'}); refused")
+        if item.size > MAX_WEIGHT_ELEMENTS:
+            raise KerasPortError(f"{path}: dataset {item.name} has {item.size} elements (shape {item.shape}), "
+                                 f"more than the {MAX_WEIGHT_ELEMENTS} a weight may have")
+    return item
+
+
 def keras_weight_arrays(path: str | Path) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
     """The weights of a Keras 2 ``save_weights`` HDF5 file, in file order.
 
@@ -451,10 +477,10 @@ def keras_weight_arrays(path: str | Path) -> list[tuple[str, list[tuple[str, np.
             out = []
             for lname in group.attrs["layer_names"]:
                 lname = _decode(lname)
-                g = group[lname]
+                g = _internal(group, lname, path)
                 names = [_decode(n) for n in g.attrs.get("weight_names", [])]
                 if names:
-                    out.append((lname, [(n, np.asarray(g[n], dtype=np.float32)) for n in names]))
+                    out.append((lname, [(n, np.asarray(_internal(g, n, path), dtype=np.float32)) for n in names]))
             return out
     except KerasPortError:
         raise

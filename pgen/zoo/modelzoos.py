@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, zoo_file
 from pgen.zoo.native import load_state_dict
 
 __all__ = ["ModelZoosZoo", "build_architecture", "infer_sequential"]
@@ -232,13 +232,15 @@ class ModelZoosZoo(Zoo):
     def _entries(self):
         entries = []
         for trial in self._trials():
+            zoo_file(self.root, trial, what=f"trial {trial.name}", directory=True)  # a symlink out is refused
             try:
-                params = json.loads((trial / "params.json").read_text())
+                params = json.loads(zoo_file(self.root, trial / "params.json", what=f"trial {trial.name}").read_text())
             except json.JSONDecodeError as exc:
                 raise ZooError(f"{trial / 'params.json'} is not valid JSON: {exc}") from exc
             results = {}
             result_path = trial / "result.json"
-            if result_path.exists():
+            if result_path.exists() or result_path.is_symlink():
+                result_path = zoo_file(self.root, result_path, what=f"trial {trial.name}")
                 for line in result_path.read_text().splitlines():
                     if line.strip():
                         try:
@@ -263,9 +265,10 @@ class ModelZoosZoo(Zoo):
         return entries
 
     def _checkpoint(self, folder: Path) -> Path:
+        zoo_file(self.root, folder, what=f"checkpoint folder {folder.name}", directory=True)
         for name in ("checkpoints", "checkpoint", "model.pt"):
-            if (folder / name).is_file():
-                return folder / name
+            if (folder / name).exists() or (folder / name).is_symlink():
+                return zoo_file(self.root, folder / name, what=f"checkpoint of {folder.parent.name}")
         raise ZooError(f"{folder} has no checkpoint file")
 
     def _load_model(self, entry, initial=False):
@@ -291,10 +294,15 @@ class ModelZoosZoo(Zoo):
 
     def _split(self, split):
         if self._data is None:
-            path = (self.data_root or self.root) / "dataset.pt"
-            if not path.exists():
+            base = self.data_root or self.root  # --data-root is the user's own choice of folder
+            path = base / "dataset.pt"
+            if not (path.exists() or path.is_symlink()):
                 raise ZooError(f"{path} is missing: the Model Zoos format keeps the data there "
                                "(pass data_root / --data-root if it lives elsewhere)")
+            try:
+                path = zoo_file(base, path, what="the zoo's data")
+            except ZooError as exc:
+                raise ZooError(f"{exc} (data kept elsewhere: pass data_root / --data-root)") from None
             try:
                 # The published form is a dict of TensorDatasets: that one class is allowed, nothing else.
                 with torch.serialization.safe_globals([torch.utils.data.TensorDataset]):

@@ -27,7 +27,8 @@ from torch import nn
 
 from pgen.data import load_dataset
 from pgen.models import build_model, model_arguments
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join, zoo_file
+from pgen.paths import replace_link
 
 __all__ = ["NativeZoo", "load_state_dict", "save_state_dict"]
 
@@ -102,7 +103,7 @@ def save_state_dict(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = replace_link(path.with_name(path.name + ".tmp"))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
     tmp.replace(path)
@@ -137,8 +138,10 @@ class NativeZoo(Zoo):
         root = Path(root)
         self.trust_code = trust_code
         meta_path = root / "zoo.json"
+        if not (meta_path.exists() or meta_path.is_symlink()):
+            raise ZooError(f"{meta_path} is missing: not a pgen zoo folder")
         try:
-            self.meta = json.loads(meta_path.read_text())
+            self.meta = json.loads(zoo_file(root, meta_path, what="zoo description").read_text())
         except FileNotFoundError:
             raise ZooError(f"{meta_path} is missing: not a pgen zoo folder") from None
         except json.JSONDecodeError as exc:
@@ -161,8 +164,9 @@ class NativeZoo(Zoo):
 
     def _entries(self):
         manifest = self.root / "manifest.jsonl"
-        if not manifest.exists():
+        if not (manifest.exists() or manifest.is_symlink()):
             raise ZooError(f"{manifest} is missing")
+        manifest = zoo_file(self.root, manifest, what="zoo manifest")
         entries, seen = [], set()
         for lineno, line in enumerate(manifest.read_text().splitlines(), start=1):
             if not line.strip():

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join
-from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights, torch_input_shape
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join, zoo_file
+from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
 from pgen.zoo.tfrecord import TFRecordError, iter_records, parse_example, parse_tensor
 
 __all__ = ["PGDLZoo", "read_tfrecord_dataset", "read_model_configs"]
@@ -44,16 +44,19 @@ def read_model_configs(path: str | Path) -> dict:
     return configs
 
 
-def read_tfrecord_dataset(folder: str | Path) -> TensorDataset:
+def read_tfrecord_dataset(folder: str | Path, root: str | Path | None = None) -> TensorDataset:
     """All ``shard_*.tfrecord`` files of a folder, read in sorted name order.
 
     Returns a TensorDataset of NCHW (or flat) float32 inputs and int64 labels, in record
-    order. Every record's CRCs are checked; errors name the shard and the record.
+    order. Every record's CRCs are checked; errors name the shard and the record. Every
+    shard must be a regular file inside ``root`` (default: the folder itself).
     """
     folder = Path(folder)
+    root = Path(root) if root is not None else folder
     shards = sorted(p for p in folder.iterdir() if p.suffix == ".tfrecord") if folder.is_dir() else []
     if not shards:
         raise ZooError(f"{folder}: no .tfrecord shards")
+    shards = [zoo_file(root, p, what=f"data shard {p.name}") for p in shards]
     xs, ys = [], []
     for shard in shards:
         try:
@@ -70,8 +73,13 @@ def read_tfrecord_dataset(folder: str | Path) -> TensorDataset:
                     raise TFRecordError(f"{shard}: record {i}: label has shape {y.shape}, expected a scalar")
                 if xs and x.shape != xs[0].shape:
                     raise TFRecordError(f"{shard}: record {i}: input shape {x.shape} differs from {xs[0].shape}")
+                label = y.reshape(()).item()
+                if isinstance(label, bool) or not float(label).is_integer() or label < 0 or label >= 2**31:
+                    # int() once read 3.7 as class 3: a label is a non-negative integer or the record is wrong
+                    raise TFRecordError(f"{shard}: record {i}: label {label!r} is not a class index "
+                                        "(a non-negative integer)")
                 xs.append(x)
-                ys.append(int(y.reshape(())))
+                ys.append(int(label))
         except TFRecordError as exc:
             raise ZooError(str(exc)) from None
     x = torch.from_numpy(np.stack(xs).astype(np.float32, copy=False))
@@ -99,11 +107,11 @@ class PGDLZoo(Zoo):
 
     def _find_configs(self) -> Path | None:
         here = self.root / "model_configs.json"
-        if here.is_file():
-            return here
-        # input_data/<task> -> reference_data/<task>
+        if here.exists() or here.is_symlink():
+            return zoo_file(self.root, here, what="model configs")
+        # input_data/<task> -> reference_data/<task> (the competition's layout: beside the task, by design)
         ref = self.root.parent.parent / "reference_data" / self.root.name / "model_configs.json"
-        return ref if ref.is_file() else None
+        return zoo_file(ref.parent, ref, what="model configs") if ref.exists() else None
 
     def model_configs(self) -> dict:
         """The raw ``model_configs.json`` (what the official scorer reads); {} if absent."""
@@ -139,11 +147,10 @@ class PGDLZoo(Zoo):
     def _load_model(self, entry, initial=False):
         d = entry.extra["dir"]
         where = f"model {entry.id} of {self.root}"
-        weights = d / ("weights_init.hdf5" if initial else "weights.hdf5")
-        if not weights.is_file():
-            raise ZooError(f"{where}: {weights.name} is missing")
+        weights = zoo_file(self.root, d / ("weights_init.hdf5" if initial else "weights.hdf5"), what=where)
+        config_path = zoo_file(self.root, d / "config.json", what=where)
         try:
-            config = json.loads((d / "config.json").read_text())
+            config = json.loads(config_path.read_text())
         except (OSError, ValueError) as exc:
             raise ZooError(f"{where}: cannot read {d / 'config.json'}: {exc}") from exc
         try:
@@ -154,9 +161,9 @@ class PGDLZoo(Zoo):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The models' input shape in torch order, from the first model's config."""
-        config = json.loads((self.entries[0].extra["dir"] / "config.json").read_text())
-        return torch_input_shape(config["input_shape"])
+        """The inputs' shape in torch order, from the task's data: not from a model's config,
+        where one broken first model once stopped the run for every model."""
+        return tuple(self.dataset("train").tensors[0].shape[1:])
 
     @property
     def data_kind(self) -> str:
@@ -171,7 +178,8 @@ class PGDLZoo(Zoo):
             folder = self.root / "dataset_1" / split
             if not folder.is_dir():
                 raise ZooError(f"{self.root}: no {split} data (expected {folder}); PGDL tasks ship train data only")
-            self._data[split] = read_tfrecord_dataset(folder)
+            zoo_file(self.root, folder, what=f"{split} data", directory=True)
+            self._data[split] = read_tfrecord_dataset(folder, root=self.root)
         return self._data[split]
 
     def describe(self):

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, zoo_file
 
 __all__ = ["SmallCNNZoo", "SmallCNN"]
 
@@ -67,7 +67,8 @@ class SmallCNNZoo(Zoo):
         self.skipped = 0
         self._layout = self._read_layout()
         try:
-            self._weights = np.load(self.root / "weights.npy", mmap_mode="r", allow_pickle=False)
+            self._weights = np.load(zoo_file(self.root, "weights.npy", what="Small CNN Zoo weights"), mmap_mode="r",
+                                    allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ZooError(f"{self.root / 'weights.npy'} cannot be read: {exc}") from exc
         if self._weights.ndim != 2:
@@ -81,7 +82,7 @@ class SmallCNNZoo(Zoo):
         return (path / "weights.npy").is_file() and (path / "layout.csv").is_file()
 
     def _read_layout(self):
-        path = self.root / "layout.csv"
+        path = zoo_file(self.root, "layout.csv", what="Small CNN Zoo layout")
         try:
             with path.open() as fh:
                 rows = list(csv.DictReader(fh))
@@ -95,7 +96,7 @@ class SmallCNNZoo(Zoo):
         return layout
 
     def _entries(self):
-        path = self.root / "metrics.csv.gz"
+        path = zoo_file(self.root, "metrics.csv.gz", what="Small CNN Zoo metrics")
         try:
             frame = pd.read_csv(path)
         except (OSError, ValueError) as exc:
