@@ -248,6 +248,17 @@ def test_a_zoo_named_script_renders_as_text(tiny_zoo, tmp_path):
     assert "<script>" not in md
 
 
+def test_a_benchmark_of_a_zoo_named_script_writes_text_inside_out(tiny_zoo, tmp_path):
+    evil = "<script>alert(1)</script>/../../ESCAPED"
+    zoo = renamed_zoo(tiny_zoo, tmp_path / "zoo", evil)
+    out = tmp_path / "a" / "b" / "bench"
+    assert main(["benchmark", str(zoo), "--out", str(out), "--samples", "100", "--bootstrap", "50",
+                 "--measures", "pvector_angle,sum_squared_weights"]) == 0
+    html, md = (out / "benchmark.html").read_text(), (out / "benchmark.md").read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<script>" not in md
+    assert (out / f"summary_{safe_filename(evil)}.csv").is_file() and escaped(tmp_path, out) == []
+
+
 def test_a_float_label_is_refused_with_its_record(task):
     # int() once read the label 3.7 as class 3.
     from pgen.zoo.tfrecord import frame_record, serialize_example, serialize_tensor

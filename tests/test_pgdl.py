@@ -101,6 +101,8 @@ def test_tensor_proto_value_fields_and_example_roundtrip():
         parse_tensor(_tensor_proto(1, [2, 3], content=b"\x00" * 5))
     with pytest.raises(TFRecordError, match="dtype"):
         parse_tensor(_tensor_proto(7, [1], content=b"x"))
+    with pytest.raises(TFRecordError, match="does not fit in 64 bits"):  # once read as a dimension of 0
+        parse_tensor(_tensor_proto(1, [2**64], content=b""))
 
 
 def test_corrupted_and_truncated_shards_name_the_file(tmp_path):

@@ -135,6 +135,8 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
+            if result >> 64:  # protobuf varints are 64-bit; 2**64 as a dimension was once read as 0
+                raise TFRecordError(f"varint {result} does not fit in 64 bits")
             return result, pos
         shift += 7
         if shift >= 70:
