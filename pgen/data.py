@@ -19,7 +19,25 @@ from pgen.cache import cache_dir
 from pgen.errors import DatasetError, InputError, UnknownNameError
 from pgen.paths import replace_link
 
-__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "load_dataset"]
+__all__ = ["DATASETS", "DatasetInfo", "class_labels", "dataset_info", "load_dataset"]
+
+
+def class_labels(y, where: str):
+    """``y`` as int64 class indices, refusing what ``.long()`` would silently truncate: a
+    label such as 3.7 (read as 3), NaN, infinity or a negative value; the error names
+    ``where`` and the first bad label's index."""
+    t = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+    if t.dtype == torch.bool or t.is_complex():
+        raise DatasetError(f"{where}: labels are {t.dtype}, not class indices")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t) | (t != torch.round(t))
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad.reshape(-1))[0])
+            raise DatasetError(f"{where}: label {i} is {t.reshape(-1)[i].item()!r}, not an integer class index")
+    if t.numel() and bool((t < 0).any()):
+        i = int(torch.nonzero((t < 0).reshape(-1))[0])
+        raise DatasetError(f"{where}: label {i} is {t.reshape(-1)[i].item()!r}; class indices are non-negative")
+    return t.long()
 
 
 @dataclass(frozen=True)
@@ -286,7 +304,7 @@ def dataset_from_spec(spec: str, split: str = "train", *, transform: dict | None
             raise DatasetError(f"{path} has no array(s) {', '.join(missing)} for the {split} split "
                                f"(it holds {', '.join(arrays.files)})")
         x = torch.as_tensor(arrays[keys[0]]).float()
-        y = torch.as_tensor(arrays[keys[1]]).long()
+        y = class_labels(arrays[keys[1]], f"{path} ({keys[1]})")
         if len(x) != len(y):
             raise DatasetError(f"{path}: {keys[0]} has {len(x)} rows but {keys[1]} has {len(y)}")
         if fn:

@@ -275,6 +275,25 @@ def test_a_float_label_is_refused_with_its_record(task):
         load_zoo(task).dataset("train")
 
 
+@pytest.mark.parametrize("labels, complaint", [
+    ([0, 1, 3.7], "label 2 is 3.7, not an integer class index"),
+    ([0, float("nan"), 1], "label 1 is nan"),
+    ([0, -1, 1], "label 1 is -1; class indices are non-negative"),
+])
+def test_labels_that_are_not_class_indices_are_refused(labels, complaint, tmp_path):
+    from pgen.data import dataset_from_spec
+    from pgen.errors import DatasetError
+    from pgen.zoo.memory import as_dataset
+
+    x = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(DatasetError, match=complaint):
+        as_dataset((x, np.array(labels)), "my data")
+    np.savez(tmp_path / "d.npz", x=x, y=np.array(labels))
+    with pytest.raises(DatasetError, match=rf"d.npz \(y\): {complaint}"):
+        dataset_from_spec(f"npz:{tmp_path / 'd.npz'}", "train")
+    assert as_dataset((x, np.array([0, 1, 3.0])), "ok").tensors[1].tolist() == [0, 1, 3]  # 3.0 is class 3
+
+
 def test_nonfinite_predictions_are_refused_naming_the_models(tmp_path, capsys):
     configs = json.loads((PGDL / "kit_toy" / "model_configs.json").read_text())
     preds = {f"model_{k}": float(i) for i, k in enumerate(configs)}

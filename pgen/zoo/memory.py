@@ -30,7 +30,9 @@ def as_dataset(data, what: str = "data") -> Dataset:
         x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data)
         if len(x) != len(y):
             raise InputError(f"{what}: {len(x)} inputs but {len(y)} labels")
-        return TensorDataset(x.float(), y.long())
+        from pgen.data import class_labels
+
+        return TensorDataset(x.float(), class_labels(y, what))
     raise InputError(f"{what} must be a torch Dataset, an (x, y) pair or a dataset spec; got {type(data).__name__}")
 
 

@@ -326,7 +326,9 @@ class ModelZoosZoo(Zoo):
             x = x[:, None]
         elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
             x = x.permute(0, 3, 1, 2)
-        return x, y.long()
+        from pgen.data import class_labels
+
+        return x, class_labels(y, f"{self.root / 'dataset.pt'} ({key})")
 
     def dataset(self, split="train"):
         return torch.utils.data.TensorDataset(*self._split(split))
