@@ -14,7 +14,14 @@ solver):
 
 Each synthetic family runs at the three sizes of ``benchmarks/pvector.py``. Times are the
 median of ``--repeat`` runs; pgen gets the raw float32 matrix (centering, and any float64
-conversion, inside its time); ``svds(k=1)`` gets a pre-centered copy. The reference vector
+conversion, inside its time); ``svds(k=1)`` gets a pre-centered copy.
+
+Every timed call starts from a quiet state: the two solvers alternate, each after a pause
+(``--pause``, 0.3 s). numpy and scipy each bundle an OpenBLAS whose threads keep spinning
+for a while after a call; on 2 cores a call into one library right after the other's runs
+up to 3x slower (a 4000x64 Gram product: 1.3 ms alone, 3.5-30 ms right after scipy's
+``eigh``). Without the pause, whichever solver ran right after the untimed reference (scipy)
+or after the other solver paid for it, so the ratios measured the order of the calls. The reference vector
 is the top eigenvector of the float64 Gram matrix from ``scipy.linalg.eigh`` (independent
 of pgen's code), the angle error is against it, and full SVD is timed once per size
 (float64 ``numpy.linalg.svd``) for its ratio. The table prints the worst ratio first.
@@ -93,13 +100,23 @@ def real_features(quick):
     return out
 
 
-def median_time(fn, repeat):
-    times, out = [], None
+def quiet_call(fn, pause):
+    """``fn()`` and its wall time, after ``pause`` seconds in which other thread pools go idle."""
+    time.sleep(pause)
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def alternating_medians(fns, repeat, pause):
+    """Median time of each function, calling them in turn ``repeat`` times, each from quiet."""
+    times = [[] for _ in fns]
+    outs = [None] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
+        for i, fn in enumerate(fns):
+            t, outs[i] = quiet_call(fn, pause)
+            times[i].append(t)
+    return [float(np.median(t)) for t in times], outs
 
 
 def reference_vector(x):
@@ -122,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per solver; the median counts")
     parser.add_argument("--families", help="comma-separated subset of the families")
+    parser.add_argument("--pause", type=float, default=0.3,
+                        help="seconds of quiet before every timed call (0: back to back)")
     args = parser.parse_args(argv)
     families = {k: v for k, v in FAMILIES.items() if not args.families or k in args.families.split(",")}
     rows = []
@@ -135,8 +154,8 @@ def main(argv=None):
                 warnings.simplefilter("ignore", pgen.UnstablePVectorWarning)
                 return pgen.p_vector(x, center=True)  # method "auto", as users call it
 
-        t_auto, u = median_time(pgen_auto, args.repeat)
-        t_svds, _ = median_time(lambda: sla.svds(xc, k=1, random_state=0), args.repeat)
+        (t_auto, t_svds), (u, _) = alternating_medians(
+            [pgen_auto, lambda: sla.svds(xc, k=1, random_state=0)], args.repeat, args.pause)
         rows.append({"matrix": name, "shape": f"{x.shape[0]}x{x.shape[1]}", "gap": gap, "auto_s": t_auto,
                      "svds_s": t_svds, "ratio_svds": t_auto / t_svds,
                      "ratio_full": t_auto / full_svd_seconds if full_svd_seconds else float("nan"),

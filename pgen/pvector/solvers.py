@@ -66,7 +66,17 @@ def _gram(x: np.ndarray, center: bool, k: int):
     small feature dimension (their gaps near 1.01 slow Lanczos down).
     """
     n, d = x.shape
-    mu = x.mean(axis=0, dtype=np.float64) if center else None
+    bounds = _row_blocks(n, d) if n >= d else None
+    if n >= d and len(bounds) == 1:
+        # One block (up to 32 MB): convert once and take the mean of the float64 copy
+        # (0.15 ms instead of 0.25 ms at 4000 x 64, where the whole solve takes ~3 ms).
+        whole = np.array(x, dtype=np.float64)
+        mu = whole.mean(axis=0) if center else None
+        if center:
+            whole -= mu
+    else:
+        whole = None
+        mu = x.mean(axis=0, dtype=np.float64) if center else None
 
     def centered64(blk):
         blk = np.array(blk, dtype=np.float64)
@@ -75,11 +85,10 @@ def _gram(x: np.ndarray, center: bool, k: int):
         return blk
 
     if n >= d:
-        bounds = _row_blocks(n, d)
         g = np.zeros((d, d))
         blk = None
         for a, b in bounds:
-            blk = centered64(x[a:b])
+            blk = whole if whole is not None else centered64(x[a:b])
             g += blk.T @ blk
         w, v1 = _top_eigenpairs(g, k)
         if len(bounds) == 1:  # one block (up to 32 MB): reuse it rather than convert it again
