@@ -24,7 +24,41 @@ from torch import nn
 
 from pgen.errors import InputError, UnknownNameError
 
-__all__ = ["ARCHITECTURES", "build_model", "model_arguments"]
+__all__ = ["ARCHITECTURES", "MAX_PARAMETERS", "build_model", "model_arguments", "parameter_limit"]
+
+MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights; zoo models hold 1e3 to 1e8
+
+
+def parameter_limit() -> int:
+    """The most weights one model read from a zoo may hold: the environment variable
+    ``PGEN_MAX_PARAMETERS``, or :data:`MAX_PARAMETERS`. A manifest row or config asking for
+    more is refused before anything is allocated."""
+    import os
+
+    text = os.environ.get("PGEN_MAX_PARAMETERS")
+    try:
+        return int(text) if text else MAX_PARAMETERS
+    except ValueError:
+        raise InputError(f"PGEN_MAX_PARAMETERS must be a whole number, got {text!r}") from None
+
+
+def _bounded(factory, what: str) -> nn.Module:
+    """``factory()``, after building it once on torch's meta device (no memory) to count its
+    parameters: a model over :func:`parameter_limit` or arguments it cannot take (a width of
+    2.5, -3 or 2**70) are an :class:`InputError` naming ``what``, never an allocation."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = factory()
+        count = sum(p.numel() for p in probe.parameters())
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise InputError(f"{what}: cannot be built from these arguments: {exc}") from None
+    limit = parameter_limit()
+    if count > limit:
+        raise InputError(f"{what}: would hold {count} parameters, more than {limit}; "
+                         "set PGEN_MAX_PARAMETERS higher if that is intended")
+    return factory()
 
 
 class MLP(nn.Sequential):
@@ -91,7 +125,11 @@ def build_model(arch: str, *, input_shape, num_classes: int, trust_code: bool = 
 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_shape", "num_classes"}
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
-    return cls(tuple(input_shape), num_classes, **kwargs)
+    for k, v in kwargs.items():  # width, depth, hidden: whole numbers; dropout: a rate
+        ok = (0 <= v < 1) if k == "dropout" else (isinstance(v, int) and 1 <= v <= 1 << 20)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok:
+            raise InputError(f"{arch}: {k}={v!r} is not a valid value")
+    return _bounded(lambda: cls(tuple(input_shape), num_classes, **kwargs), f"{arch} {kwargs}")
 
 
 def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:
@@ -103,10 +141,7 @@ def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:
     in_channels = kwargs.pop("in_channels", None)
     small_input = bool(kwargs.pop("small_input", False))
     kwargs.setdefault("num_classes", num_classes)
-    try:
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
-    except TypeError as exc:
-        raise InputError(f"torchvision:{name}: {exc}") from exc
+    model = _bounded(lambda: torchvision.models.get_model(name, weights=None, **kwargs), f"torchvision:{name}")
     if small_input:
         if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
             raise InputError(f"torchvision:{name}: small_input adapts ResNet-style stems (conv1 + maxpool); "

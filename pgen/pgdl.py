@@ -220,11 +220,6 @@ def score_predictions(predictions: str | Path | dict, model_configs: str | Path 
 def _read_json(src, what: str) -> dict:
     if isinstance(src, dict):
         return src
-    path = Path(src)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"{path}: cannot read {what}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ZooError(f"{path}: {what} must be a JSON object")
-    return data
+    from pgen.zoo.base import read_json
+
+    return read_json(Path(src), what, expect=dict)

@@ -8,6 +8,7 @@ transaction: a crash or Ctrl-C loses at most the model in progress.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -65,6 +66,17 @@ class ResultsStore:
             raise ResultsError(f"{self.path} cannot be used as a results store ({exc}); move it aside and "
                                "run again to start a new one (pgen never deletes results)") from None
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """One transaction; a failed write (disk full, I/O error, a lock held past the
+        timeout) is a one-line :class:`ResultsError`. Every earlier transaction is kept."""
+        try:
+            with self._conn:
+                yield self._conn
+        except sqlite3.DatabaseError as exc:
+            raise ResultsError(f"cannot write to {self.path} ({exc}); every result stored before this is kept: "
+                               "free space (or wait for the other process), then run again to go on") from None
+
     def register_run(self, zoo: str, settings: dict, info: dict | None = None, measures: tuple[str, ...] = ()) -> str:
         """Record a run (its settings and ``info``); ``measures`` are added to those the run
         already had, so scoring the same zoo again with another measure extends the run."""
@@ -74,7 +86,7 @@ class ResultsStore:
         info = {**(info or {}), "measures": known + [m for m in measures if m not in known]}
         if old and old.get("environments"):
             info["environments"] = old["environments"]
-        with self._conn:
+        with self._writing():
             self._conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
                                (h, zoo, json.dumps(settings, sort_keys=True, default=str),
                                 json.dumps(info, default=str)))
@@ -87,7 +99,7 @@ class ResultsStore:
         environments = list(info.get("environments", []))
         if environment not in environments:
             info["environments"] = environments + [environment]
-            with self._conn:
+            with self._writing():
                 self._conn.execute("UPDATE runs SET info=? WHERE settings_hash=?",
                                    (json.dumps(info, default=str), run_id))
 
@@ -116,7 +128,7 @@ class ResultsStore:
         js = json.dumps(settings, sort_keys=True, default=str)
         now = time.time()
         seconds = seconds or {}
-        with self._conn:
+        with self._writing():
             for measure, value in values.items():
                 self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
                                    (zoo, model_id, measure, h, None if value is None else float(value), None,
@@ -135,7 +147,7 @@ class ResultsStore:
         """One registered measure's value (or its error) for one model, with its extra values
         (rows ``<measure>.<key>``), in one transaction."""
         h, js, now = settings_hash(settings), json.dumps(settings, sort_keys=True, default=str), time.time()
-        with self._conn:
+        with self._writing():
             self._conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
                                (zoo, model_id, measure, h, None if value is None else float(value),
                                 error, seconds, js, now))

@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 from pgen.errors import UnknownNameError, ZooError
 
-__all__ = ["Zoo", "ZooEntry", "ZooError", "safe_join", "zoo_file"]
+__all__ = ["Zoo", "ZooEntry", "ZooError", "read_json", "safe_join", "zoo_file"]
+
+MAX_JSON_BYTES = 256 << 20  # a zoo's JSON files (configs, manifests, results) are kilobytes to megabytes
 
 
 def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
@@ -60,6 +62,28 @@ def zoo_file(root: Path, path: str | Path, *, what: str, directory: bool = False
                 else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "a file")
         raise ZooError(f"{what}: {full} is {kind}, not {wanted}; refused")
     return resolved
+
+
+def read_json(path: Path, what: str, *, expect: type | None = None):
+    """A zoo's JSON file, or a :class:`ZooError` naming it: unreadable, over
+    :data:`MAX_JSON_BYTES`, not UTF-8, not JSON, nested too deeply for the parser (a
+    ``RecursionError`` otherwise), or not of the ``expect`` type."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ZooError(f"{what}: {path} is {size} bytes, more than the {MAX_JSON_BYTES} a JSON file may have")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except ZooError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ZooError(f"{what}: {path} cannot be read as JSON: {exc}") from None
+    except RecursionError:
+        raise ZooError(f"{what}: {path} is nested too deeply to be a JSON file pgen reads") from None
+    if expect is not None and not isinstance(data, expect):
+        raise ZooError(f"{what}: {path} must hold a JSON {'object' if expect is dict else expect.__name__}, "
+                       f"not {type(data).__name__}")
+    return data
 
 
 @dataclass

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgen.errors import PgenError
+from pgen.models import MAX_PARAMETERS, parameter_limit
 
-__all__ = ["KerasPortError", "build_keras_model", "load_keras_weights", "keras_weight_arrays"]
+__all__ = ["KerasPortError", "MAX_PARAMETERS", "build_keras_model", "load_keras_weights", "keras_weight_arrays"]
 
 
 class KerasPortError(PgenError, ValueError):
@@ -69,12 +70,36 @@ def _apply_activation(fn, x: torch.Tensor) -> torch.Tensor:
     return fn(x)
 
 
+# Bounds checked before anything is allocated (a config is someone else's file): a layer's
+# sizes, an input dimension, one sample's activations at any layer, and the parameters of a
+# whole model. MAX_PARAMETERS can be raised with the environment variable PGEN_MAX_PARAMETERS.
+MAX_SIZE = 1 << 20  # units, filters, kernel/pool/stride sizes, one input dimension
+MAX_INPUT_ELEMENTS = 1 << 26  # values of one input sample (H x W x C)
+MAX_ACTIVATIONS = 1 << 28  # values one sample produces at one layer (1 GiB of float32)
+
+
+def _count(v, what: str, where: str, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
+    """A whole number in [minimum, maximum] (JSON may write 3 as 3.0); anything else is an error."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise KerasPortError(f"{where}: {what} must be a whole number, got {v!r}")
+    if not minimum <= v <= maximum:
+        raise KerasPortError(f"{where}: {what} must be between {minimum} and {maximum}, got {v!r}")
+    return int(v)
+
+
+def _real(v, what: str, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise KerasPortError(f"{where}: {what} must be a finite number, got {v!r}")
+    return float(v)
+
+
 def _pair(v, what: str, where: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(i, int) for i in v):
-        return int(v[0]), int(v[1])
-    raise KerasPortError(f"{where}: {what} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return _count(v[0], what, where), _count(v[1], what, where)
+    if isinstance(v, (list, tuple)):
+        raise KerasPortError(f"{where}: {what} must be an int or a pair of ints, got {v!r}")
+    n = _count(v, what, where)
+    return n, n
 
 
 def _same_pads(size: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -118,7 +143,11 @@ class Conv2D(KerasLayer):
             raise KerasPortError(f"{where}: groups={groups} is not supported")
         if padding not in ("valid", "same"):
             raise KerasPortError(f"{where}: padding={padding!r} is not supported (valid, same)")
+        if len(in_shape) != 3:
+            raise KerasPortError(f"{where}: needs an image input (C, H, W), got {in_shape}")
         c, h, w = in_shape
+        filters = _count(filters, "filters", where)
+        _check_parameters(where, c * filters * math.prod(_pair(kernel_size, "kernel_size", where)))
         self.kernel = _pair(kernel_size, "kernel_size", where)
         self.stride = _pair(strides, "strides", where)
         self.dilation = _pair(dilation_rate, "dilation_rate", where)
@@ -163,6 +192,8 @@ class Dense(KerasLayer):
         if len(in_shape) != 1:
             raise KerasPortError(f"{where}: Dense on a {len(in_shape)}-D input {in_shape} is not supported; "
                                  "add Flatten or a global pooling layer before it")
+        units = _count(units, "units", where)
+        _check_parameters(where, in_shape[0] * units)
         self.linear = nn.Linear(in_shape[0], units, bias=use_bias)
         self.act = _activation(activation, where)
         self.activation_name = activation
@@ -195,7 +226,9 @@ class BatchNormalization(KerasLayer):
         if axis not in (-1, last):
             raise KerasPortError(f"{where}: axis={axis!r} is not supported (only the channel axis, -1)")
         c = in_shape[0]
-        self.epsilon = float(epsilon)
+        self.epsilon = _real(epsilon, "epsilon", where)
+        if self.epsilon <= 0:  # a non-positive epsilon lets 1/sqrt(variance + epsilon) be inf or NaN
+            raise KerasPortError(f"{where}: epsilon must be positive, got {epsilon!r}")
         self.gamma = nn.Parameter(torch.ones(c)) if scale else None
         self.beta = nn.Parameter(torch.zeros(c)) if center else None
         self.register_buffer("moving_mean", torch.zeros(c))
@@ -318,7 +351,7 @@ class Dropout(KerasLayer):
 
     def __init__(self, in_shape, where, rate=0.0):
         super().__init__()
-        if not 0 <= float(rate) < 1:
+        if not 0 <= _real(rate, "rate", where) < 1:
             raise KerasPortError(f"{where}: rate must be in [0, 1), got {rate!r}")
         self.out_shape = tuple(in_shape)
 
@@ -344,9 +377,9 @@ class ReLU(KerasLayer):
 
     def __init__(self, in_shape, where, max_value=None, negative_slope=0.0, threshold=0.0):
         super().__init__()
-        self.max_value = None if max_value is None else float(max_value)
-        self.negative_slope = float(negative_slope)
-        self.threshold = float(threshold)
+        self.max_value = None if max_value is None else _real(max_value, "max_value", where)
+        self.negative_slope = _real(negative_slope, "negative_slope", where)
+        self.threshold = _real(threshold, "threshold", where)
         self.out_shape = tuple(in_shape)
 
     def forward(self, x):
@@ -382,6 +415,13 @@ class KerasSequential(nn.Sequential):
         return list(self.children())
 
 
+def _check_parameters(where: str, count: int, before: int = 0) -> None:
+    limit = parameter_limit()
+    if before + count > limit:
+        raise KerasPortError(f"{where}: the model would hold more than {limit} parameters (this layer adds "
+                             f"{count}); set PGEN_MAX_PARAMETERS higher if that is intended")
+
+
 def torch_input_shape(keras_shape) -> tuple[int, ...]:
     """A config's ``input_shape`` ([H, W, C] or [features]) in torch order ((C, H, W) or (features,))."""
     s = [int(v) for v in keras_shape]
@@ -390,6 +430,12 @@ def torch_input_shape(keras_shape) -> tuple[int, ...]:
 
 def build_keras_model(config: dict, *, where: str = "config") -> KerasSequential:
     """Build the torch twin of a PGDL ``config.json`` (random weights).
+
+    Every size is checked before anything is allocated: whole numbers within
+    :data:`MAX_SIZE`, an input of at most :data:`MAX_INPUT_ELEMENTS` values, and at most
+    :func:`parameter_limit` weights in all (:data:`MAX_PARAMETERS`, or the environment
+    variable ``PGEN_MAX_PARAMETERS``); a non-positive BatchNormalization epsilon, a
+    non-finite number or an argument of the wrong type is a :class:`KerasPortError`.
 
     Parameters
     ----------
@@ -401,13 +447,17 @@ def build_keras_model(config: dict, *, where: str = "config") -> KerasSequential
     if not isinstance(config, dict) or "model_config" not in config or "input_shape" not in config:
         raise KerasPortError(f"{where}: expected keys 'model_config' and 'input_shape'")
     shape_in = config["input_shape"]
-    if not isinstance(shape_in, list) or not all(isinstance(s, (int, float)) and s >= 1 for s in shape_in) \
-            or len(shape_in) not in (1, 3):
+    if not isinstance(shape_in, list) or len(shape_in) not in (1, 3):
         raise KerasPortError(f"{where}: input_shape must be [H, W, C] or [features], got {shape_in!r}")
-    shape: tuple[int, ...] = torch_input_shape(shape_in)
+    shape: tuple[int, ...] = torch_input_shape([_count(s, "input_shape", where) for s in shape_in])
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise KerasPortError(f"{where}: input_shape {shape_in} has more than {MAX_INPUT_ELEMENTS} values")
+    if not isinstance(config["model_config"], list):
+        raise KerasPortError(f"{where}: model_config must be a list of layers, got {type(config['model_config']).__name__}")
     input_shape = shape
     layers: dict[str, KerasLayer] = {}
     counts: dict[str, int] = {}
+    total = 0
     for i, spec in enumerate(config["model_config"]):
         if not isinstance(spec, dict) or "layer_name" not in spec:
             raise KerasPortError(f"{where}: layer {i} has no 'layer_name'")
@@ -421,7 +471,12 @@ def build_keras_model(config: dict, *, where: str = "config") -> KerasSequential
             layer = cls(shape, here, **kwargs)
         except TypeError as exc:  # an unknown keyword argument
             raise KerasPortError(f"{here}: unsupported argument ({exc})") from None
+        added = sum(p.numel() for p in layer.parameters())  # each layer was bounded before it allocated
+        _check_parameters(here, added, total)
+        total += added
         shape = layer.out_shape
+        if math.prod(shape) > MAX_ACTIVATIONS:
+            raise KerasPortError(f"{here}: its output {shape} has more than {MAX_ACTIVATIONS} values per sample")
         n = counts.get(kind, 0)
         counts[kind] = n + 1
         layers[_SNAKE[kind] + (f"_{n}" if n else "")] = layer

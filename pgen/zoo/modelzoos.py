@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, zoo_file
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, zoo_file
 from pgen.zoo.native import load_state_dict
 
 __all__ = ["ModelZoosZoo", "build_architecture", "infer_sequential"]
@@ -233,10 +233,8 @@ class ModelZoosZoo(Zoo):
         entries = []
         for trial in self._trials():
             zoo_file(self.root, trial, what=f"trial {trial.name}", directory=True)  # a symlink out is refused
-            try:
-                params = json.loads(zoo_file(self.root, trial / "params.json", what=f"trial {trial.name}").read_text())
-            except json.JSONDecodeError as exc:
-                raise ZooError(f"{trial / 'params.json'} is not valid JSON: {exc}") from exc
+            params = read_json(zoo_file(self.root, trial / "params.json", what=f"trial {trial.name}"),
+                               f"trial {trial.name}", expect=dict)
             results = {}
             result_path = trial / "result.json"
             if result_path.exists() or result_path.is_symlink():
@@ -245,10 +243,10 @@ class ModelZoosZoo(Zoo):
                     if line.strip():
                         try:
                             r = json.loads(line)
-                        except json.JSONDecodeError:
+                        except (json.JSONDecodeError, RecursionError):
                             continue  # a torn last line of a live run
-                        ep = r.get("training_iteration", r.get("epoch"))
-                        if ep is not None:
+                        ep = r.get("training_iteration", r.get("epoch")) if isinstance(r, dict) else None
+                        if isinstance(ep, (int, float)) and not isinstance(ep, bool) and float(ep).is_integer():
                             results[int(ep)] = r
             folders = {}
             for p in trial.iterdir():

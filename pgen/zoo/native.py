@@ -27,13 +27,17 @@ from torch import nn
 
 from pgen.data import load_dataset
 from pgen.models import build_model, model_arguments
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join, zoo_file
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, safe_join, zoo_file
 from pgen.paths import replace_link
 
 __all__ = ["NativeZoo", "load_state_dict", "save_state_dict"]
 
 FORMAT = "pgen-zoo"
 REQUIRED_FIELDS = ("id", "checkpoint", "arch", "hparams", "metrics")
+# The type every known manifest field must have (None allowed where the field is optional).
+_FIELD_TYPES = {"id": (str, int), "checkpoint": (str,), "arch": (str,), "hparams": (dict,), "metrics": (dict,),
+                "model_kwargs": (dict, type(None)), "initial_checkpoint": (str, type(None)),
+                "train_data": (str, type(None))}
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -140,12 +144,7 @@ class NativeZoo(Zoo):
         meta_path = root / "zoo.json"
         if not (meta_path.exists() or meta_path.is_symlink()):
             raise ZooError(f"{meta_path} is missing: not a pgen zoo folder")
-        try:
-            self.meta = json.loads(zoo_file(root, meta_path, what="zoo description").read_text())
-        except FileNotFoundError:
-            raise ZooError(f"{meta_path} is missing: not a pgen zoo folder") from None
-        except json.JSONDecodeError as exc:
-            raise ZooError(f"{meta_path} is not valid JSON: {exc}") from exc
+        self.meta = read_json(zoo_file(root, meta_path, what="zoo description"), "zoo description", expect=dict)
         if self.meta.get("format") != FORMAT:
             raise ZooError(f"{meta_path}: format is {self.meta.get('format')!r}, expected {FORMAT!r}")
         for key in ("dataset", "input_shape", "num_classes"):
@@ -175,10 +174,18 @@ class NativeZoo(Zoo):
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ZooError(f"{manifest}:{lineno}: not valid JSON ({exc})") from exc
+            except RecursionError:
+                raise ZooError(f"{manifest}:{lineno}: nested too deeply to be a manifest row") from None
+            if not isinstance(row, dict):
+                raise ZooError(f"{manifest}:{lineno}: a manifest row must be a JSON object, not {type(row).__name__}")
             missing = [f for f in REQUIRED_FIELDS if f not in row]
             if missing:
                 ident = row.get("id", f"line {lineno}")
                 raise ZooError(f"{manifest}:{lineno}: model {ident} lacks field(s) {', '.join(missing)}")
+            wrong = [f"{k} is {type(row[k]).__name__}" for k, types in _FIELD_TYPES.items()
+                     if k in row and (not isinstance(row[k], types) or isinstance(row[k], bool))]
+            if wrong:
+                raise ZooError(f"{manifest}:{lineno}: model {row['id']!r}: {', '.join(wrong)}")
             if row["id"] in seen:
                 continue  # a resumed build may append a row twice; the first one wins
             seen.add(row["id"])

@@ -13,14 +13,13 @@ without TensorFlow (:mod:`pgen.zoo.tfrecord`), in sorted shard order, CRC-checke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, safe_join, zoo_file
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, safe_join, zoo_file
 from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
 from pgen.zoo.tfrecord import TFRecordError, iter_records, parse_example, parse_tensor
 
@@ -35,10 +34,7 @@ def _model_dirs(root: Path) -> list[Path]:
 def read_model_configs(path: str | Path) -> dict:
     """``model_configs.json``: ``{model id: {"hparams": {...}, "metrics": {...}}}``."""
     path = Path(path)
-    try:
-        configs = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"{path}: cannot read model configs: {exc}") from exc
+    configs = read_json(path, "model configs")
     if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
         raise ZooError(f"{path}: expected {{model id: {{'hparams': ..., 'metrics': ...}}}}")
     return configs
@@ -149,10 +145,7 @@ class PGDLZoo(Zoo):
         where = f"model {entry.id} of {self.root}"
         weights = zoo_file(self.root, d / ("weights_init.hdf5" if initial else "weights.hdf5"), what=where)
         config_path = zoo_file(self.root, d / "config.json", what=where)
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ZooError(f"{where}: cannot read {d / 'config.json'}: {exc}") from exc
+        config = read_json(config_path, where, expect=dict)
         try:
             model = build_keras_model(config, where=f"{d / 'config.json'} ({entry.id})")
             return load_keras_weights(model, weights, where=where)

@@ -1,0 +1,220 @@
+"""Hostile and broken inputs: every one a pgen error, bounded in time and memory.
+
+The cases the issue lists (deeply nested JSON, a model_config of the wrong type, an infinite
+or huge input_shape, a huge layer, a negative BatchNormalization epsilon), then seeded
+property-based fuzzing of Keras configs and the native manifest with ``hypothesis``.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pgen.errors import PgenError, ZooError
+from pgen.zoo import load_zoo
+from pgen.zoo.keras import MAX_PARAMETERS, KerasPortError, build_keras_model
+
+PGDL = Path(__file__).parent / "fixtures" / "pgdl"
+NIN = json.loads((PGDL / "task_nin" / "model_0" / "config.json").read_text())
+
+
+def dense(units, **kw):
+    return {"layer_name": "Dense", "units": units, **kw}
+
+
+@pytest.mark.parametrize("config, complaint", [
+    ({"model_config": 3, "input_shape": [4]}, "model_config must be a list"),
+    ({"model_config": [dense(2)], "input_shape": [float("inf")]}, "input_shape must be a whole number"),
+    ({"model_config": [dense(2)], "input_shape": [1e300]}, "input_shape must be between 1 and"),
+    ({"model_config": [dense(2)], "input_shape": [1 << 40, 1, 1]}, "input_shape must be between"),
+    ({"model_config": [dense(2)], "input_shape": [40000, 40000, 3]}, "has more than"),
+    ({"model_config": [dense(1 << 19)], "input_shape": [1 << 19]}, "more than 200000000 parameters"),
+    ({"model_config": [dense(2.5)], "input_shape": [4]}, "units must be a whole number"),
+    ({"model_config": [dense(True)], "input_shape": [4]}, "units must be a whole number"),
+    ({"model_config": [dense(0)], "input_shape": [4]}, "units must be between 1 and"),
+    ({"model_config": [{"layer_name": "Conv2D", "filters": 4, "kernel_size": [3, -1]}], "input_shape": [8, 8, 1]},
+     "kernel_size must be between 1 and"),
+    ({"model_config": [{"layer_name": "BatchNormalization", "epsilon": -1e-3}], "input_shape": [4]},
+     "epsilon must be positive"),
+    ({"model_config": [{"layer_name": "BatchNormalization", "epsilon": float("nan")}], "input_shape": [4]},
+     "epsilon must be a finite number"),
+    ({"model_config": [{"layer_name": "Dropout", "rate": "0.5"}], "input_shape": [4]}, "rate must be a finite"),
+    ({"model_config": [{"layer_name": "ReLU", "max_value": float("inf")}], "input_shape": [4]}, "max_value"),
+])
+def test_hostile_keras_configs_are_port_errors_before_allocating(config, complaint):
+    with pytest.raises(KerasPortError, match=complaint):
+        build_keras_model(config, where="config.json (model_9)")
+
+
+def test_the_parameter_limit_can_be_raised(monkeypatch):
+    config = {"model_config": [dense(4000)], "input_shape": [4000]}  # 16 million weights
+    monkeypatch.setenv("PGEN_MAX_PARAMETERS", "1000000")
+    with pytest.raises(KerasPortError, match="more than 1000000 parameters"):
+        build_keras_model(config)
+    monkeypatch.setenv("PGEN_MAX_PARAMETERS", str(MAX_PARAMETERS))
+    assert sum(p.numel() for p in build_keras_model(config).parameters()) == 4000 * 4000 + 4000
+
+
+@pytest.fixture
+def task(tmp_path):
+    folder = tmp_path / "task"
+    shutil.copytree(PGDL / "task_nin", folder, ignore=shutil.ignore_patterns("*.npy"))
+    return folder
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("\xff\xfe", "cannot be read as JSON"),
+    ("[1, 2]", "must hold a JSON object"),
+    ('{"model_config": 7, "input_shape": [8, 8, 3]}', "model_config must be a list"),
+])
+def test_a_broken_config_json_is_that_models_zoo_error(task, text, complaint):
+    (task / "model_1" / "config.json").write_bytes(text.encode("utf-8", "surrogateescape")
+                                                   if isinstance(text, str) else text)
+    zoo = load_zoo(task)
+    with pytest.raises(ZooError, match=complaint) as exc:
+        zoo["model_1"].load_model()
+    assert "model_1" in str(exc.value)
+    zoo["model_2"].load_model()  # the others load
+
+
+def test_a_deeply_nested_manifest_row_or_zoo_json_is_a_zoo_error(tiny_zoo, tmp_path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    manifest = zoo / "manifest.jsonl"
+    manifest.write_text(manifest.read_text() + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ZooError, match="nested too deeply"):
+        load_zoo(zoo).entries
+    (zoo / "zoo.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ZooError, match="nested too deeply"):
+        load_zoo(zoo)
+
+
+def _one_row_zoo(tiny_zoo, folder, **changes):
+    shutil.copytree(tiny_zoo, folder)
+    row = json.loads((folder / "manifest.jsonl").read_text().splitlines()[-1])
+    row.update(changes)
+    (folder / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    return folder, row["id"]
+
+
+@pytest.mark.parametrize("kwargs, complaint", [
+    ({"width": 2**40}, "width=1099511627776 is not a valid value"),
+    ({"width": 60000, "depth": 2}, "more than 200000000"),  # 6e10 weights: counted on the meta device
+    ({"width": 2.5}, "width=2.5 is not a valid value"),
+    ({"dropout": 7}, "dropout=7 is not a valid value"),
+])
+def test_a_manifest_asking_for_a_huge_or_invalid_model_is_refused_before_allocating(tiny_zoo, tmp_path, kwargs,
+                                                                                     complaint):
+    zoo, model_id = _one_row_zoo(tiny_zoo, tmp_path / "zoo", model_kwargs=kwargs)
+    with pytest.raises(PgenError, match=complaint):
+        load_zoo(zoo)[model_id].load_model()
+
+
+def test_a_manifest_field_of_the_wrong_type_names_its_line(tiny_zoo, tmp_path):
+    zoo, _ = _one_row_zoo(tiny_zoo, tmp_path / "zoo", hparams=[1, 2], checkpoint=None)
+    with pytest.raises(ZooError, match=r"manifest.jsonl:1: model .*checkpoint is NoneType, hparams is list"):
+        load_zoo(zoo).entries
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 70_000), st.integers(-(2**70), 2**70),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+_KWARGS = ("units", "filters", "kernel_size", "strides", "padding", "activation", "pool_size", "epsilon",
+           "rate", "axis", "use_bias", "max_value", "negative_slope", "dilation_rate", "center", "scale")
+_LAYER = st.fixed_dictionaries(
+    {"layer_name": st.sampled_from(["Conv2D", "Dense", "BatchNormalization", "MaxPooling2D", "AveragePooling2D",
+                                    "GlobalAveragePooling2D", "Flatten", "Dropout", "Activation", "ReLU",
+                                    "LSTM", 7])},
+    optional={k: _VALUES for k in _KWARGS})
+_CONFIG = st.fixed_dictionaries({"model_config": st.one_of(st.lists(_LAYER, max_size=5), _VALUES),
+                                 "input_shape": st.one_of(st.lists(_SCALARS, max_size=4), _VALUES)})
+
+
+@settings(max_examples=400, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(_CONFIG)
+def test_fuzzed_keras_configs_build_within_bounds_or_fail_as_port_errors(config):
+    try:
+        model = build_keras_model(config, where="fuzz")
+    except KerasPortError:
+        return
+    assert sum(p.numel() for p in model.parameters()) <= MAX_PARAMETERS
+    assert all(math.prod(layer.out_shape) >= 1 for layer in model.keras_layers())
+
+
+_ROW_VALUES = st.one_of(_VALUES, st.dictionaries(st.text(max_size=4), _SCALARS, max_size=3))
+
+
+@settings(max_examples=150, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
+                                                                                   HealthCheck.function_scoped_fixture])
+@given(row=st.one_of(_ROW_VALUES, st.fixed_dictionaries(
+    {"id": _SCALARS, "checkpoint": st.one_of(_SCALARS, st.sampled_from(["../x", "/etc/passwd", "checkpoints"])),
+     "arch": st.one_of(_SCALARS, st.sampled_from(["mlp", "cnn"])), "model_kwargs": _ROW_VALUES,
+     "hparams": _ROW_VALUES, "metrics": _ROW_VALUES},
+    optional={"final": _SCALARS, "train_data": _SCALARS, "initial_checkpoint": _SCALARS})))
+def test_fuzzed_manifest_rows_are_pgen_errors_or_load(tiny_zoo, tmp_path_factory, row):
+    zoo = tmp_path_factory.mktemp("fuzz") / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    (zoo / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    try:
+        for entry in load_zoo(zoo):
+            entry.load_model()
+    except PgenError:
+        pass
+
+
+# ----------------------------------------------------------------------------- the results store
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_every_finished_model(tiny_zoo, tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    from pgen.cli import main
+    from pgen.store import ResultsStore
+
+    real_init = ResultsStore.__init__
+
+    def small_disk(self, path):  # SQLite's own "database or disk is full", a few pages after opening
+        real_init(self, path)
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        self._conn.execute(f"PRAGMA max_page_count = {pages + 3}")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(ResultsStore, "__init__", small_disk)
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "database or disk is full" in err and "every result stored before this is kept" in err
+    assert "Traceback" not in err
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM results WHERE measure='_complete'").fetchone()[0]
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert 0 < kept < 12
+    monkeypatch.undo()
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "50"]) == 0  # the rerun goes on
+    assert f"computed {12 - kept} model(s) in this call; 12 of 12" in capsys.readouterr().out
+
+
+def test_two_processes_scoring_one_folder_lose_nothing(tiny_zoo, tmp_path):
+    """Concurrent writers: SQLite's WAL and a 60 s busy timeout serialize the writes, and
+    every row is keyed by (zoo, model, measure, settings), so both runs finish and the store
+    holds each model once."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pgen.cli", "score", str(tiny_zoo), "--out", str(out), "--samples", "100",
+           "--measures", "pvector_angle,sum_squared_weights"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT model_id, COUNT(*) FROM results WHERE measure='sum_squared_weights' "
+                            "GROUP BY model_id").fetchall()
+    assert len(rows) == 12 and all(count == 1 for _, count in rows)
