@@ -6,6 +6,7 @@ property-based fuzzing of Keras configs and the native manifest with ``hypothesi
 """
 
 import json
+import numpy as np
 import math
 import shutil
 from pathlib import Path
@@ -218,3 +219,101 @@ def test_two_processes_scoring_one_folder_lose_nothing(tiny_zoo, tmp_path):
         rows = conn.execute("SELECT model_id, COUNT(*) FROM results WHERE measure='sum_squared_weights' "
                             "GROUP BY model_id").fetchall()
     assert len(rows) == 12 and all(count == 1 for _, count in rows)
+
+
+# ----------------------------------------------------------------------------- TFRecord shards
+
+def _tensor(dtype: int, dims, *, content: bytes | None = None, float_val=None) -> bytes:
+    from pgen.zoo.tfrecord import _encode_varint, _length_delimited
+
+    shape = b"".join(_length_delimited(2, _encode_varint(1 << 3) + _encode_varint(d if d >= 0 else d % (1 << 64))) for d in dims)
+    out = _encode_varint(1 << 3) + _encode_varint(dtype) + _length_delimited(2, shape)
+    if content is not None:
+        out += _length_delimited(4, content)
+    if float_val is not None:
+        out += _length_delimited(5, np.asarray(float_val, "<f4").tobytes())
+    return out
+
+
+def _shard_folder(folder: Path, records: list[bytes]) -> Path:
+    from pgen.zoo.tfrecord import frame_record, serialize_example, serialize_tensor
+
+    folder.mkdir(parents=True)
+    label = serialize_tensor(np.asarray(1, dtype=np.int32))
+    with (folder / "shard_0.tfrecord").open("wb") as fh:
+        for inputs in records:
+            fh.write(frame_record(serialize_example({"output": label, "inputs": inputs})))
+    return folder
+
+
+@pytest.mark.parametrize("name, inputs", [
+    ("splat of 2^28 values", [_tensor(1, [1 << 14, 1 << 14], float_val=[1.0])]),  # once 19 s and 2.4 GB
+    ("a dimension of 2^32 times 0", [_tensor(1, [1 << 32, 0], content=b"")]),
+    ("40 dimensions", [_tensor(1, [1] * 40, float_val=[1.0])]),
+    ("a dimension of 2^63", [_tensor(1, [1 << 63], float_val=[1.0])]),
+    ("a dimension over 64 bits", [_tensor(1, [1 << 64 | 5], float_val=[1.0])]),
+    ("many splats adding up", [_tensor(1, [1 << 10, 1 << 10], float_val=[1.0])] * 80),
+])
+def test_crafted_tensor_protos_are_zoo_errors_within_bounds(tmp_path, name, inputs):
+    # The dataset ceiling is lowered from 2^28 values to 2^22 so the test allocates little.
+    import time
+    import tracemalloc
+
+    from pgen.zoo.pgdl import read_tfrecord_dataset
+
+    folder = _shard_folder(tmp_path / "train", inputs)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ZooError, match=r"shard_0\.tfrecord: record \d+"):
+            read_tfrecord_dataset(folder, max_values=1 << 22)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 20 and peak < 256 << 20, (name, peak)
+
+
+def test_a_shard_folder_without_records_is_a_zoo_error(tmp_path):
+    from pgen.zoo.pgdl import read_tfrecord_dataset
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    (folder / "shard_0.tfrecord").write_bytes(b"")
+    with pytest.raises(ZooError, match="hold no records"):  # once numpy's "need at least one array to stack"
+        read_tfrecord_dataset(folder)
+
+
+def test_fuzzed_shard_folders_are_zoo_errors_or_data(tmp_path):
+    """Mutations of a real shard read through the whole reader (framing, protobuf, tensors,
+    stacking): a ZooError or a dataset, never numpy's or Python's own exception."""
+    from pgen.zoo.pgdl import read_tfrecord_dataset
+
+    rng = np.random.default_rng(20261128)
+    good = (PGDL / "task_nin" / "dataset_1" / "train" / "shard_1.tfrecord").read_bytes()
+    outcomes = {"error": 0, "data": 0}
+    for i in range(600):
+        data = bytearray(good)
+        kind = i % 3
+        if kind == 0:  # flip bits, then fix nothing: CRCs catch most
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:  # truncate
+            data = data[: int(rng.integers(0, len(data)))]
+        else:  # valid framing around a mutated payload: reaches the protobuf and tensor parsers
+            from pgen.zoo.tfrecord import frame_record, iter_records
+
+            payloads = list(iter_records(PGDL / "task_nin" / "dataset_1" / "train" / "shard_1.tfrecord"))[:3]
+            body = bytearray(payloads[int(rng.integers(0, len(payloads)))])
+            for _ in range(int(rng.integers(1, 6))):
+                body[int(rng.integers(0, len(body)))] = int(rng.integers(0, 256))
+            data = bytearray(frame_record(bytes(body)))
+        folder = tmp_path / f"case{i}"
+        folder.mkdir()
+        (folder / "shard_0.tfrecord").write_bytes(bytes(data))
+        try:
+            read_tfrecord_dataset(folder)
+            outcomes["data"] += 1
+        except ZooError:
+            outcomes["error"] += 1
+        shutil.rmtree(folder)
+    assert outcomes["error"] > 300 and outcomes["data"] > 0, outcomes  # both paths exercised

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, safe_join, zoo_file
 from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
-from pgen.zoo.tfrecord import TFRecordError, iter_records, parse_example, parse_tensor
+from pgen.zoo.tfrecord import MAX_DATASET_ELEMENTS, TFRecordError, iter_records, parse_example, parse_tensor
 
 __all__ = ["PGDLZoo", "read_tfrecord_dataset", "read_model_configs"]
 
@@ -40,12 +40,15 @@ def read_model_configs(path: str | Path) -> dict:
     return configs
 
 
-def read_tfrecord_dataset(folder: str | Path, root: str | Path | None = None) -> TensorDataset:
+def read_tfrecord_dataset(folder: str | Path, root: str | Path | None = None, *,
+                          max_values: int = MAX_DATASET_ELEMENTS) -> TensorDataset:
     """All ``shard_*.tfrecord`` files of a folder, read in sorted name order.
 
     Returns a TensorDataset of NCHW (or flat) float32 inputs and int64 labels, in record
     order. Every record's CRCs are checked; errors name the shard and the record. Every
-    shard must be a regular file inside ``root`` (default: the folder itself).
+    shard must be a regular file inside ``root`` (default: the folder itself). The inputs
+    may hold at most ``max_values`` values in all (a constant tensor can declare millions of
+    values in a few bytes, so the record sizes alone bound nothing).
     """
     folder = Path(folder)
     root = Path(root) if root is not None else folder
@@ -54,6 +57,7 @@ def read_tfrecord_dataset(folder: str | Path, root: str | Path | None = None) ->
         raise ZooError(f"{folder}: no .tfrecord shards")
     shards = [zoo_file(root, p, what=f"data shard {p.name}") for p in shards]
     xs, ys = [], []
+    values = 0
     for shard in shards:
         try:
             for i, payload in enumerate(iter_records(shard)):
@@ -69,6 +73,9 @@ def read_tfrecord_dataset(folder: str | Path, root: str | Path | None = None) ->
                     raise TFRecordError(f"{shard}: record {i}: label has shape {y.shape}, expected a scalar")
                 if xs and x.shape != xs[0].shape:
                     raise TFRecordError(f"{shard}: record {i}: input shape {x.shape} differs from {xs[0].shape}")
+                values += x.size
+                if values > max_values:
+                    raise TFRecordError(f"{shard}: record {i}: the data would hold more than {max_values} values")
                 label = y.reshape(()).item()
                 if isinstance(label, bool) or not float(label).is_integer() or label < 0 or label >= 2**31:
                     # int() once read 3.7 as class 3: a label is a non-negative integer or the record is wrong
@@ -78,6 +85,8 @@ def read_tfrecord_dataset(folder: str | Path, root: str | Path | None = None) ->
                 ys.append(int(label))
         except TFRecordError as exc:
             raise ZooError(str(exc)) from None
+    if not xs:
+        raise ZooError(f"{folder}: its shards hold no records")
     x = torch.from_numpy(np.stack(xs).astype(np.float32, copy=False))
     if x.dim() == 4:
         x = x.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW

@@ -246,7 +246,12 @@ def _packed_varints(buf, start, end) -> list[int]:
 
 # TensorFlow DataType enum -> numpy dtype (the types a PGDL shard can hold)
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 9: np.int64}
-_MAX_ELEMENTS = 1 << 28  # one sample; refuses absurd shapes before allocating them
+# Ceilings checked before anything is allocated. A PGDL sample holds about 3e3 values; a
+# constant tensor may be stored as one value ("splat"), so its declared size, not the
+# record's, is what gets allocated: hence a per-tensor ceiling and a per-dataset one.
+_MAX_ELEMENTS = 1 << 24  # values of one tensor (64 MB of float32)
+_MAX_DIMS = 8
+MAX_DATASET_ELEMENTS = 1 << 28  # values of a whole shard folder (1 GB of float32; CIFAR-10's train set is 1.5e8)
 
 
 def parse_tensor(data: bytes) -> np.ndarray:
@@ -277,8 +282,12 @@ def parse_tensor(data: bytes) -> np.ndarray:
     if dtype_code not in _DTYPES:
         raise TFRecordError(f"unsupported tensor dtype code {dtype_code} (supported: {sorted(_DTYPES)})")
     dtype = np.dtype(_DTYPES[dtype_code]).newbyteorder("<")
+    if len(shape) > _MAX_DIMS:
+        raise TFRecordError(f"tensor has {len(shape)} dimensions, more than {_MAX_DIMS}")
     if any(s < 0 for s in shape):
         raise TFRecordError(f"tensor has an unknown dimension: {shape}")
+    if any(s > _MAX_ELEMENTS for s in shape):
+        raise TFRecordError(f"tensor shape {shape} has a dimension over {_MAX_ELEMENTS}")
     count = math.prod(shape)
     if count > _MAX_ELEMENTS:
         raise TFRecordError(f"tensor shape {shape} has more than {_MAX_ELEMENTS} elements")
