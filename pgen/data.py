@@ -303,8 +303,12 @@ def dataset_from_spec(spec: str, split: str = "train", *, transform: dict | None
         if missing:
             raise DatasetError(f"{path} has no array(s) {', '.join(missing)} for the {split} split "
                                f"(it holds {', '.join(arrays.files)})")
-        x = torch.as_tensor(arrays[keys[0]]).float()
-        y = class_labels(arrays[keys[1]], f"{path} ({keys[1]})")
+        try:
+            x_raw, y_raw = arrays[keys[0]], arrays[keys[1]]
+        except ValueError as exc:  # object arrays: refused, never unpickled
+            raise DatasetError(f"{path} cannot be read without pickle: {exc}") from None
+        x = torch.as_tensor(x_raw).float()
+        y = class_labels(y_raw, f"{path} ({keys[1]})")
         if len(x) != len(y):
             raise DatasetError(f"{path}: {keys[0]} has {len(x)} rows but {keys[1]} has {len(y)}")
         if fn:

@@ -317,3 +317,68 @@ def test_fuzzed_shard_folders_are_zoo_errors_or_data(tmp_path):
             outcomes["error"] += 1
         shutil.rmtree(folder)
     assert outcomes["error"] > 300 and outcomes["data"] > 0, outcomes  # both paths exercised
+
+
+# ----------------------------------------------------------------------------- pickles never run
+
+class _Marker:
+    """Unpickling this writes a file: it proves whether a loader ever unpickled it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _evil_pt(path: Path, marker: Path) -> None:
+    import torch
+
+    torch.save({"weight": _Marker(marker)}, path)
+
+
+def _evil_npz(path: Path, marker: Path, keys) -> None:
+    np.savez(path, **{k: np.array([_Marker(marker)], dtype=object) for k in keys})
+
+
+def test_no_loader_ever_unpickles(tiny_zoo, tmp_path):
+    from test_public_zoos import write_published_model_zoo
+
+    from pgen.data import dataset_from_spec
+
+    marker = tmp_path / "MARKER"
+    attempts = {}
+
+    def attempt(name, fn):
+        try:
+            fn()
+            attempts[name] = "loaded"
+        except PgenError as exc:
+            attempts[name] = type(exc).__name__
+
+    # native zoo: a .pt checkpoint and a train_data file holding pickles
+    zoo, model_id = _one_row_zoo(tiny_zoo, tmp_path / "native", checkpoint="checkpoints/evil.pt",
+                                 train_data="checkpoints/evil.npz")
+    _evil_pt(zoo / "checkpoints" / "evil.pt", marker)
+    _evil_npz(zoo / "checkpoints" / "evil.npz", marker, ["indices", "labels"])
+    native = load_zoo(zoo)
+    attempt("native checkpoint", lambda: native[model_id].load_model())
+    attempt("native train_data", lambda: native.training_data(native[model_id]))
+    # Model Zoos: a checkpoint and dataset.pt holding pickles (params.pkl: tests/test_public_zoos.py)
+    write_published_model_zoo(tmp_path / "mz")
+    trial = sorted(p for p in (tmp_path / "mz").iterdir() if p.is_dir())[0]
+    _evil_pt(trial / "checkpoint_000003" / "checkpoints", marker)
+    attempt("Model Zoos checkpoint", lambda: load_zoo(tmp_path / "mz")[f"{trial.name}@3"].load_model())
+    _evil_pt(tmp_path / "mz" / "dataset.pt", marker)
+    attempt("Model Zoos dataset.pt", lambda: load_zoo(tmp_path / "mz").dataset("train"))
+    # npz data given by the user, and a Small CNN Zoo's weights.npy, as object arrays
+    _evil_npz(tmp_path / "data.npz", marker, ["x", "y"])
+    attempt("npz data", lambda: dataset_from_spec(f"npz:{tmp_path / 'data.npz'}", "train"))
+    from test_public_zoos import write_published_small_cnn_zoo
+
+    write_published_small_cnn_zoo(tmp_path / "scnn")
+    np.save(tmp_path / "scnn" / "weights.npy", np.array([[_Marker(marker)]], dtype=object), allow_pickle=True)
+    attempt("Small CNN Zoo weights.npy", lambda: load_zoo(tmp_path / "scnn"))
+    assert not marker.exists(), attempts
+    assert all(v != "loaded" for v in attempts.values()), attempts
+    assert len(attempts) == 6
