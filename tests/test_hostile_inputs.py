@@ -382,3 +382,130 @@ def test_no_loader_ever_unpickles(tiny_zoo, tmp_path):
     assert not marker.exists(), attempts
     assert all(v != "loaded" for v in attempts.values()), attempts
     assert len(attempts) == 6
+
+
+# ----------------------------------------------------------------------------- byte-level fuzzing of the other formats
+
+FUZZ_SCALE = int(__import__("os").environ.get("PGEN_FUZZ_SCALE", "1"))  # e.g. 20 for a long run
+
+
+def _mutate(data: bytes, rng, head: int | None = None) -> bytes:
+    """Bit flips, byte overwrites, truncation or an inserted run of bytes, mostly near the start
+    (``head``) where formats keep their headers and lengths."""
+    b = bytearray(data)
+    span = min(len(b), head) if head else len(b)
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        for _ in range(int(rng.integers(1, 5))):
+            b[int(rng.integers(0, span))] ^= 1 << int(rng.integers(0, 8))
+    elif kind == 1:
+        for _ in range(int(rng.integers(1, 5))):
+            b[int(rng.integers(0, span))] = int(rng.integers(0, 256))
+    elif kind == 2:
+        b = b[: int(rng.integers(0, len(b)))]
+    else:
+        at = int(rng.integers(0, span))
+        b[at:at] = rng.bytes(int(rng.integers(1, 16)))
+    return bytes(b)
+
+
+def _fuzz(cases: int, make, load, rng) -> dict:
+    outcomes = {"error": 0, "ok": 0}
+    for _ in range(cases * FUZZ_SCALE):
+        path = make(rng)
+        try:
+            load(path)
+            outcomes["ok"] += 1
+        except PgenError:
+            outcomes["error"] += 1
+    return outcomes
+
+
+def test_fuzzed_safetensors_checkpoints(tiny_zoo, tmp_path):
+    from pgen.zoo.native import load_state_dict
+
+    good = sorted((tiny_zoo / "checkpoints").glob("*.safetensors"))[-1].read_bytes()
+    path = tmp_path / "c.safetensors"
+
+    def make(rng):
+        path.write_bytes(_mutate(good, rng, head=400))
+        return path
+
+    outcomes = _fuzz(300, make, load_state_dict, np.random.default_rng(1))
+    assert outcomes["error"] > 100, outcomes
+
+
+def test_fuzzed_keras_weight_files(tmp_path):
+    from pgen.zoo.keras import build_keras_model, load_keras_weights
+
+    config = NIN
+    good = (PGDL / "task_nin" / "model_0" / "weights.hdf5").read_bytes()
+    path = tmp_path / "w.hdf5"
+
+    def make(rng):
+        path.write_bytes(_mutate(good, rng, head=4096))
+        return path
+
+    def load(p):
+        load_keras_weights(build_keras_model(config), p)
+
+    outcomes = _fuzz(200, make, load, np.random.default_rng(2))
+    assert outcomes["error"] > 50 and outcomes["ok"] > 0, outcomes
+
+
+def test_fuzzed_small_cnn_zoo_csvs(tmp_path):
+    import gzip
+
+    from test_public_zoos import write_published_small_cnn_zoo
+
+    write_published_small_cnn_zoo(tmp_path / "good")
+    layout = (tmp_path / "good" / "layout.csv").read_bytes()
+    metrics = gzip.decompress((tmp_path / "good" / "metrics.csv.gz").read_bytes())
+    folder = tmp_path / "zoo"
+    shutil.copytree(tmp_path / "good", folder)
+
+    def make(rng):
+        if rng.integers(0, 2):
+            (folder / "layout.csv").write_bytes(_mutate(layout, rng))
+            (folder / "metrics.csv.gz").write_bytes(gzip.compress(metrics))
+        else:
+            (folder / "layout.csv").write_bytes(layout)
+            (folder / "metrics.csv.gz").write_bytes(gzip.compress(_mutate(metrics, rng)))
+        return folder
+
+    def load(p):
+        for entry in load_zoo(p):
+            entry.load_model()
+
+    outcomes = _fuzz(200, make, load, np.random.default_rng(3))
+    assert outcomes["error"] > 50 and outcomes["ok"] > 0, outcomes
+
+
+@pytest.fixture(scope="module")
+def model_zoo_template(tmp_path_factory):
+    from test_public_zoos import write_published_model_zoo
+
+    folder = tmp_path_factory.mktemp("mz-template") / "zoo"
+    write_published_model_zoo(folder, trials=1)
+    return folder
+
+
+@settings(max_examples=120 * FUZZ_SCALE, deadline=5000, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(params=st.dictionaries(st.sampled_from(["model::type", "model::nlin", "model::dropout", "model::channels_in",
+                                               "model::o_dim", "model::init_type", "model::i_dim", "model::h_dim",
+                                               "optim::lr", "seed"]), _VALUES, max_size=8),
+       result=st.lists(st.one_of(st.dictionaries(st.sampled_from(["training_iteration", "epoch", "test_acc",
+                                                                  "train_acc"]), _SCALARS, max_size=4), _VALUES),
+                       max_size=3))
+def test_fuzzed_model_zoos_json(model_zoo_template, tmp_path_factory, params, result):
+    folder = tmp_path_factory.mktemp("mz") / "zoo"
+    shutil.copytree(model_zoo_template, folder)
+    trial = next(p for p in folder.iterdir() if p.is_dir())
+    (trial / "params.json").write_text(json.dumps(params))
+    (trial / "result.json").write_text("\n".join(json.dumps(r) for r in result))
+    try:
+        for entry in load_zoo(folder):
+            entry.load_model()
+    except PgenError:
+        pass

@@ -539,8 +539,8 @@ def keras_weight_arrays(path: str | Path) -> list[tuple[str, list[tuple[str, np.
             return out
     except KerasPortError:
         raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise KerasPortError(f"{path}: cannot read Keras weights: {exc}") from exc
+    except Exception as exc:  # a corrupt file reaches HDF5's C library, which raises RuntimeError, TypeError, ...
+        raise KerasPortError(f"{path}: cannot read Keras weights: {type(exc).__name__}: {exc}") from exc
 
 
 def load_keras_weights(model: KerasSequential, path: str | Path, *, where: str = "model") -> KerasSequential:

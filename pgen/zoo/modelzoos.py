@@ -97,7 +97,16 @@ def _resnet18(channels_in, num_classes):
 
 def build_architecture(params: dict, source: str = "params.json") -> nn.Module | None:
     """The authors' architecture named by ``model::type`` (see the module docstring), or
-    None when the config names none."""
+    None when the config names none. Built first on torch's meta device to check its
+    arguments and count its parameters (:func:`pgen.models.parameter_limit`)."""
+    from pgen.models import _bounded
+
+    if params.get("model::type") is None:
+        return None
+    return _bounded(lambda: _architecture(params, source), source)
+
+
+def _architecture(params: dict, source: str) -> nn.Module:
     kind = params.get("model::type")
     if kind is None:
         return None
@@ -256,7 +265,8 @@ class ModelZoosZoo(Zoo):
             hp = {k: v for k, v in params.items() if not isinstance(v, (dict, list))}
             for ep in sorted(folders):
                 r = results.get(ep, {})
-                metrics = {"epoch": ep, **{k: r[k] for k in _METRICS if k in r}}
+                metrics = {"epoch": ep, **{k: r[k] for k in _METRICS if k in r and isinstance(r[k], (int, float))
+                                           and not isinstance(r[k], bool)}}
                 entries.append(ZooEntry(f"{trial.name}@{ep}", hp, metrics, self,
                                         {"trial": trial, "epoch": ep, "folders": folders, "params": params,
                                          "has_initial": 0 in folders}))
@@ -285,7 +295,10 @@ class ModelZoosZoo(Zoo):
             return model
         x, _ = self._split("train")
         nlin = params.get("model::nlin", "relu")
-        dropout = float(params.get("model::dropout", 0.0) or 0.0)
+        dropout = params.get("model::dropout", 0.0) or 0.0
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ZooError(f"{entry.extra['trial'] / 'params.json'}: model::dropout must be a rate in [0, 1), "
+                           f"got {dropout!r}")
         model, layer_params = infer_sequential(state, tuple(x.shape[1:]), nlin, dropout, source=str(path))
         _load_by_order(layer_params, state, str(path), entry.id)
         return model

@@ -86,13 +86,25 @@ class SmallCNNZoo(Zoo):
         try:
             with path.open() as fh:
                 rows = list(csv.DictReader(fh))
-            layout = [(r["varname"], int(r["start_idx"]), int(r["end_idx"]), tuple(ast.literal_eval(r["shape"])))
-                      for r in rows]
-        except (OSError, KeyError, ValueError, SyntaxError) as exc:
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise ZooError(f"{path} is not a valid layout file: {exc}") from exc
-        for name, a, b, shape in layout:
+        layout = []
+        for line, r in enumerate(rows, start=2):
+            try:
+                name, a, b = r["varname"], int(r["start_idx"]), int(r["end_idx"])
+                shape = ast.literal_eval(r["shape"]) if isinstance(r["shape"], str) and len(r["shape"]) < 200 else None
+            except (KeyError, TypeError, ValueError, SyntaxError, RecursionError, MemoryError) as exc:
+                raise ZooError(f"{path}:{line}: not a layout row (varname, start_idx, end_idx, shape): {exc}") from None
+            if not (isinstance(name, str) and isinstance(shape, (tuple, list)) and 1 <= len(shape) <= 4
+                    and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 1 << 20 for s in shape)
+                    and 0 <= a <= b):
+                raise ZooError(f"{path}:{line}: {r.get('varname')!r}: a shape of 1-4 positive sizes and "
+                               f"0 <= start_idx <= end_idx are needed, got shape {r.get('shape')!r}, {a}..{b}")
             if b - a != math.prod(shape):
-                raise ZooError(f"{path}: {name} spans {b - a} values but has shape {shape}")
+                raise ZooError(f"{path}: {name} spans {b - a} values but has shape {tuple(shape)}")
+            layout.append((name, a, b, tuple(shape)))
+        if not layout:
+            raise ZooError(f"{path} lists no weights")
         return layout
 
     def _entries(self):
@@ -132,6 +144,9 @@ class SmallCNNZoo(Zoo):
         biases = [(n, a, b, s) for n, a, b, s in self._layout if "bias" in n]
         if len(kernels) != len(biases) or len(kernels) < 2:
             raise ZooError(f"{self.root / 'layout.csv'}: expected one bias per kernel")
+        if any(len(s) != 4 for _, _, _, s in kernels[:-1]) or len(kernels[-1][3]) != 2 \
+                or any(len(s) != 1 for _, _, _, s in biases):
+            raise ZooError(f"{self.root / 'layout.csv'}: expected 4-D conv kernels, a 2-D last kernel and 1-D biases")
         in_channels = kernels[0][3][2]
         filters = kernels[0][3][3]
         model = SmallCNN(in_channels, filters, len(kernels) - 1, kernels[-1][3][1],
