@@ -6,8 +6,10 @@ property-based fuzzing of Keras configs and the native manifest with ``hypothesi
 """
 
 import json
-import numpy as np
 import math
+import os
+
+import numpy as np
 import shutil
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from pgen.zoo import load_zoo
 from pgen.zoo.keras import MAX_PARAMETERS, KerasPortError, build_keras_model
 
 PGDL = Path(__file__).parent / "fixtures" / "pgdl"
+FUZZ_SCALE = int(os.environ.get("PGEN_FUZZ_SCALE", "1"))  # multiplies every fuzz budget; e.g. 20 for a long run
 NIN = json.loads((PGDL / "task_nin" / "model_0" / "config.json").read_text())
 
 
@@ -138,7 +141,7 @@ _CONFIG = st.fixed_dictionaries({"model_config": st.one_of(st.lists(_LAYER, max_
                                  "input_shape": st.one_of(st.lists(_SCALARS, max_size=4), _VALUES)})
 
 
-@settings(max_examples=400, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800 * FUZZ_SCALE, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(_CONFIG)
 def test_fuzzed_keras_configs_build_within_bounds_or_fail_as_port_errors(config):
     try:
@@ -152,7 +155,7 @@ def test_fuzzed_keras_configs_build_within_bounds_or_fail_as_port_errors(config)
 _ROW_VALUES = st.one_of(_VALUES, st.dictionaries(st.text(max_size=4), _SCALARS, max_size=3))
 
 
-@settings(max_examples=150, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=300 * FUZZ_SCALE, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                                    HealthCheck.function_scoped_fixture])
 @given(row=st.one_of(_ROW_VALUES, st.fixed_dictionaries(
     {"id": _SCALARS, "checkpoint": st.one_of(_SCALARS, st.sampled_from(["../x", "/etc/passwd", "checkpoints"])),
@@ -291,7 +294,7 @@ def test_fuzzed_shard_folders_are_zoo_errors_or_data(tmp_path):
     rng = np.random.default_rng(20261128)
     good = (PGDL / "task_nin" / "dataset_1" / "train" / "shard_1.tfrecord").read_bytes()
     outcomes = {"error": 0, "data": 0}
-    for i in range(600):
+    for i in range(1200 * FUZZ_SCALE):
         data = bytearray(good)
         kind = i % 3
         if kind == 0:  # flip bits, then fix nothing: CRCs catch most
@@ -386,9 +389,6 @@ def test_no_loader_ever_unpickles(tiny_zoo, tmp_path):
 
 # ----------------------------------------------------------------------------- byte-level fuzzing of the other formats
 
-FUZZ_SCALE = int(__import__("os").environ.get("PGEN_FUZZ_SCALE", "1"))  # e.g. 20 for a long run
-
-
 def _mutate(data: bytes, rng, head: int | None = None) -> bytes:
     """Bit flips, byte overwrites, truncation or an inserted run of bytes, mostly near the start
     (``head``) where formats keep their headers and lengths."""
@@ -431,7 +431,7 @@ def test_fuzzed_safetensors_checkpoints(tiny_zoo, tmp_path):
         path.write_bytes(_mutate(good, rng, head=400))
         return path
 
-    outcomes = _fuzz(300, make, load_state_dict, np.random.default_rng(1))
+    outcomes = _fuzz(600, make, load_state_dict, np.random.default_rng(1))
     assert outcomes["error"] > 100, outcomes
 
 
@@ -449,6 +449,7 @@ def test_fuzzed_keras_weight_files(tmp_path):
     def load(p):
         load_keras_weights(build_keras_model(config), p)
 
+    # 200: case 237 of this seed makes HDF5's C library loop forever (a known gap, README; not bounded yet)
     outcomes = _fuzz(200, make, load, np.random.default_rng(2))
     assert outcomes["error"] > 50 and outcomes["ok"] > 0, outcomes
 
@@ -477,7 +478,7 @@ def test_fuzzed_small_cnn_zoo_csvs(tmp_path):
         for entry in load_zoo(p):
             entry.load_model()
 
-    outcomes = _fuzz(200, make, load, np.random.default_rng(3))
+    outcomes = _fuzz(400, make, load, np.random.default_rng(3))
     assert outcomes["error"] > 50 and outcomes["ok"] > 0, outcomes
 
 
@@ -490,7 +491,7 @@ def model_zoo_template(tmp_path_factory):
     return folder
 
 
-@settings(max_examples=120 * FUZZ_SCALE, deadline=5000, derandomize=True,
+@settings(max_examples=240 * FUZZ_SCALE, deadline=5000, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(params=st.dictionaries(st.sampled_from(["model::type", "model::nlin", "model::dropout", "model::channels_in",
                                                "model::o_dim", "model::init_type", "model::i_dim", "model::h_dim",

@@ -149,8 +149,11 @@ class SmallCNNZoo(Zoo):
             raise ZooError(f"{self.root / 'layout.csv'}: expected 4-D conv kernels, a 2-D last kernel and 1-D biases")
         in_channels = kernels[0][3][2]
         filters = kernels[0][3][3]
+        dropout = entry.hparams.get("dropout", 0.0) or 0.0
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ZooError(f"model {entry.id}: config.dropout must be a rate in [0, 1), got {dropout!r}")
         model = SmallCNN(in_channels, filters, len(kernels) - 1, kernels[-1][3][1],
-                         str(entry.hparams.get("activation", "relu")), float(entry.hparams.get("dropout", 0.0) or 0.0))
+                         str(entry.hparams.get("activation", "relu")), float(dropout))
         params = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
         for module, (kn, ka, kb, ks), (bn, ba, bb, bs) in zip(params, kernels, biases):
             kernel = torch.from_numpy(flat[ka:kb].reshape(ks).copy())
