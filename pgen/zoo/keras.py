@@ -515,15 +515,109 @@ def _internal(group, name: str, path: Path):
     return item
 
 
-def keras_weight_arrays(path: str | Path) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+HDF5_READ_TIMEOUT = 60.0  # seconds; a weights file of a PGDL model reads in milliseconds
+
+
+def keras_weight_arrays(path: str | Path, *, timeout: float | None = None) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
     """The weights of a Keras 2 ``save_weights`` HDF5 file, in file order.
 
     Returns ``[(layer name, [(weight name, array), ...]), ...]`` over the layers that
     have weights (names decoded whether stored as bytes or str).
+
+    Read by a reader process forked once and reused, which is killed (and replaced) when a
+    read takes over ``timeout`` seconds (default :data:`HDF5_READ_TIMEOUT`): on some
+    corrupt files HDF5's C library loops forever, which nothing in-process can interrupt
+    (the fuzz tests found one). Where ``fork`` is unavailable, or in a daemonic process,
+    the file is read in-process.
     """
+    return _READER.read(Path(path), HDF5_READ_TIMEOUT if timeout is None else timeout)
+
+
+class _WeightReader:
+    """One forked child that reads weight files on request; replaced after a hang or a crash."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.proc = self.conn = None
+        self.pid = None
+
+    def read(self, path: Path, timeout: float):
+        import multiprocessing
+        import os
+
+        if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+            # A daemonic process may not have children; pgen's daemonic workers (pgdl predict
+            # --time-budget) are themselves killed by their parent when over time.
+            return _read_weight_arrays(path)
+        with self.lock:
+            if self.proc is None or self.pid != os.getpid() or not self.proc.is_alive():
+                self._start()
+            self.conn.send(str(path))
+            if not self.conn.poll(timeout):
+                self.close()
+                raise KerasPortError(f"{path}: reading the weights took over {timeout:g} s (HDF5 loops forever on "
+                                     "some corrupt files); refused")
+            try:
+                status, payload = self.conn.recv()
+            except EOFError:
+                self.close()
+                raise KerasPortError(f"{path}: the process reading the weights died; the file is probably "
+                                     "corrupt") from None
+        if status == "error":
+            raise KerasPortError(payload)
+        return payload
+
+    def _start(self):
+        import atexit
+        import multiprocessing
+        import os
+
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child_end = ctx.Pipe()
+        # Not daemonic (a pool worker may not have daemonic children); closed at exit instead.
+        self.proc = ctx.Process(target=_serve_weight_reads, args=(child_end,), name="pgen-hdf5-reader")
+        self.proc.start()
+        child_end.close()
+        self.pid = os.getpid()
+        if not getattr(self, "_registered", False):
+            atexit.register(self.close)
+            self._registered = True
+
+    def close(self):
+        import os
+
+        if self.proc is not None and self.pid == os.getpid():
+            self.conn.close()
+            self.proc.kill()
+            self.proc.join()
+        self.proc = self.conn = None
+
+
+def _serve_weight_reads(conn) -> None:
+    import os
+
+    try:
+        while True:
+            try:
+                path = conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                conn.send(("ok", _read_weight_arrays(Path(path))))
+            except KerasPortError as exc:
+                conn.send(("error", str(exc)))
+    finally:
+        os._exit(0)  # skip the parent's exit handlers (test runners, thread pools)
+
+
+_READER = _WeightReader()
+
+
+def _read_weight_arrays(path: Path) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
     import h5py
 
-    path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
             group = fh["model_weights"] if "model_weights" in fh and "layer_names" not in fh.attrs else fh
