@@ -116,8 +116,9 @@ def _one_row_zoo(tiny_zoo, folder, **changes):
 def test_a_manifest_asking_for_a_huge_or_invalid_model_is_refused_before_allocating(tiny_zoo, tmp_path, kwargs,
                                                                                      complaint):
     zoo, model_id = _one_row_zoo(tiny_zoo, tmp_path / "zoo", model_kwargs=kwargs)
-    with pytest.raises(PgenError, match=complaint):
+    with pytest.raises(ZooError, match=complaint) as exc:
         load_zoo(zoo)[model_id].load_model()
+    assert f"model {model_id} of {zoo}" in str(exc.value)
 
 
 def test_a_manifest_field_of_the_wrong_type_names_its_line(tiny_zoo, tmp_path):
@@ -525,3 +526,13 @@ def test_fuzzed_model_zoos_json(model_zoo_template, tmp_path_factory, params, re
             entry.load_model()
     except PgenError:
         pass
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]", "[" * 100_000, '{"model_0": "x"}'])
+def test_malformed_prediction_json_is_one_line_before_any_work(tmp_path, capsys, text):
+    from pgen.cli import main
+
+    (tmp_path / "p.predict").write_text(text)
+    assert main(["pgdl", "score", str(tmp_path / "p.predict"), str(PGDL / "kit_toy" / "model_configs.json")]) == 2
+    err = capsys.readouterr().err
+    assert "p.predict" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pgen.data import load_dataset
+from pgen.errors import InputError
 from pgen.models import build_model, model_arguments
 from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, safe_join, zoo_file
 from pgen.paths import replace_link
@@ -207,8 +208,11 @@ class NativeZoo(Zoo):
         if kwargs is None:  # rows written by hand may keep architecture settings in hparams
             kwargs = {k: v for k, v in entry.hparams.items() if k != "arch"}
         num_classes, kwargs = model_arguments(kwargs, self.meta["num_classes"])
-        model = build_model(entry.extra["arch"], input_shape=self.meta["input_shape"], num_classes=num_classes,
-                            trust_code=self.trust_code, **kwargs)
+        try:
+            model = build_model(entry.extra["arch"], input_shape=self.meta["input_shape"], num_classes=num_classes,
+                                trust_code=self.trust_code, **kwargs)
+        except InputError as exc:  # name the zoo and the model, as every reader's error does
+            raise ZooError(f"model {entry.id} of {self.root}: {exc}") from None
         return load_weights_into(model, load_state_dict(path), source=path, model_id=entry.id)
 
     def dataset(self, split="train"):
