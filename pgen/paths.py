@@ -11,7 +11,6 @@ non-regular file (a folder, a FIFO, a device) is refused.
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from pathlib import Path
 
@@ -83,7 +82,3 @@ def output_path(folder: str | Path, *names: object, directory: bool = False) -> 
         raise InputError(f"refusing to write {path}: it resolves outside {base}")
     return path if directory else replace_link(path)
 
-
-def is_inside(path: str | Path, folder: str | Path) -> bool:
-    """Whether ``path`` (resolved, links followed) lies inside ``folder``."""
-    return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(folder)))

@@ -116,7 +116,7 @@ def _one_row_zoo(tiny_zoo, folder, **changes):
 def test_a_manifest_asking_for_a_huge_or_invalid_model_is_refused_before_allocating(tiny_zoo, tmp_path, kwargs,
                                                                                      complaint):
     zoo, model_id = _one_row_zoo(tiny_zoo, tmp_path / "zoo", model_kwargs=kwargs)
-    with pytest.raises(ZooError, match=complaint) as exc:
+    with pytest.raises(PgenError, match=complaint) as exc:
         load_zoo(zoo)[model_id].load_model()
     assert f"model {model_id} of {zoo}" in str(exc.value)
 

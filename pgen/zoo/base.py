@@ -29,8 +29,8 @@ def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
     resolved = (root / rel).resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise ZooError(f"{what} {relative!r} escapes the zoo folder {root}")
-    if resolved.exists() and not (resolved.is_file() or resolved.is_dir()):
-        raise ZooError(f"{what} {relative!r} is a FIFO, device or socket, not a file; refused")
+    if resolved.exists():  # FIFOs, devices and sockets are refused as zoo_file refuses them
+        zoo_file(root, resolved, what=what, directory=resolved.is_dir())
     return resolved
 
 

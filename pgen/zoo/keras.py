@@ -542,6 +542,7 @@ class _WeightReader:
         self.lock = threading.Lock()
         self.proc = self.conn = None
         self.pid = None
+        self.registered = False  # the exit handler that closes the reader
 
     def read(self, path: Path, timeout: float):
         import multiprocessing
@@ -581,9 +582,9 @@ class _WeightReader:
         self.proc.start()
         child_end.close()
         self.pid = os.getpid()
-        if not getattr(self, "_registered", False):
+        if not self.registered:
             atexit.register(self.close)
-            self._registered = True
+            self.registered = True
 
     def close(self):
         import os

@@ -211,8 +211,8 @@ class NativeZoo(Zoo):
         try:
             model = build_model(entry.extra["arch"], input_shape=self.meta["input_shape"], num_classes=num_classes,
                                 trust_code=self.trust_code, **kwargs)
-        except InputError as exc:  # name the zoo and the model, as every reader's error does
-            raise ZooError(f"model {entry.id} of {self.root}: {exc}") from None
+        except InputError as exc:  # name the zoo and the model, as every reader's error does (same type)
+            raise type(exc)(f"model {entry.id} of {self.root}: {exc}") from None
         return load_weights_into(model, load_state_dict(path), source=path, model_id=entry.id)
 
     def dataset(self, split="train"):
