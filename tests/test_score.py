@@ -238,6 +238,8 @@ def test_every_model_failing_ends_with_a_count_the_first_error_and_status_1(tiny
     captured = capsys.readouterr()
     assert "0 of 12 models scored" in captured.err
     assert "first error (tiny-0000" in captured.out and "cannot be read" in captured.out
+    md = (tmp_path / "out" / "report.md").read_text()  # the report is still written, with the failures
+    assert "No measure has a value" in md and "cannot be read" in md
     assert (tmp_path / "out" / "report.md").exists()  # the report says what failed, it does not crash
 
 
