@@ -19,7 +19,7 @@ conversion, inside its time); ``svds(k=1)`` gets a pre-centered copy.
 Every timed call starts from a quiet state: the two solvers alternate, each after a pause
 (``--pause``, 0.3 s). numpy and scipy each bundle an OpenBLAS whose threads keep spinning
 for a while after a call; on 2 cores a call into one library right after the other's runs
-up to 3x slower (a 4000x64 Gram product: 1.3 ms alone, 3.5-30 ms right after scipy's
+up to 3x slower (a 4000x64 Gram product, timed once by hand: 1.3 ms alone, 3.5-30 ms right after scipy's
 ``eigh``). Without the pause, whichever solver ran right after the untimed reference (scipy)
 or after the other solver paid for it, so the ratios measured the order of the calls. The reference vector
 is the top eigenvector of the float64 Gram matrix from ``scipy.linalg.eigh`` (independent
