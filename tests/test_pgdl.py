@@ -343,6 +343,15 @@ def test_predict_then_score_reproduces_competition_values(measure, tmp_path, cap
     assert "num_layers" in out and "kendall tau" in out
 
 
+def test_a_task_named_by_a_relative_path(tmp_path, monkeypatch, capsys):
+    """`pgen pgdl predict tests/fixtures/pgdl/kit_toy` once looked for the task's
+    model_configs.json under tests/fixtures/pgdl/kit_toy/tests/fixtures/pgdl/kit_toy."""
+    monkeypatch.chdir(PGDL.parent)
+    assert main(["pgdl", "predict", "pgdl/kit_toy", "--measure", "num_params", "--out", str(tmp_path)]) == 0
+    assert len(json.loads((tmp_path / "kit_toy.predict").read_text())) == 18
+    assert load_zoo("pgdl/kit_toy")["model_3"].metrics
+
+
 def test_predict_time_budget_records_timeouts_and_goes_on(tmp_path):
     task = tmp_path / "toy"
     (task / "dataset_1").mkdir(parents=True)

@@ -128,7 +128,7 @@ class Zoo(ABC):
     format: str = "abstract"
 
     def __init__(self, root: str | Path, name: str | None = None):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # readers join paths to it; a relative root would be joined twice
         self.name = name or self.root.name
         self._cache: list[ZooEntry] | None = None
         self._identity: str | None = None
