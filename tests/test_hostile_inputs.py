@@ -470,6 +470,33 @@ def test_a_weights_file_on_which_hdf5_loops_forever_is_refused_in_bounded_time()
     assert len(keras_weight_arrays(PGDL / "task_nin" / "model_0" / "weights.hdf5")) > 0  # a good file still reads
 
 
+def test_the_weight_reader_holds_none_of_its_parents_descriptors():
+    """A Ray worker that read PGDL weights and then died (killed, out of memory) kept its
+    socket open through the forked reader: Ray never saw the death and the task hung. Here a
+    process opens a pipe, reads weights (starting its reader) and exits; the pipe's read end
+    must then see end-of-file, which it cannot while any process holds the write end."""
+    import select
+
+    from pgen.zoo.keras import keras_weight_arrays
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a worker that reads weights and dies
+        code = 1
+        try:
+            os.close(r)
+            code = 0 if keras_weight_arrays(PGDL / "task_nin" / "model_0" / "weights.hdf5") else 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    assert os.waitpid(pid, 0)[1] == 0
+    ready, _, _ = select.select([r], [], [], 20)
+    try:
+        assert ready and os.read(r, 1) == b"", "the weight reader kept its parent's pipe open"
+    finally:
+        os.close(r)
+
+
 def test_fuzzed_small_cnn_zoo_csvs(tmp_path):
     import gzip
 

@@ -599,6 +599,12 @@ class _WeightReader:
 def _serve_weight_reads(conn) -> None:
     import os
 
+    # Keep only the pipe: inherited descriptors would keep the parent's connections open after
+    # it dies (a Ray worker's socket: Ray would never see the worker die, and its task would
+    # hang), and the parent's own end of this pipe would hide its death from this reader.
+    keep = conn.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(keep + 1, os.sysconf("SC_OPEN_MAX")))
     try:
         while True:
             try:
