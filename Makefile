@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,parquet]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,parquet,ray]'
 	touch $@
 
 setup: $(VENV)/.installed

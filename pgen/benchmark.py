@@ -40,6 +40,7 @@ from pgen.measures import get_measure, list_measures
 from pgen.report import plots
 from pgen.report.document import Document
 from pgen.report.glossary import add_glossary
+from pgen.executors import make_executor
 from pgen.score import ScoreSettings, score_zoo
 from pgen.stats import cmi_bootstrap_ci, measure_statistics, paired_tau_difference, robust_sign_agreement
 from pgen.zoo import Zoo, load_zoo
@@ -167,7 +168,7 @@ def is_fixture(zoo: Zoo) -> bool:
 def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: list[str] | None = None,
                   settings: ScoreSettings | None = None, device: str = "cpu", workers: int = 1,
                   final_only: bool = True, progress: bool = True, n_boot: int = 1000,
-                  converged_only: bool = True, learned: bool = False) -> dict:
+                  converged_only: bool = True, learned: bool = False, executor: str | object = "local") -> dict:
     """Score every measure on every zoo, summarize, and write the report into ``out``.
 
     With ``final_only`` (the default) intermediate checkpoints are left out, so that every
@@ -177,6 +178,8 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     statistics, as Jiang et al. and the PGDL competition do. Format fixtures
     (:func:`is_fixture`) are scored but never summarized or ranked. ``learned`` adds the
     StatNN baseline (:mod:`pgen.learned`), cross-validated by hyperparameter cell.
+    ``executor`` runs the scoring (see :func:`pgen.score.score_zoo`); one Ray connection
+    serves every zoo.
 
     Returns ``{"summaries": {zoo name: DataFrame}, "runs": {zoo name: ScoreRun},
     "excluded": {zoo name: [model ids]}, "learned": {zoo name: dict}, "fixtures": {zoo
@@ -190,12 +193,26 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     settings = ScoreSettings(**{**base.identity(), "measures": tuple(measures)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    owned = isinstance(executor, str) and executor != "local"
+    if owned:
+        executor = make_executor(executor, device=device)
+    try:
+        return _benchmark(zoos, out, measures, settings, device, workers, final_only, progress, n_boot,
+                          converged_only, learned, executor)
+    finally:
+        if owned:
+            executor.close()
+
+
+def _benchmark(zoos, out, measures, settings, device, workers, final_only, progress, n_boot, converged_only,
+               learned, executor) -> dict:
     summaries, runs, excluded, learned_results, fixtures = {}, {}, {}, {}, {}
     for z in zoos:
         zoo = z if isinstance(z, Zoo) else load_zoo(z, progress=progress)
         if final_only:
             zoo = zoo.final_models()
-        run = score_zoo(zoo, out, settings=settings, device=device, workers=workers, progress=progress)
+        run = score_zoo(zoo, out, settings=settings, device=device, workers=workers, progress=progress,
+                        executor=executor)
         if is_fixture(zoo):
             fixtures[run.name] = run
             continue

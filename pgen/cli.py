@@ -41,6 +41,52 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a non-negative, finite number; got {text}")
+    return value
+
+
+def _add_executor_options(p) -> None:
+    """Where models are scored: this machine's processes or a Ray cluster (README: On a cluster)."""
+    g = p.add_argument_group("executor", "where models are scored (README: On a cluster)")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this process, or --workers processes (default); ray: one Ray task per model "
+                        "(needs pip install 'pgen-pvector[ray]')")
+    g.add_argument("--address", help="with --executor ray: the cluster to join (auto, or HEAD_IP:6379; "
+                                     "default: start Ray on this machine)")
+    g.add_argument("--cpus-per-model", type=_fraction, help="CPUs each Ray task declares (default 1)")
+    g.add_argument("--gpus-per-model", type=_fraction,
+                   help="GPUs each Ray task declares, fractions allowed, e.g. 0.25 (default 1 with "
+                        "--device cuda, else 0)")
+    g.add_argument("--retries", type=_integer(0), default=3,
+                   help="times Ray reruns a model whose worker or node died (default 3); a model that ran "
+                        "out of memory is recorded, not rerun")
+
+
+def _executor(args):
+    """The executor the options name (a string for the local one)."""
+    from pgen.errors import InputError
+    from pgen.executors import make_executor
+
+    ray_only = [o for o, v in (("--address", args.address), ("--cpus-per-model", args.cpus_per_model),
+                               ("--gpus-per-model", args.gpus_per_model)) if v is not None]
+    if args.executor == "local":
+        if ray_only:
+            raise InputError(f"{', '.join(ray_only)} apply to --executor ray only")
+        return "local"
+    if getattr(args, "workers", 1) != 1:
+        raise InputError("--workers applies to the local executor; Ray runs one task per model "
+                         "(see --cpus-per-model)")
+    cpus = 1.0 if args.cpus_per_model is None else args.cpus_per_model
+    return make_executor("ray", address=args.address, cpus_per_model=cpus,
+                         gpus_per_model=args.gpus_per_model, max_retries=args.retries, device=args.device)
+
+
 def _add_study(sub):
     p = sub.add_parser("study", help="train small MLPs/CNNs on digits and compare P-vector angles",
                        description="Train small MLPs and CNNs with several seeds; write the angles "
@@ -277,6 +323,7 @@ def _add_score(sub):
                         "training samples and labels (which pgen's recipes record)")
     p.add_argument("--workers", type=_integer(1), default=1, help="CPU worker processes")
     p.add_argument("--angle-matrix", action="store_true", help="also write the model-to-model angle matrix")
+    _add_executor_options(p)
     p.add_argument("--limit", type=_integer(1), help="score at most N models that still miss something")
     p.add_argument("--color-by", help="hyperparameter that colours the report's scatter plots, e.g. arch")
     p.add_argument("--no-report", action="store_true", help="skip the report")
@@ -303,10 +350,15 @@ def _cmd_score(args):
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              dataset_size_term=args.dataset_size_term, own_training_data=not args.shared_samples,
                              measures=_measure_names(args.measures))
+    executor = _executor(args)
     zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
-    run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
-                    angle_matrix_out=args.angle_matrix, limit=args.limit)
+    try:
+        run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
+                        angle_matrix_out=args.angle_matrix, limit=args.limit, executor=executor)
+    finally:
+        if not isinstance(executor, str):
+            executor.close()
     print(f"{run.name}: computed {run.computed} model(s) in this call; {run.models_scored} of "
           f"{len(run.zoo_table)} models have every target; {len(run.errors)} failure(s); results in "
           f"{run.store_path}")
@@ -402,6 +454,7 @@ def _add_pgdl(sub):
                                                       "recorded (the competition allowed 300)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda")
     pr.add_argument("--seed", type=_integer(0), default=0, help="seed for measures that sample")
+    _add_executor_options(pr)
     pr.set_defaults(func=_cmd_pgdl_predict)
 
 
@@ -425,8 +478,13 @@ def _cmd_pgdl_predict(args):
     from pgen.pgdl import predict_task
 
     settings = MeasureSettings(device=args.device, seed=args.seed)
-    table = predict_task(args.task_dir, args.measure, args.out, n_samples=args.samples or None,
-                         time_budget=args.time_budget, settings=settings)
+    executor = _executor(args)
+    try:
+        table = predict_task(args.task_dir, args.measure, args.out, n_samples=args.samples or None,
+                             time_budget=args.time_budget, settings=settings, executor=executor)
+    finally:
+        if not isinstance(executor, str):
+            executor.close()
     failed = table["error"].notna().sum() if "error" in table else 0
     print(f"{len(table) - failed} of {len(table)} models scored; wrote {Path(args.out) / (Path(args.task_dir).name + '.predict')}")
     return 1 if failed else 0
@@ -512,6 +570,7 @@ def _add_benchmark(sub):
                    help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
                         "cross-validated by hyperparameter cell)")
     p.add_argument("--bootstrap", type=_integer(0), default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    _add_executor_options(p)
     p.set_defaults(func=_cmd_benchmark)
 
 
@@ -524,9 +583,15 @@ def _cmd_benchmark(args):
     measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
     settings = ScoreSettings(n_samples=args.samples or None, seed=args.seed,
                              own_training_data=not args.shared_samples)
-    res = run_benchmark(args.zoos, args.out, measures=measures, settings=settings, device=args.device,
-                        workers=args.workers, final_only=not args.with_checkpoints,
-                        converged_only=not args.all_models, learned=args.learned, n_boot=args.bootstrap)
+    executor = _executor(args)
+    try:
+        res = run_benchmark(args.zoos, args.out, measures=measures, settings=settings, device=args.device,
+                            workers=args.workers, final_only=not args.with_checkpoints,
+                            converged_only=not args.all_models, learned=args.learned, n_boot=args.bootstrap,
+                            executor=executor)
+    finally:
+        if not isinstance(executor, str):
+            executor.close()
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
         for name, summary in res["summaries"].items():
             print(f"\n{name}")

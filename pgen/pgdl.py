@@ -65,6 +65,25 @@ def _worker(conn, task_dir, measure, n_samples, settings):
             conn.send((model_id, None, None, f"{type(exc).__name__}: {exc}"))
 
 
+_WORKER: dict = {}
+
+
+def _ray_worker_init(task_dir, measure, n_samples, settings, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    zoo = load_zoo(task_dir, build=False, progress=False)
+    _WORKER.update(zoo=zoo, measure=measure, settings=settings, data=measure_data_for(zoo, n_samples))
+
+
+def _ray_worker_measure(model_id):
+    try:
+        return (model_id, *_measure_one(_WORKER["zoo"], model_id, _WORKER["measure"], _WORKER["data"],
+                                        _WORKER["settings"]), None)
+    except Exception as exc:  # reported to the driver, which records it
+        return model_id, None, None, f"{type(exc).__name__}: {exc}"
+
+
 class _BudgetedRunner:
     """One worker process at a time; a model over budget kills it and the next model starts a new one."""
 
@@ -110,7 +129,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_samples: int | None = 1000,
                  time_budget: float | None = None, settings: MeasureSettings | None = None,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, executor: str | object = "local") -> pd.DataFrame:
     """Compute ``measure`` on every model of a PGDL task; write ``<task>.predict`` and ``<task>.csv``.
 
     The ``.predict`` file maps model id to ``sign * value`` (see :mod:`pgen.measures`),
@@ -125,7 +144,13 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     out : output folder
     n_samples : the first n training samples every model sees (None: all)
     time_budget : seconds per model (None: no limit, run in this process)
+    executor : ``"local"`` (this process; with a budget, one worker process at a time),
+        ``"ray"`` (a Ray instance on this machine) or a :class:`pgen.executors.RayExecutor`
+        for a running cluster: one task per model, the budget counted from when its task
+        starts; only this process writes the output files.
     """
+    from pgen.executors import RayExecutor, make_executor
+
     m = get_measure(measure)
     settings = settings or MeasureSettings()
     zoo = load_zoo(task_dir, build=False, progress=False)
@@ -165,9 +190,16 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
                 bar.write(f"{zoo.name}/{model_id}: {error}")
             bar.update(1)
 
+    owned = isinstance(executor, str)
+    executor = make_executor(executor, device=settings.device)
     runner = None
     try:
-        if time_budget is not None:
+        if isinstance(executor, RayExecutor) and todo:
+            initargs = (str(Path(zoo.root).resolve()), measure, n_samples, settings, executor.threads_per_job)
+            executor.run([(mid,) for mid in todo], initializer=_ray_worker_init, initargs=initargs,
+                         work=_ray_worker_measure, record=lambda r: record(*r),
+                         failed=lambda job, message: record(job[0], None, None, message), budget=time_budget)
+        elif time_budget is not None:
             runner = _BudgetedRunner(zoo.root, measure, n_samples, settings, time_budget)
             for mid in todo:
                 record(*runner.run(mid))
@@ -181,6 +213,8 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     finally:
         if runner is not None:
             runner.close()
+        if owned and executor is not None:
+            executor.close()
         if bar is not None:
             bar.close()
     return pd.DataFrame([rows[e.id] for e in zoo if e.id in rows])

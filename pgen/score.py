@@ -20,9 +20,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
 from pgen.devices import check_device
 from pgen.errors import InputError, UnknownNameError, ZooError
+from pgen.executors import ProcessPool, RayExecutor, make_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -269,20 +268,26 @@ def scoring_environment(device: str, workers: int) -> dict:
 _WORKER: dict = {}
 
 
-def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx):
-    torch.set_num_threads(1)
+def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx, device="cpu", threads=1):
+    """Prepares a worker process (a local pool's or a Ray node's) once: it reopens the zoo
+    from its folder and keeps the run's shared samples."""
+    torch.set_num_threads(threads)
     zoo = load_zoo(zoo_root, build=False, progress=False, data_root=data_root, trust_code=trust_code)
     zoo._identity = identity  # a view (e.g. final models) keeps its identity
-    _WORKER.update(zoo=zoo, settings=settings, ctx=ctx)
+    _WORKER.update(zoo=zoo, settings=settings, ctx=ctx, device=device)
 
 
 def _worker_score(entry_id, need_targets, measures):
-    return _score_one(_WORKER["zoo"], entry_id, _WORKER["ctx"], _WORKER["settings"], "cpu", need_targets, measures)
+    out = _score_one(_WORKER["zoo"], entry_id, _WORKER["ctx"], _WORKER["settings"], _WORKER["device"],
+                     need_targets, measures)
+    if str(_WORKER["device"]).startswith("cuda"):
+        torch.cuda.empty_cache()  # a long-lived worker shares its GPU with other tasks
+    return out
 
 
 def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings | None = None, device: str = "cpu",
               workers: int = 1, angle_matrix_out: bool = False, progress: bool = True,
-              limit: int | None = None) -> ScoreRun:
+              limit: int | None = None, executor: str | object = "local") -> ScoreRun:
     """Score every model of a zoo; return the run (also stored in ``out/results.sqlite``).
 
     Parameters
@@ -291,9 +296,13 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     out : output folder for ``results.sqlite`` (and ``angle_matrix.csv``)
     settings : ScoreSettings (default: the P-vector angle on the first 1000 training samples)
     device : "cpu" or "cuda"
-    workers : CPU worker processes (models scored in parallel)
+    workers : CPU worker processes (models scored in parallel) of the local executor
     angle_matrix_out : also write the model-to-model P-vector angle matrix (single process)
     limit : score at most this many models that still miss something (for smoke runs)
+    executor : ``"local"`` (this process, or ``workers`` processes), ``"ray"`` (a Ray
+        instance on this machine) or an executor object, e.g.
+        ``pgen.executors.RayExecutor("auto", gpus_per_model=0.25)`` for a running cluster.
+        The results do not depend on it; only this process writes the results store.
 
     Returns
     -------
@@ -311,8 +320,27 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     if workers < 1:
         raise InputError(f"workers must be at least 1; got {workers}")
     check_device(device)
+    owned = isinstance(executor, str)  # made here, so closed here (a Ray instance started for this call)
+    executor = make_executor(executor, workers=workers, device=device)
+    try:
+        return _score_zoo(zoo, out, s, device, workers, angle_matrix_out, progress, limit, executor)
+    finally:
+        if owned and executor is not None:
+            executor.close()
+
+
+def _score_zoo(zoo, out, s, device, workers, angle_matrix_out, progress, limit, executor) -> ScoreRun:
     if not isinstance(zoo, Zoo):
         zoo = load_zoo(zoo, progress=progress)
+    if isinstance(executor, ProcessPool) and (device != "cpu" or angle_matrix_out
+                                              or not getattr(zoo, "reopenable", True)):
+        executor = None  # as before: CUDA, the angle matrix and in-memory zoos score in this process
+    if isinstance(executor, RayExecutor):
+        if angle_matrix_out:
+            raise InputError("the angle matrix (--angle-matrix) is computed in one process: use the local executor")
+        if not getattr(zoo, "reopenable", True):
+            raise InputError(f"zoo {zoo.name} lives in this process's memory; Ray workers need a zoo folder "
+                             "(score it with the local executor)")
     out = _writable_folder(Path(out))
     store = ResultsStore(out / "results.sqlite")
     try:
@@ -334,21 +362,42 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
             jobs = jobs[:limit]
         if jobs:
             _check_layer(zoo, jobs[0][0], ctx, s)
-            store.add_environment(run_id, scoring_environment(device, workers))  # only calls that compute
-        _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measure, angle_matrix_out, out,
+            env = scoring_environment(device, workers if isinstance(executor, ProcessPool) else 1)
+            if isinstance(executor, RayExecutor):
+                executor.connect()
+                env.update(executor.describe(), threads_per_model=executor.threads_per_job)
+            store.add_environment(run_id, env)  # only calls that compute
+        _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_measure, angle_matrix_out, out,
                   progress)
         return run_from_store(store, out / "results.sqlite", run_id, computed=len(jobs))
     finally:
         store.close()
 
 
-def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measure, angle_matrix_out, out, progress):
+def _by_family(jobs):
+    """One job per (model, measure family) for a cluster, so that a slow family (sharpness,
+    PAC-Bayes) is its own task; the model's targets go with its first."""
+    out = []
+    for mid, need_targets, missing in jobs:
+        groups: dict[str, list[str]] = {}
+        for name in missing:
+            groups.setdefault(get_measure(name).family, []).append(name)
+        for i, names in enumerate(list(groups.values()) or [[]]):
+            out.append((mid, need_targets and i == 0, tuple(names)))
+    return out
+
+
+def _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_measure, angle_matrix_out, out,
+              progress):
     bar = None
     if progress and jobs:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc=f"scoring {zoo.name}", unit="model")
     vectors = {}
+    if isinstance(executor, RayExecutor):
+        jobs = _by_family(jobs)
+    parts_left = Counter(mid for mid, _, _ in jobs)  # a model is done when all its jobs are
 
     def record(o: _Outcome):
         if o.error is not None:
@@ -363,18 +412,19 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
                 bar.write(f"model {o.model_id}: measure {name} failed: {err}")
         if o.vector is not None:
             vectors[o.model_id] = o.vector
-        if bar is not None:
+        parts_left[o.model_id] -= 1
+        if bar is not None and parts_left[o.model_id] == 0:
             bar.update(1)
 
     try:
-        # worker processes reopen the zoo from its folder; an in-memory zoo is scored here
-        if workers > 1 and device == "cpu" and not angle_matrix_out and getattr(zoo, "reopenable", True):
-            initargs = (zoo.root, getattr(zoo, "data_root", None), getattr(zoo, "trust_code", False),
-                        zoo.identity(), s, ctx)
-            _run_in_pool(jobs, workers, initargs, record)
-        else:
+        if executor is None:
             for mid, need_targets, missing in jobs:
                 record(_score_one(zoo, mid, ctx, s, device, need_targets, missing, angle_matrix_out))
+        else:  # worker processes reopen the zoo from its folder
+            initargs = (str(Path(zoo.root).resolve()), getattr(zoo, "data_root", None),
+                        getattr(zoo, "trust_code", False), zoo.identity(), s, ctx, device, executor.threads_per_job)
+            executor.run(jobs, initializer=_worker_init, initargs=initargs, work=_worker_score, record=record,
+                         failed=lambda job, message: record(_Outcome(job[0], error=message)))
     finally:
         if bar is not None:
             bar.close()
@@ -384,60 +434,6 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, workers, run_settings, per_measu
         names = sorted(vectors)
         mat = angle_matrix([vectors[n] for n in names])
         pd.DataFrame(mat, index=names, columns=names).to_csv(output_path(out, "angle_matrix.csv"))
-
-
-def _run_in_pool(jobs, workers: int, initargs, record) -> None:
-    """Score ``jobs`` in worker processes; a worker that dies costs only its own model.
-
-    At most ``workers`` models are in flight, so when a worker dies (killed, out of memory,
-    a crash in native code) the suspects are known: if one model was in flight it is
-    recorded as failed; if several, each is scored again alone in a fresh pool, where a
-    second death is that model's alone. Every finished model is recorded as it arrives.
-    """
-    queue = deque((job, False) for job in jobs)  # (job, suspect: was in flight when a worker died)
-    empty_breaks = 0
-    while queue:
-        in_flight = {}
-        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=initargs) as pool:
-            broken = None
-            while (queue or in_flight) and broken is None:
-                # a suspect runs alone, so that a second death names it
-                while queue and len(in_flight) < workers and not any(sus for _, sus in in_flight.values()):
-                    if queue[0][1] and in_flight:
-                        break
-                    job, suspect = queue.popleft()
-                    try:
-                        in_flight[pool.submit(_worker_score, *job)] = (job, suspect)
-                    except BrokenProcessPool as exc:
-                        queue.appendleft((job, suspect))
-                        broken = exc
-                        break
-                if broken is not None or not in_flight:
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job, suspect = in_flight.pop(fut)
-                    try:
-                        record(fut.result())
-                    except BrokenProcessPool as exc:
-                        broken = exc
-                        in_flight[fut] = (job, suspect)  # settled below with the others in flight
-                    except Exception as exc:  # the model's own failure: recorded, the run goes on
-                        record(_Outcome(job[0], error=_error_text(exc)))
-            if broken is not None:
-                lost = list(in_flight.values())
-                for fut in list(in_flight):
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:  # finished before the break
-                        record(fut.result())
-                        lost.remove(in_flight[fut])
-                empty_breaks = empty_breaks + 1 if not lost else 0
-                if empty_breaks >= 3:  # pools that break with no model in flight: workers cannot start
-                    raise RuntimeError(f"worker processes keep dying before scoring anything: {broken}")
-                if len(lost) == 1:
-                    record(_Outcome(lost[0][0][0], error=f"the worker process scoring this model died ({broken}); "
-                                                           "often out of memory or a crash in native code"))
-                else:
-                    queue.extendleft((job, True) for job, _ in reversed(lost))
 
 
 def score_models(models, data, *, metrics=None, hparams=None, test_data=None, initial_models=None,
