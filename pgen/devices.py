@@ -21,15 +21,16 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_device(device: str) -> None:
-    """Before any model: a device that cannot run would fail every model one by one."""
+def check_device(device: str, *, here: bool = True) -> None:
+    """Before any model: a device that cannot run would fail every model one by one.
+    ``here=False`` (models run elsewhere, e.g. on a Ray cluster's GPU nodes) checks the name only."""
     from pgen.errors import InputError
 
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise InputError(f"unknown device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if here and dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for, but torch sees no CUDA device here "
                          f"(torch {torch.__version__}); use --device cpu")
 

@@ -324,6 +324,10 @@ def make_executor(executor: str | object = "local", *, workers: int = 1, address
         return ProcessPool(workers) if workers > 1 else None
     if executor == "ray":
         _import_ray()
-        gpus = gpus_per_model if gpus_per_model is not None else (1.0 if str(device).startswith("cuda") else 0.0)
+        cuda = str(device).startswith("cuda")
+        gpus = gpus_per_model if gpus_per_model is not None else (1.0 if cuda else 0.0)
+        if cuda and gpus == 0:  # Ray hides every GPU from a task that declares none
+            raise InputError("--device cuda on Ray needs --gpus-per-model above 0 (Ray hides the GPUs from "
+                             "tasks that declare none)")
         return RayExecutor(address, cpus_per_model=cpus_per_model, gpus_per_model=gpus, max_retries=max_retries)
     raise InputError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")

@@ -319,9 +319,9 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
         raise InputError(f"limit must be at least 1 (or None for every model); got {limit}")
     if workers < 1:
         raise InputError(f"workers must be at least 1; got {workers}")
-    check_device(device)
     owned = isinstance(executor, str)  # made here, so closed here (a Ray instance started for this call)
     executor = make_executor(executor, workers=workers, device=device)
+    check_device(device, here=not isinstance(executor, RayExecutor))  # a cluster's GPUs may be elsewhere
     try:
         return _score_zoo(zoo, out, s, device, workers, angle_matrix_out, progress, limit, executor)
     finally:

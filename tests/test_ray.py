@@ -142,6 +142,18 @@ def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
         make_executor("ray")
 
 
+def test_cuda_on_ray_is_checked_for_the_cluster_not_this_machine(capsys):
+    from pgen.devices import check_device
+
+    check_device("cuda", here=False)  # the driver may have no GPU; the cluster's nodes do
+    with pytest.raises(InputError, match="unknown device"):
+        check_device("nonsense", here=False)
+    assert make_executor("ray", device="cuda").gpus_per_model == 1.0
+    assert make_executor("ray", device="cuda", gpus_per_model=0.25).gpus_per_model == 0.25
+    assert main(["score", "digits", "--executor", "ray", "--device", "cuda", "--gpus-per-model", "0"]) == 2
+    assert "needs --gpus-per-model above 0" in capsys.readouterr().err
+
+
 def test_cli_refuses_options_of_the_other_executor(capsys):
     assert main(["score", "digits", "--address", "auto"]) == 2
     assert "apply to --executor ray only" in capsys.readouterr().err
