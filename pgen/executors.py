@@ -279,7 +279,6 @@ class RayExecutor:
                             pending[ref][1] = time.monotonic()
                             continue
                     except StopIteration:  # a generator that ended without a result (cannot happen)
-                        result = None
                         failed(job, "its Ray task ended without a result")
                     except rx.OutOfMemoryError as exc:
                         failed(job, f"ran out of memory on its Ray node; not retried ({_first_line(exc)})")
@@ -289,6 +288,8 @@ class RayExecutor:
                     except rx.RayTaskError as exc:  # the job raised: its own failure
                         cause = getattr(exc, "cause", None)
                         failed(job, _error_text(cause) if cause is not None else _first_line(exc))
+                    except rx.RayError as exc:  # cancelled from outside, a runtime env that failed, ...
+                        failed(job, f"Ray could not run it ({type(exc).__name__}: {_first_line(exc)})")
                     else:
                         record(result)
                     pending.pop(ref)
