@@ -139,11 +139,20 @@ class _Started:
     """Yielded by a timed task once its worker is prepared: the budget counts from here."""
 
 
+class _Timed:
+    """A timed task's result and the seconds its work took on the worker."""
+
+    def __init__(self, result, seconds: float):
+        self.result, self.seconds = result, seconds
+
+
 def _ray_task_timed(initializer, initargs_box, work, job):
     """:func:`_ray_task` as a streaming generator that first reports that it started."""
     _prepare(initializer, initargs_box[0])
     yield _Started()
-    yield work(*job)
+    start = time.perf_counter()
+    result = work(*job)
+    yield _Timed(result, time.perf_counter() - start)  # the driver may notice the start late
 
 
 def _import_ray():
@@ -278,6 +287,10 @@ class RayExecutor:
                         if budget is not None and isinstance(result, _Started):
                             pending[ref][1] = time.monotonic()
                             continue
+                        # over budget by the worker's own clock too, for when the driver saw the start
+                        # too late to cancel it (a busy driver, a task that finished quickly after)
+                        over = budget is not None and result.seconds > budget
+                        result = result.result if budget is not None else result
                     except StopIteration:  # a generator that ended without a result (cannot happen)
                         failed(job, "its Ray task ended without a result")
                     except rx.OutOfMemoryError as exc:
@@ -291,7 +304,10 @@ class RayExecutor:
                     except rx.RayError as exc:  # cancelled from outside, a runtime env that failed, ...
                         failed(job, f"Ray could not run it ({type(exc).__name__}: {_first_line(exc)})")
                     else:
-                        record(result)
+                        if over:
+                            failed(job, f"timed out after the {budget:g} s budget")
+                        else:
+                            record(result)
                     pending.pop(ref)
                 if budget is not None:
                     now = time.monotonic()
