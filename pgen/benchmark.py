@@ -40,7 +40,7 @@ from pgen.measures import get_measure, list_measures
 from pgen.report import plots
 from pgen.report.document import Document
 from pgen.report.glossary import add_glossary
-from pgen.executors import make_executor
+from pgen.executors import open_executor
 from pgen.score import ScoreSettings, score_zoo
 from pgen.stats import cmi_bootstrap_ci, measure_statistics, paired_tau_difference, robust_sign_agreement
 from pgen.zoo import Zoo, load_zoo
@@ -193,15 +193,9 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     settings = ScoreSettings(**{**base.identity(), "measures": tuple(measures)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    owned = isinstance(executor, str) and executor != "local"
-    if owned:
-        executor = make_executor(executor, device=device)
-    try:
+    with open_executor(executor, workers=workers, device=device) as executor:  # one for every zoo
         return _benchmark(zoos, out, measures, settings, device, workers, final_only, progress, n_boot,
                           converged_only, learned, executor)
-    finally:
-        if owned:
-            executor.close()
 
 
 def _benchmark(zoos, out, measures, settings, device, workers, final_only, progress, n_boot, converged_only,

@@ -69,7 +69,10 @@ def _add_executor_options(p) -> None:
 
 
 def _executor(args):
-    """The executor the options name (a string for the local one)."""
+    """The executor the options name, as a context manager that closes it (for the local one,
+    its name: the scoring functions make and close the pool themselves)."""
+    import contextlib
+
     from pgen.errors import InputError
     from pgen.executors import make_executor
 
@@ -78,12 +81,12 @@ def _executor(args):
     if args.executor == "local":
         if ray_only:
             raise InputError(f"{', '.join(ray_only)} apply to --executor ray only")
-        return "local"
+        return contextlib.nullcontext("local")
     if getattr(args, "workers", 1) != 1:
         raise InputError("--workers applies to the local executor; Ray runs one task per model "
                          "(see --cpus-per-model)")
     cpus = 1.0 if args.cpus_per_model is None else args.cpus_per_model
-    return make_executor("ray", address=args.address, cpus_per_model=cpus,
+    return make_executor("ray", address=args.address, cpus_per_model=cpus,  # a RayExecutor closes on exit
                          gpus_per_model=args.gpus_per_model, max_retries=args.retries, device=args.device)
 
 
@@ -353,12 +356,9 @@ def _cmd_score(args):
     executor = _executor(args)
     zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
-    try:
+    with executor as executor:
         run = score_zoo(zoo, out, settings=settings, device=args.device, workers=args.workers,
                         angle_matrix_out=args.angle_matrix, limit=args.limit, executor=executor)
-    finally:
-        if not isinstance(executor, str):
-            executor.close()
     print(f"{run.name}: computed {run.computed} model(s) in this call; {run.models_scored} of "
           f"{len(run.zoo_table)} models have every target; {len(run.errors)} failure(s); results in "
           f"{run.store_path}")
@@ -478,13 +478,9 @@ def _cmd_pgdl_predict(args):
     from pgen.pgdl import predict_task
 
     settings = MeasureSettings(device=args.device, seed=args.seed)
-    executor = _executor(args)
-    try:
+    with _executor(args) as executor:
         table = predict_task(args.task_dir, args.measure, args.out, n_samples=args.samples or None,
                              time_budget=args.time_budget, settings=settings, executor=executor)
-    finally:
-        if not isinstance(executor, str):
-            executor.close()
     failed = table["error"].notna().sum() if "error" in table else 0
     print(f"{len(table) - failed} of {len(table)} models scored; wrote {Path(args.out) / (Path(args.task_dir).name + '.predict')}")
     return 1 if failed else 0
@@ -583,15 +579,11 @@ def _cmd_benchmark(args):
     measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
     settings = ScoreSettings(n_samples=args.samples or None, seed=args.seed,
                              own_training_data=not args.shared_samples)
-    executor = _executor(args)
-    try:
+    with _executor(args) as executor:
         res = run_benchmark(args.zoos, args.out, measures=measures, settings=settings, device=args.device,
                             workers=args.workers, final_only=not args.with_checkpoints,
                             converged_only=not args.all_models, learned=args.learned, n_boot=args.bootstrap,
                             executor=executor)
-    finally:
-        if not isinstance(executor, str):
-            executor.close()
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
         for name, summary in res["summaries"].items():
             print(f"\n{name}")

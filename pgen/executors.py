@@ -23,11 +23,12 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 from pgen.errors import InputError
 
-__all__ = ["ProcessPool", "RayExecutor", "make_executor", "EXECUTORS"]
+__all__ = ["ProcessPool", "RayExecutor", "make_executor", "open_executor", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = "pip install 'pgen-pvector[ray]' (or pip install ray)"
@@ -336,9 +337,7 @@ def make_executor(executor: str | object = "local", *, workers: int = 1, address
     if not isinstance(executor, str):
         return executor
     if executor == "local":
-        if workers < 1:
-            raise InputError(f"workers must be at least 1; got {workers}")
-        return ProcessPool(workers) if workers > 1 else None
+        return None if workers == 1 else ProcessPool(workers)  # ProcessPool refuses fewer than 1
     if executor == "ray":
         _import_ray()
         cuda = str(device).startswith("cuda")
@@ -348,3 +347,16 @@ def make_executor(executor: str | object = "local", *, workers: int = 1, address
                              "tasks that declare none)")
         return RayExecutor(address, cpus_per_model=cpus_per_model, gpus_per_model=gpus, max_retries=max_retries)
     raise InputError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
+
+
+@contextmanager
+def open_executor(executor: str | object = "local", **options):
+    """:func:`make_executor` for the duration of a ``with`` block: an executor made here from
+    its name is closed at the end (a Ray instance started for the call is stopped); one
+    passed in as an object is the caller's to close."""
+    made = make_executor(executor, **options)
+    try:
+        yield made
+    finally:
+        if isinstance(executor, str) and made is not None:
+            made.close()

@@ -43,9 +43,13 @@ def measure_data_for(zoo: Zoo, n_samples: int | None = 1000, split: str = "train
 
 
 def _measure_one(zoo: Zoo, model_id: str, measure: str, data: MeasureData, settings: MeasureSettings):
+    """``(model_id, value, seconds, error)``: a failure is the model's, recorded, not raised."""
     t = time.perf_counter()
-    value = compute_for_entry(measure, zoo[model_id], data, settings)
-    return value, time.perf_counter() - t
+    try:
+        value = compute_for_entry(measure, zoo[model_id], data, settings)
+    except Exception as exc:
+        return model_id, None, None, f"{type(exc).__name__}: {exc}"
+    return model_id, value, time.perf_counter() - t, None
 
 
 def _worker(conn, task_dir, measure, n_samples, settings):
@@ -59,10 +63,7 @@ def _worker(conn, task_dir, measure, n_samples, settings):
         model_id = conn.recv()
         if model_id is None:
             return
-        try:
-            conn.send((model_id, *_measure_one(zoo, model_id, measure, data, settings), None))
-        except Exception as exc:  # reported to the parent, which records it
-            conn.send((model_id, None, None, f"{type(exc).__name__}: {exc}"))
+        conn.send(_measure_one(zoo, model_id, measure, data, settings))  # the parent records it
 
 
 _WORKER: dict = {}
@@ -77,11 +78,7 @@ def _ray_worker_init(task_dir, measure, n_samples, settings, threads):
 
 
 def _ray_worker_measure(model_id):
-    try:
-        return (model_id, *_measure_one(_WORKER["zoo"], model_id, _WORKER["measure"], _WORKER["data"],
-                                        _WORKER["settings"]), None)
-    except Exception as exc:  # reported to the driver, which records it
-        return model_id, None, None, f"{type(exc).__name__}: {exc}"
+    return _measure_one(_WORKER["zoo"], model_id, _WORKER["measure"], _WORKER["data"], _WORKER["settings"])
 
 
 class _BudgetedRunner:
@@ -149,7 +146,7 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
         for a running cluster: one task per model, the budget counted from when its task
         starts; only this process writes the output files.
     """
-    from pgen.executors import RayExecutor, make_executor
+    from pgen.executors import RayExecutor, open_executor
 
     m = get_measure(measure)
     settings = settings or MeasureSettings()
@@ -190,31 +187,25 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
                 bar.write(f"{zoo.name}/{model_id}: {error}")
             bar.update(1)
 
-    owned = isinstance(executor, str)
-    executor = make_executor(executor, device=settings.device)
     runner = None
     try:
-        if isinstance(executor, RayExecutor) and todo:
-            initargs = (str(Path(zoo.root).resolve()), measure, n_samples, settings, executor.threads_per_job)
-            executor.run([(mid,) for mid in todo], initializer=_ray_worker_init, initargs=initargs,
-                         work=_ray_worker_measure, record=lambda r: record(*r),
-                         failed=lambda job, message: record(job[0], None, None, message), budget=time_budget)
-        elif time_budget is not None:
-            runner = _BudgetedRunner(zoo.root, measure, n_samples, settings, time_budget)
-            for mid in todo:
-                record(*runner.run(mid))
-        else:
-            data = measure_data_for(zoo, n_samples) if todo else None
-            for mid in todo:
-                try:
-                    record(mid, *_measure_one(zoo, mid, measure, data, settings), None)
-                except Exception as exc:  # recorded; the run goes on
-                    record(mid, None, None, f"{type(exc).__name__}: {exc}")
+        with open_executor(executor, device=settings.device) as executor:
+            if isinstance(executor, RayExecutor) and todo:
+                initargs = (str(zoo.root), measure, n_samples, settings, executor.threads_per_job)
+                executor.run([(mid,) for mid in todo], initializer=_ray_worker_init, initargs=initargs,
+                             work=_ray_worker_measure, record=lambda r: record(*r),
+                             failed=lambda job, message: record(job[0], None, None, message), budget=time_budget)
+            elif time_budget is not None:
+                runner = _BudgetedRunner(zoo.root, measure, n_samples, settings, time_budget)
+                for mid in todo:
+                    record(*runner.run(mid))
+            else:
+                data = measure_data_for(zoo, n_samples) if todo else None
+                for mid in todo:
+                    record(*_measure_one(zoo, mid, measure, data, settings))  # a failure is recorded; the run goes on
     finally:
         if runner is not None:
             runner.close()
-        if owned and executor is not None:
-            executor.close()
         if bar is not None:
             bar.close()
     return pd.DataFrame([rows[e.id] for e in zoo if e.id in rows])

@@ -31,7 +31,7 @@ from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays
 from pgen.devices import check_device
 from pgen.errors import InputError, UnknownNameError, ZooError
-from pgen.executors import ProcessPool, RayExecutor, make_executor
+from pgen.executors import ProcessPool, RayExecutor, open_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -319,14 +319,9 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
         raise InputError(f"limit must be at least 1 (or None for every model); got {limit}")
     if workers < 1:
         raise InputError(f"workers must be at least 1; got {workers}")
-    owned = isinstance(executor, str)  # made here, so closed here (a Ray instance started for this call)
-    executor = make_executor(executor, workers=workers, device=device)
-    check_device(device, here=not isinstance(executor, RayExecutor))  # a cluster's GPUs may be elsewhere
-    try:
+    with open_executor(executor, workers=workers, device=device) as executor:
+        check_device(device, here=not isinstance(executor, RayExecutor))  # a cluster's GPUs may be elsewhere
         return _score_zoo(zoo, out, s, device, workers, angle_matrix_out, progress, limit, executor)
-    finally:
-        if owned and executor is not None:
-            executor.close()
 
 
 def _score_zoo(zoo, out, s, device, workers, angle_matrix_out, progress, limit, executor) -> ScoreRun:
@@ -421,7 +416,7 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_meas
             for mid, need_targets, missing in jobs:
                 record(_score_one(zoo, mid, ctx, s, device, need_targets, missing, angle_matrix_out))
         else:  # worker processes reopen the zoo from its folder
-            initargs = (str(Path(zoo.root).resolve()), getattr(zoo, "data_root", None),
+            initargs = (str(zoo.root), getattr(zoo, "data_root", None),  # absolute: the path every node sees
                         getattr(zoo, "trust_code", False), zoo.identity(), s, ctx, device, executor.threads_per_job)
             executor.run(jobs, initializer=_worker_init, initargs=initargs, work=_worker_score, record=record,
                          failed=lambda job, message: record(_Outcome(job[0], error=message)))
