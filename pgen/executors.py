@@ -56,9 +56,6 @@ class ProcessPool:
 
     threads_per_job = 1  # the workers share the machine's cores
 
-    def describe(self) -> dict:
-        return {"executor": "local", "workers": self.workers}
-
     def run(self, jobs: Iterable[tuple], *, initializer: Callable, initargs: tuple, work: Callable,
             record: Callable, failed: Callable) -> None:
         workers = self.workers
