@@ -87,6 +87,16 @@ def test_cli_score_on_ray(cluster, tiny_zoo, tmp_path, capsys):
     assert "computed 12 model(s)" in capsys.readouterr().out
 
 
+def test_cli_pgdl_predict_and_benchmark_on_ray(cluster, tiny_zoo, tmp_path, capsys):
+    task = FIXTURES / "pgdl" / "kit_toy"
+    assert main(["pgdl", "predict", str(task), "--measure", "num_params", "--out", str(tmp_path / "p"),
+                 "--executor", "ray", "--time-budget", "60"]) == 0
+    assert "18 of 18 models scored" in capsys.readouterr().out
+    assert main(["benchmark", str(tiny_zoo), "--measures", "sum_squared_weights", "--samples", "100",
+                 "--bootstrap", "20", "--out", str(tmp_path / "b"), "--executor", "ray"]) == 0
+    assert (tmp_path / "b" / "benchmark.md").is_file()
+
+
 def test_pgdl_predict_on_ray_equals_the_local_run(cluster, tmp_path):
     from pgen.pgdl import predict_task
 
