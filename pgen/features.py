@@ -81,6 +81,15 @@ def _inputs_of(batch):
     return batch
 
 
+def _snapshot(value):
+    """A copy of what a hook sees: the model may change a layer's output in place after the
+    layer ran (``out += identity``, ``ReLU(inplace=True)``), and a kept reference would then
+    hold the changed values, not the layer's output. Tuples keep their first tensor."""
+    if isinstance(value, (tuple, list)):
+        value = value[0]
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def _leaf_modules(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if not list(m.children())]
 
@@ -200,20 +209,22 @@ def iter_feature_batches(
                     if name is None or name == "":
                         continue
                     if where == "input":
-                        hook = lambda mod, inp, layer=layer: captured.__setitem__(layer, inp[0])
+                        hook = lambda mod, inp, layer=layer: captured.__setitem__(layer, _snapshot(inp[0]))
                         handles.append(modules[name].register_forward_pre_hook(hook))
                     else:
-                        hook = lambda mod, inp, out, layer=layer: captured.__setitem__(layer, out)
+                        hook = lambda mod, inp, out, layer=layer: captured.__setitem__(layer, _snapshot(out))
                         handles.append(modules[name].register_forward_hook(hook))
             captured.clear()
             out = None
             if model is not None:
+                if INPUT in spec:
+                    captured[INPUT] = x.clone()  # a model may modify its input in place
                 with torch.inference_mode():
                     out = model(x)
             feats = {}
             for layer, (name, where) in spec.items():
                 if name is None:
-                    t = x
+                    t = captured.get(INPUT, x)
                 elif name == "":
                     t = out
                 else:

@@ -124,9 +124,21 @@ def keras_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 
 def capture_output(module: nn.Module):
-    """A forward hook that appends ``module``'s outputs to the returned list; remove it with ``.remove()``."""
+    """A forward hook that appends ``module``'s outputs to the returned list; remove it with ``.remove()``.
+
+    The rest of the model continues on a copy of the output, so the captured tensor keeps
+    the layer's values when later code changes its input in place (``out += identity``,
+    ``ReLU(inplace=True)``) and stays in the autograd graph: gradients with respect to it
+    flow through every path that used the output."""
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+
+    def hook(m, i, o):
+        if not isinstance(o, torch.Tensor):
+            raise MeasureError(f"module {type(m).__name__} returned {type(o).__name__}, not a tensor")
+        captured.append(o)
+        return o.clone()
+
+    handle = module.register_forward_hook(hook)
     return captured, handle
 
 

@@ -4,7 +4,12 @@ For each batch of 16 samples (the first 33 batches, 528 samples, as the kit does
 Jacobian of the logits with respect to each layer's input is taken per sample; the value
 is the mean over layers of the mean squared Jacobian entry, averaged over batches.
 Entries are computed with one backward pass per class (samples are independent in eval
-mode, so summing the class logit over the batch gives every sample's row at once).
+mode, so summing the class logit over the batch gives every sample's row at once). The
+derivative is with respect to the tensor the layer received, through every path from it to
+the logits (as TensorFlow's gradient with respect to ``layer.input``); each layer works on a
+copy, so an in-place layer (``ReLU(inplace=True)``) leaves that tensor as it was, and a
+model that changes it in place elsewhere after the layer ran is refused (the gradient would
+be that of the changed tensor).
 
 "Every layer" is every layer as Keras lists it, as the kit's models are Keras models: an
 activation module right after a Conv/Linear belongs to that layer (Keras's Conv2D/Dense
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from pgen.measures import model_device, register
+from pgen.measures import MeasureError, model_device, register
 from pgen.measures._util import keras_layers
 
 BATCH = 16
@@ -31,8 +36,15 @@ MAX_BATCHES = 33
 def jacobian_norm(model, init_model, data, settings) -> float:
     device = model_device(model)
     layers = [layer for layer, _ in keras_layers(model)]
-    captured: list[torch.Tensor] = []
-    handles = [layer.register_forward_pre_hook(lambda m, inp: captured.append(inp[0])) for layer in layers]
+    captured: list[tuple[torch.nn.Module, torch.Tensor, int]] = []  # (layer, its input, the input's version)
+
+    def through_a_copy(module, inp):
+        # The layer gets a copy of its input, so an in-place layer changes the copy, never the
+        # tensor the gradient is taken with respect to (which would silently become the changed one).
+        captured.append((module, inp[0], inp[0]._version))
+        return (inp[0].clone(), *inp[1:])
+
+    handles = [layer.register_forward_pre_hook(through_a_copy) for layer in layers]
     per_batch = []
     try:
         for b in range(min(MAX_BATCHES, -(-len(data.x) // BATCH))):
@@ -40,7 +52,12 @@ def jacobian_norm(model, init_model, data, settings) -> float:
             captured.clear()
             with torch.enable_grad():
                 out = model(x)
-                inputs = [t for t in captured]
+                for layer, t, version in captured:
+                    if t._version != version:
+                        raise MeasureError(f"the input of layer {type(layer).__name__} is changed in place after the "
+                                           "layer ran (an in-place operation such as h.mul_() or h += ...); its "
+                                           "Jacobian would be that of the changed tensor")
+                inputs = [t for _, t, _ in captured]
                 sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in inputs]
                 for c in range(out.shape[1]):
                     grads = torch.autograd.grad(out[:, c].sum(), inputs, retain_graph=True, allow_unused=True)
