@@ -2,24 +2,35 @@
 
 Measures run through :func:`pgen.score.score_zoo` (one shared ``results.sqlite``, so a
 rerun resumes and adding a measure computes only that measure); the statistics come from
-:func:`pgen.stats.measure_statistics`, as in the zoo report. Per zoo and measure, with
-``oriented = sign x value`` (larger = predicted worse, see :mod:`pgen.measures`):
+:func:`pgen.stats.measure_statistics`, as in the zoo report. Every bootstrap resamples the
+design's unit: whole hyperparameter cells (all seeds of a cell together) where a cell holds
+several models, else models (``bootstrap_unit``, ``bootstrap_units``). Per zoo and measure,
+with ``oriented = sign x value`` (larger = predicted worse, see :mod:`pgen.measures`):
 
 * ``tau_gap`` [``tau_gap_ci_low``, ``tau_gap_ci_high``]: Kendall tau-b of oriented vs the
-  generalization gap, percentile bootstrap CI over models (> 0 = works as meant);
-* ``tau_test_acc`` [CI]: Kendall tau-b of oriented vs test accuracy (< 0 = works as meant);
+  generalization gap, percentile bootstrap CI (> 0 = works as meant); ``tau_gap_p``: the
+  two-sided bootstrap p-value of 0 from the same resamples; ``tau_gap_p_holm``: Holm's
+  adjustment over the measures of this zoo (one family per zoo and target);
+  ``tau_gap_holm``: the decision at family-wise 5% (intended / opposite / not resolved);
+* ``tau_test_acc`` [CI], ``tau_test_acc_p``, ``_p_holm``, ``_holm``: the same against test
+  accuracy (< 0 = works as meant);
 * ``spearman_test_acc``: the same with Spearman's rho;
 * ``tau_null_sd``: the standard deviation of tau under random rankings of these models;
 * ``psi_gap``: granulated Kendall Psi vs the gap (zoos with hparams; Jiang et al.'s tau-a
   within groups, a constant group counting 0);
 * ``cmi_gap`` [``cmi_gap_ci_low``, ``cmi_gap_ci_high``]: the PGDL conditional mutual
-  information, as the competition's scorer computes it (zoos that are a full hparam
-  grid), with a bootstrap CI within hyperparameter cells (2+ seeds per cell);
-* ``cmi_null_median``, ``cmi_null_q95``: the CMI of random rankings (the values permuted);
-* ``tau_gap_minus_angle`` [CI]: the measure's ``tau_gap`` minus the P-vector angle's, with
-  a paired bootstrap CI (resolved when it excludes 0);
-* ``robust_mean``, ``robust_worst``, ``robust_worst_hparam``: Dziugaite et al. 2020's
-  coupled-network sign agreement with the gap (:func:`pgen.stats.robust_sign_agreement`);
+  information, as the competition's scorer computes it (zoos that are a hparam grid), with
+  a bootstrap CI over the design's unit;
+* ``cmi_null_median``, ``cmi_null_q95``, ``cmi_null_p``: the CMI of random rankings (the
+  values permuted) and the permutation p-value; ``cmi_null_p_holm``, ``cmi_null_holm``
+  (above the null after Holm's correction);
+* ``tau_gap_minus_angle`` [CI], ``_p``, ``_p_holm``, ``_holm``: the measure's ``tau_gap``
+  minus the P-vector angle's, with a paired bootstrap CI (better / worse / not resolved,
+  Holm over the measures of this zoo);
+* ``robust_mean``, ``robust_worst``, ``robust_worst_hparam``, ``robust_environments``,
+  ``robust_left_out``: Dziugaite et al. 2020's coupled-network sign agreement with the gap
+  (:func:`pgen.stats.robust_sign_agreement`; the references beside it per zoo:
+  :func:`pgen.stats.robust_references`);
 * ``k_mu_gap``: Jiang et al.'s K(mu), the minimum over conditioning sets of 0 to 2
   hyperparameters (at most ``cmi_gap``);
 * ``r2_loglog``: R^2 of the log-log fit of value vs test accuracy (positive values only);
@@ -29,24 +40,33 @@ rerun resumes and adding a measure computes only that measure); the statistics c
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pgen.errors import InputError
+from pgen.executors import open_executor
 from pgen.learned import learned_baseline
 from pgen.measures import get_measure, list_measures
+from pgen.paths import output_path, safe_filename
 from pgen.report import plots
 from pgen.report.document import Document
 from pgen.report.glossary import add_glossary
-from pgen.executors import open_executor
 from pgen.score import ScoreSettings, score_zoo
-from pgen.stats import cmi_bootstrap_ci, measure_statistics, paired_tau_difference, robust_sign_agreement
+from pgen.stats import (cmi_bootstrap_ci, holm, measure_statistics, paired_tau_difference, robust_references,
+                        robust_sign_agreement)
+from pgen.stats.robust import MIN_DIFFERENCE, MIN_PAIRS, REFERENCE_TAU
 from pgen.zoo import Zoo, load_zoo
-from pgen.paths import output_path, safe_filename
 
-__all__ = ["run_benchmark", "summarize_run", "default_measures"]
+__all__ = ["run_benchmark", "summarize_run", "summarize_tables", "default_measures", "resolved_findings",
+           "headline_table", "ALPHA", "N_BOOT"]
+
+ALPHA = 0.05  # family-wise error of each family (the measures of one zoo, one target)
+N_BOOT = 10_000  # bootstrap resamples: Holm over m measures needs p-values down to ALPHA / m (>= 2m / ALPHA resamples)
+CMI_BOOT = 200  # CMI resamples are slower than tau's; 200 fix its 2.5% quantiles to ~0.01
 
 
 def default_measures() -> list[str]:
@@ -56,28 +76,49 @@ def default_measures() -> list[str]:
 
 
 REFERENCE_MEASURE = "pvector_angle"  # pgen's own measure: every other is compared with it
+FIXTURE_MARKER = ".pgen-fixture"  # a file in a zoo folder: a format fixture, scored but never ranked
+LEARNED = "learned_statnn"  # the out-of-fold StatNN predictions' column (pgen.learned)
+
+# The tests corrected for many measures: (p-value column, statistic column, decision column, words for +, -).
+TESTS = (("tau_gap_p", "tau_gap", "tau_gap_holm", "intended", "opposite"),
+         ("tau_test_acc_p", "tau_test_acc", "tau_test_acc_holm", "opposite", "intended"),
+         ("tau_gap_minus_angle_p", "tau_gap_minus_angle", "tau_gap_minus_angle_holm", "better", "worse"),
+         ("cmi_null_p", "cmi_gap", "cmi_null_holm", "above null", "above null"))
+
+
+def permutations_for(family: int, alpha: float = ALPHA) -> int:
+    """Permutations for the CMI null that let Holm over ``family`` tests reject: the smallest
+    permutation p-value, 1 / (1 + P), must be well under alpha / family (twice over)."""
+    return max(200, math.ceil(2 * family / alpha))
 
 
 def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | None, *,
-                  n_boot: int = 1000, reference: str = REFERENCE_MEASURE, full_grid: bool = True) -> pd.DataFrame:
-    """One row per measure: oriented rank statistics against the gap (the headline) and
-    test accuracy, with bootstrap CIs, nulls, the paired difference to ``reference`` and
-    Dziugaite et al.'s robust view; and cost. Columns are described in the module docstring.
+                  n_boot: int = N_BOOT, reference: str = REFERENCE_MEASURE, full_grid: bool = True,
+                  alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per measure (and the learned baseline, where ``table`` has its column):
+    oriented rank statistics against the gap (the headline) and test accuracy, with
+    bootstrap CIs over the design's unit, nulls, the paired difference to ``reference``,
+    Dziugaite et al.'s robust view, cost, and Holm's correction over the rows of each test
+    (:func:`adjust_for_many_measures`). Columns are described in the module docstring.
     ``full_grid=False`` lets the CMI run on a grid with cells left out (unconverged models)."""
-    rows = []
-    n_perm = min(n_boot, 200)  # CMI resamples are slower than tau's; 200 fix its 2.5% quantiles to ~0.01
+    names = [m for m in measures if m != LEARNED] + ([LEARNED] if LEARNED in table else [])
+    n_perm = permutations_for(len(names), alpha)
     ref_oriented = None
     if reference in table and table[reference].notna().any():
         ref_oriented = get_measure(reference).sign * table[reference].to_numpy(float)
-    for name in measures:
+    rows = []
+    for name in names:
         if name not in table or table[name].notna().sum() == 0:
             rows.append({"measure": name, "models": 0})
             continue
-        m = get_measure(name)
+        meta = get_measure(name) if name != LEARNED else None
+        sign = meta.sign if meta else 1  # the learned baseline predicts the gap
         st = measure_statistics(table, name, targets={t: t for t in ("test_acc", "gap") if t in table},
                                 hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm, full_grid=full_grid,
-                                sign=m.sign)
-        row = {"measure": name, "sign": m.sign, "family": m.family, "fidelity": m.fidelity, "models": st.n,
+                                sign=sign, fits=meta is not None)
+        row = {"measure": name, "sign": sign, "family": meta.family if meta else "learned",
+               "fidelity": meta.fidelity if meta else "faithful", "models": st.n,
+               "bootstrap_unit": st.unit.kind, "bootstrap_units": st.unit.count, "bootstrap_resamples": n_boot,
                **_tau_columns(st, table)}
         c = st.correlations
         sp = c[(c["target"] == "test_acc") & (c["method"] == "spearman")] if not c.empty else c
@@ -88,18 +129,23 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
         if st.cmi is not None:
             row["cmi_gap"] = st.cmi
             row["cmi_gap_ci_low"], row["cmi_gap_ci_high"] = cmi_bootstrap_ci(
-                table[table[name].notna()], name, hparam_grid, n_boot=n_perm, full_grid=full_grid)
+                table[table[name].notna()], name, hparam_grid, n_boot=min(n_boot, CMI_BOOT), full_grid=full_grid)
         if st.cmi_null is not None:
             row["cmi_null_median"], row["cmi_null_q95"] = st.cmi_null["median"], st.cmi_null["q95"]
+            row["cmi_null_p"], row["cmi_permutations"] = st.cmi_null["p_value"], st.cmi_null["permutations"]
         if st.k_mu is not None:
             row["k_mu_gap"] = st.k_mu
-        oriented = m.sign * table[name].to_numpy(float)
+        oriented = sign * table[name].to_numpy(float)
         if ref_oriented is not None and name != reference and "gap" in table:
-            row.update(_minus_reference_columns(oriented, ref_oriented, table["gap"], n_boot))
+            d = paired_tau_difference(oriented, ref_oriented, table["gap"], n_boot=n_boot, groups=_cells(table))
+            row.update({"tau_gap_minus_angle": d["diff"], "tau_gap_minus_angle_ci_low": d["ci_low"],
+                        "tau_gap_minus_angle_ci_high": d["ci_high"], "tau_gap_minus_angle_p": d["p_value"]})
         if hparam_grid and "gap" in table:
             robust = robust_sign_agreement(table.assign(_oriented=oriented), "_oriented", hparam_grid)
+            row["robust_environments"] = robust["environments"] if robust else 0
             if robust is not None:
                 row["robust_mean"], row["robust_worst"] = robust["mean"], robust["worst"]
+                row["robust_left_out"] = robust["left_out"]
                 worst_h = min(robust["per_hparam"].items(), key=lambda kv: kv[1]["mean"])
                 row["robust_worst_hparam"] = f"{worst_h[0]} ({worst_h[1]['mean']:.2f})"
         fit = next((f for f in st.fits if f.y_name == "test_acc"), None)
@@ -107,55 +153,85 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
         secs = table.get(f"seconds.{name}")
         row["median_seconds"] = float(secs.median()) if secs is not None and secs.notna().any() else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    return adjust_for_many_measures(pd.DataFrame(rows), alpha)
+
+
+def _cells(table: pd.DataFrame) -> list[str] | None:
+    """Each model's hyperparameter cell (every hp column but the seed), for paired resamples."""
+    cols = sorted(c for c in table.columns if c.startswith("hp.") and c != "hp.seed")
+    return ["\x1f".join(map(str, r)) for r in table[cols].itertuples(index=False)] if cols else None
 
 
 def _tau_columns(st, table: pd.DataFrame) -> dict:
-    """Kendall tau of sign x value (``st`` is oriented) against the gap and test accuracy, with its CI."""
+    """Kendall tau of sign x value (``st`` is oriented) against the gap and test accuracy,
+    with its CI and bootstrap p-value."""
     cols = {}
     for target in ("gap", "test_acc"):
         k = st.kendall_row(target)
         if k is not None:
             cols.update({f"tau_{target}": k["value"], f"tau_{target}_ci_low": k["ci_low"],
-                         f"tau_{target}_ci_high": k["ci_high"]})
+                         f"tau_{target}_ci_high": k["ci_high"], f"tau_{target}_p": k["p_boot"]})
         elif target in table:
             cols[f"tau_{target}"] = math.nan
     return cols
 
 
-def _minus_reference_columns(oriented, ref_oriented, gap, n_boot: int) -> dict:
-    d = paired_tau_difference(oriented, ref_oriented, gap, n_boot=n_boot)
-    return {"tau_gap_minus_angle": d["diff"], "tau_gap_minus_angle_ci_low": d["ci_low"],
-            "tau_gap_minus_angle_ci_high": d["ci_high"]}
+def adjust_for_many_measures(summary: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm's method over the measures of one summary (one zoo), per test: for each p-value
+    column of :data:`TESTS` present, ``<p>_holm`` (adjusted p) and the decision column
+    (the direction's word where adjusted p <= alpha, else 'not resolved')."""
+    summary = summary.copy()
+    for p_col, stat_col, decision, plus, minus in TESTS:
+        if p_col not in summary:
+            continue
+        adjusted = holm(summary[p_col].to_numpy(float))
+        summary[f"{p_col}_holm"] = adjusted
+        stat = summary[stat_col].to_numpy(float) if stat_col in summary else np.full(len(summary), np.nan)
+        summary[decision] = np.where(~(adjusted <= alpha), "not resolved", np.where(stat > 0, plus, minus))
+        summary.loc[~np.isfinite(adjusted), decision] = ""
+    return summary
 
 
-def resolved_findings(summary: pd.DataFrame, reference: str = REFERENCE_MEASURE) -> list[str]:
-    """Sentences that the statistics resolve, and only those: which measures rank the gap
-    in the intended direction (tau CI above 0) or against it (below 0), which beat the CMI
-    null's 95th percentile, and which differ from ``reference`` (paired CI excluding 0)."""
+def _names(frame: pd.DataFrame) -> str:
+    return ", ".join(frame["measure"]) or "none"
+
+
+def resolved_findings(summary: pd.DataFrame, reference: str = REFERENCE_MEASURE, alpha: float = ALPHA) -> list[str]:
+    """Sentences that the statistics resolve, and only those: after Holm's correction over
+    the measures of this zoo (one family per target and test), with the count by raw 95%
+    CIs beside each list."""
     out = []
     s = summary[summary["models"] > 0] if "models" in summary else summary
-    if "tau_gap_ci_low" in s:
-        up = s.loc[s["tau_gap_ci_low"] > 0, "measure"].tolist()
-        down = s.loc[s["tau_gap_ci_high"] < 0, "measure"].tolist()
-        open_ = len(s) - len(up) - len(down)
-        out.append(f"Rank the gap as intended (tau CI above 0): {', '.join(up) if up else 'none'}.")
-        out.append(f"Rank it against their intended direction (tau CI below 0): {', '.join(down) if down else 'none'}.")
-        out.append(f"Direction not resolved (CI includes 0): {open_} measure(s).")
-    if "cmi_null_q95" in s:
-        above = s.loc[s["cmi_gap"] > s["cmi_null_q95"], "measure"].tolist()
-        out.append(f"CMI above the 95th percentile of random rankings: {', '.join(above) if above else 'none'}.")
-    if "tau_gap_minus_angle_ci_low" in s:
-        better = s.loc[s["tau_gap_minus_angle_ci_low"] > 0, "measure"].tolist()
-        worse = s.loc[s["tau_gap_minus_angle_ci_high"] < 0, "measure"].tolist()
-        out.append(f"Rank the gap better than {reference} (paired CI above 0): {', '.join(better) or 'none'}; "
-                   f"worse (below 0): {', '.join(worse) or 'none'}; every other difference is not resolved.")
+    if "tau_gap_holm" in s:
+        family = int(np.isfinite(s["tau_gap_p"].to_numpy(float)).sum())
+        up, down = s[s["tau_gap_holm"] == "intended"], s[s["tau_gap_holm"] == "opposite"]
+        raw_up, raw_down = s[s["tau_gap_ci_low"] > 0], s[s["tau_gap_ci_high"] < 0]
+        out.append(f"Family: the {family} measures of this zoo with a tau against the gap; Holm's method at "
+                   f"family-wise {alpha:.0%} (bootstrap p-values from the same resamples as the CIs).")
+        out.append(f"Rank the gap as intended after the correction: {_names(up)} ({len(up)}; by raw 95% CIs "
+                   f"{len(raw_up)}).")
+        out.append(f"Rank it against their intended direction after the correction: {_names(down)} ({len(down)}; "
+                   f"by raw 95% CIs {len(raw_down)}).")
+        out.append(f"Direction not resolved after the correction: {family - len(up) - len(down)} measure(s) "
+                   f"(by raw CIs {len(s) - len(raw_up) - len(raw_down)}).")
+        n_boot = int(s["bootstrap_resamples"].max()) if "bootstrap_resamples" in s and len(s) else 0
+        if n_boot and family and 2 / (n_boot + 1) > alpha / family:
+            out.append(f"With {n_boot} resamples the smallest bootstrap p-value is {2 / (n_boot + 1):.2g}, above "
+                       f"{alpha}/{family} = {alpha / family:.2g}: no test can pass Holm's first step here; more "
+                       "--bootstrap resamples are needed to resolve anything.")
+    if "cmi_null_holm" in s:
+        above = s[s["cmi_null_holm"] == "above null"]
+        raw = s[s["cmi_gap"] > s["cmi_null_q95"]]
+        out.append(f"CMI above random rankings after the correction (permutation p-values): {_names(above)} "
+                   f"({len(above)}; above the null's raw 95th percentile: {len(raw)}).")
+    if "tau_gap_minus_angle_holm" in s:
+        better = s[s["tau_gap_minus_angle_holm"] == "better"]
+        worse = s[s["tau_gap_minus_angle_holm"] == "worse"]
+        raw_b, raw_w = s[s["tau_gap_minus_angle_ci_low"] > 0], s[s["tau_gap_minus_angle_ci_high"] < 0]
+        out.append(f"Rank the gap better than {reference} after the correction (paired bootstrap): {_names(better)} "
+                   f"({len(better)}; by raw paired CIs {len(raw_b)}); worse: {_names(worse)} ({len(worse)}; raw "
+                   f"{len(raw_w)}); every other difference is not resolved.")
     return out
-
-
-FIXTURE_MARKER = ".pgen-fixture"  # a file in a zoo folder: a format fixture, scored but never ranked
-
-LEARNED = "learned_statnn"  # the out-of-fold StatNN predictions' column (pgen.learned)
 
 
 def is_fixture(zoo: Zoo) -> bool:
@@ -167,7 +243,7 @@ def is_fixture(zoo: Zoo) -> bool:
 
 def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: list[str] | None = None,
                   settings: ScoreSettings | None = None, device: str = "cpu", workers: int = 1,
-                  final_only: bool = True, progress: bool = True, n_boot: int = 1000,
+                  final_only: bool = True, progress: bool = True, n_boot: int = N_BOOT,
                   converged_only: bool = True, learned: bool = False, executor: str | object = "local") -> dict:
     """Score every measure on every zoo, summarize, and write the report into ``out``.
 
@@ -175,14 +251,18 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     hparam combination is one model and Psi / CMI keep their meaning. With
     ``converged_only`` (the default), models that a zoo records as not having met its
     training criterion (``converged`` false, pgen's protocol recipes) are left out of the
-    statistics, as Jiang et al. and the PGDL competition do. Format fixtures
+    statistics, as Jiang et al. and the PGDL competition do; a zoo that records no
+    criterion is ranked whole, and the report says it has none. Format fixtures
     (:func:`is_fixture`) are scored but never summarized or ranked. ``learned`` adds the
     StatNN baseline (:mod:`pgen.learned`), cross-validated by hyperparameter cell.
     ``executor`` runs the scoring (see :func:`pgen.score.score_zoo`); one Ray connection
-    serves every zoo.
+    serves every zoo. Besides the report, ``out`` holds per zoo ``models_<zoo>.csv`` (the
+    learned predictions included), ``errors_<zoo>.csv`` and ``summary_<zoo>.csv``, and
+    ``benchmark_settings.json``: all :func:`summarize_tables` needs to redo the statistics.
 
-    Returns ``{"summaries": {zoo name: DataFrame}, "runs": {zoo name: ScoreRun},
-    "excluded": {zoo name: [model ids]}, "learned": {zoo name: dict}, "fixtures": {zoo
+    Returns ``{"summaries": {zoo name: DataFrame}, "tables": {zoo name: DataFrame},
+    "errors": {...}, "runs": {zoo name: ScoreRun}, "excluded": {zoo name: [model ids]},
+    "learned": {zoo name: dict}, "robust_references": {zoo name: dict}, "fixtures": {zoo
     name: ScoreRun}, "files": [...]}``.
     """
     if measures is None:
@@ -194,70 +274,106 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open_executor(executor, workers=workers, device=device) as executor:  # one for every zoo
-        return _benchmark(zoos, out, measures, settings, device, workers, final_only, progress, n_boot,
-                          converged_only, learned, executor)
+        tables, errors, runs, learned_results, fixtures = {}, {}, {}, {}, {}
+        for z in zoos:
+            zoo = z if isinstance(z, Zoo) else load_zoo(z, progress=progress)
+            if final_only:
+                zoo = zoo.final_models()
+            run = score_zoo(zoo, out, settings=settings, device=device, workers=workers, progress=progress,
+                            executor=executor)
+            if is_fixture(zoo):
+                fixtures[run.name] = run
+                continue
+            table = run.table
+            if learned:
+                try:
+                    res = learned_baseline(zoo, _ranked(table, converged_only)[0])
+                except ValueError as exc:  # e.g. a zoo without hyperparameter cells: said in the report
+                    learned_results[run.name] = {"error": str(exc)}
+                else:
+                    learned_results[run.name] = res
+                    table = table.assign(**{LEARNED: table["model_id"].map(res["predictions"])})
+            tables[run.name], errors[run.name], runs[run.name] = table, run.errors, run
+            name = safe_filename(run.name)  # a zoo's name comes from its files: never a path
+            table.to_csv(output_path(out, f"models_{name}.csv"), index=False)
+            run.errors.to_csv(output_path(out, f"errors_{name}.csv"), index=False)
+    record = {"settings": settings.identity(), "measures": list(measures), "converged_only": converged_only,
+              "n_boot": n_boot, "learned": {k: {f: v for f, v in r.items() if f != "predictions"}
+                                            for k, r in learned_results.items()}}
+    output_path(out, "benchmark_settings.json").write_text(json.dumps(record, indent=1, default=str))
+    result = _summarize_and_report(tables, errors, out, record, {n: r.hparam_grid for n, r in runs.items()},
+                                   fixtures)
+    return {**result, "runs": runs, "fixtures": fixtures}
 
 
-def _benchmark(zoos, out, measures, settings, device, workers, final_only, progress, n_boot, converged_only,
-               learned, executor) -> dict:
-    summaries, runs, excluded, learned_results, fixtures = {}, {}, {}, {}, {}
-    for z in zoos:
-        zoo = z if isinstance(z, Zoo) else load_zoo(z, progress=progress)
-        if final_only:
-            zoo = zoo.final_models()
-        run = score_zoo(zoo, out, settings=settings, device=device, workers=workers, progress=progress,
-                        executor=executor)
-        if is_fixture(zoo):
-            fixtures[run.name] = run
-            continue
-        table = run.table
-        if converged_only and "zoo.converged" in table:
-            missed = table["zoo.converged"].astype(str).str.lower().isin(["false", "0", "0.0"])
-            excluded[run.name] = table.loc[missed, "model_id"].tolist()
-            table = table[~missed].reset_index(drop=True)
-        names = list(settings.measures)
-        if learned:
-            try:
-                res = learned_baseline(zoo, table)
-            except ValueError as exc:  # e.g. a zoo without hyperparameter cells: said in the report
-                learned_results[run.name] = {"error": str(exc)}
-            else:
-                learned_results[run.name] = res
-                table = table.assign(**{LEARNED: table["model_id"].map(res["predictions"])})
-        full_grid = not excluded.get(run.name)
-        summary = summarize_run(table, names, run.hparam_grid, n_boot=n_boot, full_grid=full_grid)
-        if LEARNED in table:
-            summary = pd.concat([summary, summarize_learned(table, run.hparam_grid, n_boot=n_boot,
-                                                            full_grid=full_grid)], ignore_index=True)
-        summaries[run.name], runs[run.name] = summary, run
-        name = safe_filename(run.name)  # a zoo's name comes from its files: never a path
+def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boot: int | None = None) -> dict:
+    """Redo the statistics and the report of a benchmark folder from its stored tables alone
+    (``models_<zoo>.csv``, ``errors_<zoo>.csv`` where present, ``benchmark_settings.json``),
+    without its zoos or results store: e.g. a committed benchmark, after the statistics
+    changed. The hyperparameter grid is every value each ``hp.*`` column takes; the learned
+    baseline is summarized where its predictions are a column of the table.
+
+    Returns the dict of :func:`run_benchmark` without ``runs`` and ``fixtures``.
+    """
+    folder = Path(folder)
+    settings_file = folder / "benchmark_settings.json"
+    if not settings_file.is_file():
+        raise InputError(f"{folder}: no benchmark_settings.json; is this a `pgen benchmark` output folder?")
+    record = json.loads(settings_file.read_text())
+    record["n_boot"] = n_boot if n_boot is not None else record.get("n_boot", N_BOOT)
+    tables, errors, grids = {}, {}, {}
+    for path in sorted(folder.glob("models_*.csv")):
+        name = path.stem[len("models_"):]
+        table = pd.read_csv(path)
+        tables[name] = table
+        err = folder / f"errors_{name}.csv"
+        errors[name] = pd.read_csv(err).fillna("") if err.is_file() and err.stat().st_size > 1 else \
+            pd.DataFrame(columns=["model_id", "measure", "error"])
+        hp = [c for c in table.columns if c.startswith("hp.")]
+        grids[name] = {c[3:]: sorted(table[c].dropna().unique().tolist()) for c in hp} or None
+    if not tables:
+        raise InputError(f"{folder}: no models_<zoo>.csv tables")
+    out = Path(out) if out is not None else folder
+    out.mkdir(parents=True, exist_ok=True)
+    return _summarize_and_report(tables, errors, out, record, grids, {})
+
+
+def _ranked(table: pd.DataFrame, converged_only: bool) -> tuple[pd.DataFrame, list[str] | None]:
+    """The models the statistics rank and the ids left out; ``None`` for the ids where the
+    zoo records no training criterion (nothing could be left out, and the report says so)."""
+    if "zoo.converged" not in table:
+        return table, None
+    missed = table["zoo.converged"].astype(str).str.lower().isin(["false", "0", "0.0"])
+    if not converged_only:
+        return table, []
+    return table[~missed].reset_index(drop=True), table.loc[missed, "model_id"].tolist()
+
+
+def _summarize_and_report(tables, errors, out: Path, record: dict, grids: dict, fixtures: dict) -> dict:
+    n_boot = int(record["n_boot"])
+    summaries, excluded, references = {}, {}, {}
+    for zname, table in tables.items():
+        ranked, dropped = _ranked(table, record.get("converged_only", True))
+        excluded[zname] = dropped
+        full_grid = not dropped
+        summary = summarize_run(ranked, list(record["measures"]), grids.get(zname), n_boot=n_boot,
+                                full_grid=full_grid)
+        summaries[zname] = summary
+        if grids.get(zname) and "gap" in ranked:
+            references[zname] = robust_references(ranked, grids[zname])
+        name = safe_filename(zname)
         summary.to_csv(output_path(out, f"summary_{name}.csv"), index=False)
-        run.table.to_csv(output_path(out, f"models_{name}.csv"), index=False)
-    files = _write_report(summaries, runs, out, settings, n_boot, excluded, learned_results, fixtures)
-    return {"summaries": summaries, "runs": runs, "excluded": excluded, "learned": learned_results,
-            "fixtures": fixtures, "files": files}
+        if references.get(zname):
+            _references_frame(references[zname]).to_csv(output_path(out, f"robust_references_{name}.csv"),
+                                                        index=False)
+    files = _write_report(summaries, tables, errors, out, record, excluded, grids, references, fixtures)
+    return {"summaries": summaries, "tables": tables, "errors": errors, "excluded": excluded,
+            "learned": record.get("learned", {}), "robust_references": references, "files": files}
 
 
-def summarize_learned(table: pd.DataFrame, hparam_grid: dict | None, *, n_boot: int = 1000,
-                      full_grid: bool = True) -> pd.DataFrame:
-    """The learned baseline's out-of-fold predictions (a predicted gap: sign +1) through the
-    same statistics as every measure."""
-    st = measure_statistics(table, LEARNED, targets={t: t for t in ("test_acc", "gap") if t in table},
-                            hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=min(n_boot, 200), fits=False,
-                            full_grid=full_grid)
-    row = {"measure": LEARNED, "sign": 1, "family": "learned", "fidelity": "faithful", "models": st.n,
-           **_tau_columns(st, table)}
-    row["tau_null_sd"] = st.kendall_null_sd
-    if st.psi is not None:
-        row["psi_gap"] = st.psi["psi"]
-    if st.cmi is not None:
-        row["cmi_gap"] = st.cmi
-    if st.cmi_null is not None:
-        row["cmi_null_median"], row["cmi_null_q95"] = st.cmi_null["median"], st.cmi_null["q95"]
-    if REFERENCE_MEASURE in table and "gap" in table:
-        ref = get_measure(REFERENCE_MEASURE).sign * table[REFERENCE_MEASURE].to_numpy(float)
-        row.update(_minus_reference_columns(table[LEARNED].to_numpy(float), ref, table["gap"], n_boot))
-    return pd.DataFrame([row])
+def _references_frame(ref: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"reference": name, **{k: v for k, v in ref[name].items()}} for name in ("noisy", "random")]
+                        ).assign(draws=ref["draws"], environments=ref["environments"], left_out=ref["left_out"])
 
 
 def _ci_text(row, col: str, digits: int = 2) -> str:
@@ -270,20 +386,31 @@ def _ci_text(row, col: str, digits: int = 2) -> str:
     return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _holm_text(row, p_col: str, decision: str) -> str:
+    """The decision after Holm's correction and its adjusted p-value, e.g. 'intended (0.003)'."""
+    adjusted = row.get(f"{p_col}_holm")
+    if adjusted is None or not np.isfinite(adjusted):
+        return ""
+    return f"{row.get(decision)} ({adjusted:.2g})"
+
+
 def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The readable form of a summary: gap statistics with their CIs and nulls first,
-    measures ordered by tau against the gap (best first)."""
+    """The readable form of a summary: gap statistics with their CIs, Holm decisions and
+    nulls first, measures ordered by tau against the gap (best first)."""
     s = summary[summary["models"] > 0].sort_values("tau_gap", ascending=False, na_position="last")
     rows = []
     for _, r in s.iterrows():
         r = r.to_dict()
         row = {"measure": r["measure"], "sign": f"{int(r['sign']):+d}" if np.isfinite(r.get("sign", np.nan)) else "",
                "models": int(r["models"]), "tau gap [95% CI]": _ci_text(r, "tau_gap"),
-               "minus angle [95% CI]": _ci_text(r, "tau_gap_minus_angle")}
+               "gap, Holm (adj. p)": _holm_text(r, "tau_gap_p", "tau_gap_holm"),
+               "minus angle [95% CI]": _ci_text(r, "tau_gap_minus_angle"),
+               "vs angle, Holm (adj. p)": _holm_text(r, "tau_gap_minus_angle_p", "tau_gap_minus_angle_holm")}
         if "cmi_gap" in r and np.isfinite(r.get("cmi_gap", np.nan)):
             row["CMI [95% CI]"] = _ci_text(r, "cmi_gap", 3)
             if np.isfinite(r.get("cmi_null_q95", np.nan)):
                 row["CMI null median / q95"] = f"{r['cmi_null_median']:.3f} / {r['cmi_null_q95']:.3f}"
+                row["CMI, Holm (adj. p)"] = _holm_text(r, "cmi_null_p", "cmi_null_holm")
         if np.isfinite(r.get("psi_gap", np.nan)):
             row["Psi gap"] = f"{r['psi_gap']:.2f}"
         if np.isfinite(r.get("robust_mean", np.nan)):
@@ -296,54 +423,96 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: int, excluded=None,
-                  learned_results=None, fixtures=None) -> list[Path]:
-    excluded, learned_results, fixtures = excluded or {}, learned_results or {}, fixtures or {}
+def _settings_text(record: dict) -> str:
+    st = record.get("settings", {})
+    own = st.get("own_training_data", True)
+    return (f"Samples per model: {st.get('n_samples')} ({st.get('split')} split), layer {st.get('layer')}, centered "
+            f"P-vectors: {st.get('center')}, seed {st.get('seed')}. Label-using measures "
+            + ("see each model's own training samples and labels where the zoo records them; the P-vector and CKA "
+               "measures one shared sample set." if own else "see the shared samples (--shared-samples)."))
+
+
+def _references_text(ref: dict | None) -> str:
+    if not ref:
+        return (f"Robust view: no environment of this zoo has {MIN_PAIRS} model pairs whose gaps differ by "
+                f"{MIN_DIFFERENCE} or more, so it is not computed.")
+    noisy, rnd = ref["noisy"], ref["random"]
+    return (f"Robust view over {ref['environments']} environments ({ref['left_out']} left out with fewer than "
+            f"{MIN_PAIRS} pairs). References on the same environments ({ref['draws']} draws each): a noisy copy of "
+            f"the gap at Kendall tau {noisy['tau']:.2f} (what a good measure could reach) has mean "
+            f"{noisy['mean_median']:.2f} and worst {noisy['worst_median']:.2f} (median; 90% of draws "
+            f"{noisy['worst_q05']:.2f} to {noisy['worst_q95']:.2f}); random rankings have mean "
+            f"{rnd['mean_median']:.2f} and worst {rnd['worst_median']:.2f} (95th percentile {rnd['worst_q95']:.2f}). "
+            f"A measure whose worst environment is not above {rnd['worst_q95']:.2f} is not told apart from a random "
+            "ranking by this view.")
+
+
+def _write_report(summaries, tables, errors, out: Path, record: dict, excluded, grids, references,
+                  fixtures) -> list[Path]:
+    learned_results = record.get("learned", {})
+    n_boot = int(record["n_boot"])
     plot = plots.ranking_plot(summaries, out / "ranking.png") if summaries else None
     doc = Document("pgen benchmark")
-    doc.paragraph(f"Generated {dt.datetime.now().isoformat(timespec='seconds')}. Samples per model: "
-                  f"{settings.n_samples} ({settings.split} split), layer {settings.layer}, centered P-vectors: "
-                  f"{settings.center}, seed {settings.seed}. Label-using measures "
-                  + ("see each model's own training samples and labels where the zoo records them; the P-vector "
-                     "and CKA measures one shared sample set." if settings.own_training_data else
-                     "see the shared samples (--shared-samples)."))
-    doc.paragraph("The target is the generalization gap (train accuracy on the model's own training data minus "
-                  "test accuracy); test accuracy comes second. Every statistic uses `sign x value` (sign +1: larger "
-                  "predicts worse generalization), so tau against the gap > 0 means the measure ranks models the "
-                  f"way its authors intended. Kendall tau is tau-b with a percentile bootstrap CI over models "
-                  f"({n_boot} resamples); the shaded band of the plot is +-1.96 sd of tau under random rankings. "
-                  "'minus angle' is the paired bootstrap CI of the measure's tau minus the P-vector angle's (same "
-                  "resampled models): a CI that excludes 0 resolves which of the two ranks the gap better; one that "
-                  "includes it does not. CMI is the PGDL score as the competition's scorer computes it, its CI a "
-                  "bootstrap within hyperparameter cells (needs 2+ seeds per cell), and its null the CMI of the "
-                  "measure's values permuted over the models (200 permutations: median / 95th percentile). Psi is "
-                  "Jiang et al.'s granulated tau. 'robust mean / worst' is Dziugaite et al. 2020's coupled-network "
-                  "view: over pairs of cells that differ in one hyperparameter, the share of model pairs whose gap "
-                  "difference (>= 0.01) the measure orders right, averaged and at its worst environment; 0.5 is a "
-                  "coin flip.")
+    doc.paragraph(f"Generated {dt.datetime.now().isoformat(timespec='seconds')}. " + _settings_text(record))
+    doc.paragraph(
+        "The target is the generalization gap (train accuracy on the model's own training data minus test accuracy); "
+        "test accuracy comes second. Every statistic uses `sign x value` (sign +1: larger predicts worse "
+        "generalization), so tau against the gap > 0 means the measure ranks models the way its authors intended. "
+        f"Kendall tau is tau-b with a percentile bootstrap CI ({n_boot} resamples) over the design's unit: whole "
+        "hyperparameter cells (every seed of a cell together, since seeds of one cell are replicates, not "
+        "independent models) where a cell holds several models, else models; each zoo says which. The shaded band "
+        "of the plot is +-1.96 sd of tau under random rankings. 'minus angle' is the paired bootstrap CI of the "
+        "measure's tau minus the P-vector angle's (the same resamples). Many measures are tested at once, so each "
+        f"family (the measures of one zoo, for one target and one test) is corrected by Holm's method at "
+        f"family-wise {ALPHA:.0%}: the 'Holm' columns give the decision and the adjusted p-value (bootstrap "
+        "p-values for tau and the paired differences, permutation p-values for the CMI), and the lists above each "
+        "table are the corrected ones, with the count by raw 95% CIs beside them. CMI is the PGDL score as the "
+        "competition's scorer computes it, its CI a bootstrap over the same unit, and its null the CMI of the "
+        "measure's values permuted over the models (median / 95th percentile). Psi is Jiang et al.'s granulated "
+        "tau. 'robust mean / worst' is Dziugaite et al. 2020's coupled-network view: an environment is a change of "
+        "one hyperparameter between two values, pooled over the settings of the others; over its model pairs whose "
+        f"gaps differ by {MIN_DIFFERENCE} or more, the share the measure orders right, averaged over environments and "
+        f"at the worst one; 0.5 is a coin flip. Environments with fewer than {MIN_PAIRS} pairs are left out, and "
+        f"each zoo states two references computed the same way: a noisy copy of the gap at tau {REFERENCE_TAU} and "
+        "random rankings.")
     if plot is not None:
         doc.images([("ranking", plot)])
     for zname, s in summaries.items():
-        n_all = len(runs[zname].table)
-        dropped = excluded.get(zname, [])
-        doc.heading(f"{zname} ({n_all - len(dropped)} models ranked)")
+        n_all = len(tables[zname])
+        dropped = excluded.get(zname)
+        ranked = n_all - len(dropped or [])
+        if dropped is None:
+            doc.heading(f"{zname} ({ranked} models ranked; the zoo records no training criterion)")
+            doc.paragraph("This zoo records no training criterion (no `converged` column): every model is ranked, "
+                          "whether or not it fit its training data.")
+        else:
+            doc.heading(f"{zname} ({ranked} models ranked)")
         if dropped:
             doc.paragraph(f"{len(dropped)} of {n_all} models did not reach the zoo's training criterion and are left "
-                          f"out (--converged-only): {Document.text(', '.join(dropped[:12]))}{' ...' if len(dropped) > 12 else ''}. "
-                          "The CMI runs over the remaining models: a cell left without models leaves bins without "
-                          "pairs, which change neither the scorer's mean MI nor its mean entropy.")
+                          f"out (--converged-only): {Document.text(', '.join(dropped[:12]))}"
+                          f"{' ...' if len(dropped) > 12 else ''}. The CMI runs over the remaining models: a cell left "
+                          "without models leaves bins without pairs, which change neither the scorer's mean MI nor its "
+                          "mean entropy.")
+        units = s.loc[s["models"] > 0, ["bootstrap_unit", "bootstrap_units"]].drop_duplicates() \
+            if "bootstrap_unit" in s else pd.DataFrame()
+        if len(units):
+            doc.paragraph("Bootstrap unit: " + "; ".join(
+                f"{int(u.bootstrap_units)} {'hyperparameter cells' if u.bootstrap_unit == 'cells' else 'models'}"
+                for u in units.itertuples()) + " (per measure, over the models where it has a value).")
         for sentence in resolved_findings(s):
             doc.paragraph(sentence)
-        if "error" in learned_results.get(zname, {}):
-            doc.paragraph(f"Learned baseline ({LEARNED}): not computed: {Document.text(learned_results[zname]['error'])}.")
-        elif zname in learned_results:
-            lr = learned_results[zname]
+        lr = learned_results.get(zname)
+        if lr and "error" in lr:
+            doc.paragraph(f"Learned baseline ({LEARNED}): not computed: {Document.text(lr['error'])}.")
+        elif lr:
             doc.paragraph(f"Learned baseline ({LEARNED}, Unterthiner et al. 2020's StatNN features, gradient-boosted "
                           f"trees): out-of-fold over {lr['folds']} folds grouped by {lr['groups']} hyperparameter "
                           f"cells, Kendall tau {lr['kendall_tau']:.2f} and R^2 {lr['r2']:.2f} against the gap.")
+        if grids.get(zname):
+            doc.paragraph(_references_text(references.get(zname)))
         doc.table(headline_table(s))
-        failures = runs[zname].errors
-        if len(failures):
+        failures = errors.get(zname)
+        if failures is not None and len(failures):
             doc.paragraph(f"{len(failures)} failure(s) on this zoo (model or measure):")
             doc.table(failures.assign(measure=failures["measure"].replace("", "(model)")))
     if fixtures:
@@ -354,3 +523,4 @@ def _write_report(summaries, runs, out: Path, settings: ScoreSettings, n_boot: i
                                 for n, r in fixtures.items()]))
     add_glossary(doc)
     return doc.write(out, "benchmark") + ([plot] if plot is not None else [])
+

@@ -11,10 +11,13 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+MAX_RESAMPLES = 1_000_000  # pgen.stats.resampling.MAX_RESAMPLES (kept here so that --help imports no numpy)
 
-def _integer(minimum: int, *, zero_means: str | None = None):
-    """An argparse type: an integer >= ``minimum`` (or 0 where ``zero_means`` says what 0 is),
-    so that a negative count is refused instead of slicing from the end."""
+
+def _integer(minimum: int, maximum: int | None = None, *, zero_means: str | None = None):
+    """An argparse type: an integer >= ``minimum`` (or 0 where ``zero_means`` says what 0 is)
+    and at most ``maximum``, so that a negative count is refused instead of slicing from the
+    end, and a huge one instead of filling memory."""
 
     def parse(text: str) -> int:
         try:
@@ -26,6 +29,8 @@ def _integer(minimum: int, *, zero_means: str | None = None):
         if value < minimum:
             extra = f" (or 0 for {zero_means})" if zero_means else ""
             raise argparse.ArgumentTypeError(f"must be at least {minimum}{extra}; got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}; got {value}")
         return value
 
     return parse
@@ -122,10 +127,13 @@ def _add_paper(sub):
                        description="Train MLP and CNN classifiers, an autoencoder and a contrastive model from "
                                    "several seeds with checkpoints at every iteration of epoch 1 and every epoch "
                                    "after; measure each of the paper's ten claims (centered and uncentered "
-                                   "P-vectors, 95%% intervals over runs, the random-vector null) and write "
+                                   "P-vectors, 95 percent intervals over runs, the random-vector null) and write "
                                    "claims.md/.csv, one figure per claim, the raw CSVs and every P-vector "
                                    "(pvectors.npz). Resumes: finished runs in OUT/runs are kept.")
     p.add_argument("--out", default="reports/paper", help="output folder (default reports/paper)")
+    p.add_argument("--from-tables", action="store_true",
+                   help="train nothing: redo the claims, figures and report of OUT from its per-claim CSVs alone "
+                        "(a committed study folder, after the verdict rules changed)")
     p.add_argument("--dataset", default="mnist5k",
                    help="packaged dataset (mnist5k, digits, mnist1d) or a torchvision one with --root "
                         "(cifar10, cifar100; use --device cuda)")
@@ -144,8 +152,13 @@ def _add_paper(sub):
 
 def _cmd_paper(args):
     from pgen.devices import check_device
-    from pgen.paper import QUICK, PaperSettings, run_paper
+    from pgen.paper import QUICK, PaperSettings, rejudge, run_paper
 
+    if args.from_tables:
+        res = rejudge(args.out)
+        print(res["claims"][["claim", "centered_verdict", "uncentered_verdict"]].to_string(index=False))
+        print(f"\nwrote {Path(args.out) / 'claims.md'} and {len(res['files'])} other files in {args.out}")
+        return
     check_device(args.device)
 
     options = dict(QUICK) if args.quick else {}
@@ -390,7 +403,7 @@ def _add_report(sub):
                                    "the zoo folder is not needed. Several runs: one subfolder each.")
     p.add_argument("results", help="folder holding results.sqlite, or the file itself")
     p.add_argument("--out", help="report folder (default: the results folder)")
-    p.add_argument("--bootstrap", type=_integer(0), default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--bootstrap", type=_integer(0, MAX_RESAMPLES), default=1000, help="bootstrap resamples for CIs")
     p.add_argument("--color-by", help="hyperparameter that colours the scatter plots, e.g. arch")
     p.set_defaults(func=_cmd_report)
 
@@ -546,8 +559,13 @@ def _add_benchmark(sub):
                                    "robust sign agreement, tau vs test accuracy and seconds per model; which "
                                    "differences are resolved; and an HTML/Markdown report with a ranking plot. "
                                    "Format fixtures (a .pgen-fixture file) are scored but not ranked.")
-    p.add_argument("zoos", nargs="+", help="zoo folders or embedded zoo names (digits, mnist5k)")
-    p.add_argument("--out", default="reports/benchmark", help="output folder (default reports/benchmark)")
+    p.add_argument("zoos", nargs="*", help="zoo folders or embedded zoo names (digits, mnist5k)")
+    p.add_argument("--out", default=None, help="output folder (default reports/benchmark; with --from-tables, "
+                                               "that folder)")
+    p.add_argument("--from-tables", metavar="DIR", default=None,
+                   help="redo the statistics and the report of an earlier benchmark folder from its stored tables "
+                        "(models_<zoo>.csv, errors_<zoo>.csv, benchmark_settings.json) alone, without zoos or "
+                        "scoring")
     p.add_argument("--measures", default="", help="comma-separated measure names (default: all; `pgen measures`)")
     p.add_argument("--samples", type=_integer(2), default=1000, help="first N training samples per model (default 1000)")
     p.add_argument("--seed", type=_integer(0), default=0)
@@ -565,7 +583,9 @@ def _add_benchmark(sub):
     p.add_argument("--learned", action="store_true",
                    help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
                         "cross-validated by hyperparameter cell)")
-    p.add_argument("--bootstrap", type=_integer(0), default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--bootstrap", type=_integer(0, MAX_RESAMPLES), default=None,
+                   help="bootstrap resamples for the CIs and p-values (default 10000: Holm's correction over m "
+                        "measures needs p-values down to 0.05/m, and the smallest bootstrap p is 2/(B+1))")
     _add_executor_options(p)
     p.set_defaults(func=_cmd_benchmark)
 
@@ -573,17 +593,26 @@ def _add_benchmark(sub):
 def _cmd_benchmark(args):
     import pandas as pd
 
-    from pgen.benchmark import headline_table, resolved_findings, run_benchmark
+    from pgen.benchmark import N_BOOT, headline_table, resolved_findings, run_benchmark, summarize_tables
+    from pgen.errors import InputError
     from pgen.score import ScoreSettings
 
-    measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
-    settings = ScoreSettings(n_samples=args.samples or None, seed=args.seed,
-                             own_training_data=not args.shared_samples)
-    with _executor(args) as executor:
-        res = run_benchmark(args.zoos, args.out, measures=measures, settings=settings, device=args.device,
-                            workers=args.workers, final_only=not args.with_checkpoints,
-                            converged_only=not args.all_models, learned=args.learned, n_boot=args.bootstrap,
-                            executor=executor)
+    if args.from_tables:
+        if args.zoos:
+            raise InputError("--from-tables redoes the statistics of stored tables; give no zoos with it")
+        res = summarize_tables(args.from_tables, args.out, n_boot=args.bootstrap)
+        res["fixtures"] = {}
+    else:
+        if not args.zoos:
+            raise InputError("name at least one zoo (or --from-tables DIR)")
+        measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
+        settings = ScoreSettings(n_samples=args.samples or None, seed=args.seed,
+                                 own_training_data=not args.shared_samples)
+        with _executor(args) as executor:
+            res = run_benchmark(args.zoos, args.out or "reports/benchmark", measures=measures, settings=settings,
+                                device=args.device, workers=args.workers, final_only=not args.with_checkpoints,
+                                converged_only=not args.all_models, learned=args.learned,
+                                n_boot=N_BOOT if args.bootstrap is None else args.bootstrap, executor=executor)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
         for name, summary in res["summaries"].items():
             print(f"\n{name}")

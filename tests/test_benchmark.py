@@ -118,16 +118,41 @@ def test_robust_sign_agreement_by_hand():
                 measure = (2.0 if lr == 0.1 else 1.0) - (0.5 if width == 16 else 0.0)
                 rows.append({"hp.lr": lr, "hp.width": width, "hp.seed": seed, "gap": gap, "m": measure})
     table = pd.DataFrame(rows)
-    r = robust_sign_agreement(table, "m", {"lr": [0.1, 0.01], "width": [8, 16], "seed": [0, 1]})
-    assert r["per_hparam"]["lr"] == {"mean": 1.0, "worst": 1.0, "environments": 2}
-    assert r["per_hparam"]["width"] == {"mean": 0.0, "worst": 0.0, "environments": 2}
-    assert r["mean"] == 0.5 and r["worst"] == 0.0 and r["environments"] == 4
+    grid = {"lr": [0.1, 0.01], "width": [8, 16], "seed": [0, 1]}
+    # one environment per hyperparameter: its 2 pairs of cells (one per value of the other) pooled, 8 model pairs
+    r = robust_sign_agreement(table, "m", grid, min_pairs=8)
+    assert r["per_hparam"]["lr"] == {"mean": 1.0, "worst": 1.0, "environments": 1}
+    assert r["per_hparam"]["width"] == {"mean": 0.0, "worst": 0.0, "environments": 1}
+    assert r["mean"] == 0.5 and r["worst"] == 0.0 and r["environments"] == 2 and r["left_out"] == 0
+    assert {(e["hparam"], e["from"], e["to"], e["pairs"]) for e in r["per_environment"]} == {
+        ("lr", "0.1", "0.01", 8), ("width", "8", "16", 8)}  # values in the grid's order
+    # environments with fewer pairs than the minimum are left out, and counted
+    assert robust_sign_agreement(table, "m", grid, min_pairs=9) is None
     # pairs whose gap differs by less than min_difference are left out: none remain for width
-    r = robust_sign_agreement(table, "m", {"lr": [0.1, 0.01], "width": [8, 16]}, min_difference=0.06)
-    assert set(r["per_hparam"]) == {"lr"}
+    r = robust_sign_agreement(table, "m", {"lr": [0.1, 0.01], "width": [8, 16]}, min_difference=0.06, min_pairs=8)
+    assert set(r["per_hparam"]) == {"lr"} and r["left_out"] == 1
 
 
-def test_cmi_bootstrap_within_cells():
+def test_robust_view_references_bracket_what_the_design_can_tell():
+    """On a grid of 2-seed cells, the noisy copy of the gap (tau 0.6) sits well above random
+    rankings, whose worst environment is far below 0.5; the gap itself scores 1 everywhere."""
+    import numpy as np
+
+    from pgen.stats import robust_references, robust_sign_agreement
+
+    rng = np.random.default_rng(0)
+    rows = [{"hp.a": a, "hp.b": b, "hp.c": c, "hp.seed": s, "gap": 0.1 * a + 0.05 * b - 0.03 * c
+             + 0.02 * rng.standard_normal()} for a in range(3) for b in range(2) for c in range(2) for s in range(2)]
+    table = pd.DataFrame(rows)
+    grid = {"a": [0, 1, 2], "b": [0, 1], "c": [0, 1], "seed": [0, 1]}
+    ref = robust_references(table, grid, draws=100)
+    assert ref["noisy"]["tau"] == pytest.approx(0.6, abs=0.03)
+    assert ref["random"]["mean_median"] == pytest.approx(0.5, abs=0.05)
+    assert ref["noisy"]["worst_median"] > ref["random"]["worst_q95"]
+    assert robust_sign_agreement(table.assign(m=table["gap"]), "m", grid)["worst"] == 1.0
+
+
+def test_cmi_bootstrap_resamples_whole_cells():
     import numpy as np
 
     from pgen.stats import cmi_bootstrap_ci, cmi_from_table
@@ -137,11 +162,20 @@ def test_cmi_bootstrap_within_cells():
             for a in (0, 1, 2) for b in (0, 1) for s in (0, 1)]
     table = pd.DataFrame(rows)
     grid = {"a": [0, 1, 2], "b": [0, 1], "seed": [0, 1]}
-    lo, hi = cmi_bootstrap_ci(table, "m", grid, n_boot=100)
+    lo, hi = cmi_bootstrap_ci(table, "m", grid, n_boot=100, seed=5)
     assert 0 <= lo <= hi <= 1 + 1e-9  # MI / entropy, up to rounding
+    # the reference: draw 6 cells with replacement, take both seeds of each, score the rows
+    r = np.random.default_rng(5)
+    cells = [table.index[(table["hp.a"] == a) & (table["hp.b"] == b)].to_numpy() for a in (0, 1, 2) for b in (0, 1)]
+    vals = []
+    for _ in range(100):
+        idx = np.concatenate([cells[c] for c in r.integers(0, 6, 6)])
+        vals.append(cmi_from_table(table.iloc[idx], "m", {"a": [0, 1, 2], "b": [0, 1]}, full_grid=False))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(vals, [0.025, 0.975])), abs=1e-12)
+    # one model per cell: the models are the unit
     one_seed = table[table["hp.seed"] == 0]
-    assert all(np.isnan(cmi_bootstrap_ci(one_seed, "m", {"a": [0, 1, 2], "b": [0, 1]}, n_boot=20)))
-    assert cmi_from_table(table, "m", grid) >= 0
+    lo, hi = cmi_bootstrap_ci(one_seed, "m", {"a": [0, 1, 2], "b": [0, 1]}, n_boot=20)
+    assert 0 <= lo <= hi <= 1 + 1e-9
 
 
 def test_converged_only_learned_baseline_and_fixtures(tmp_path):
@@ -180,7 +214,12 @@ initial = false
     assert res["excluded"]["mini"] == [rows[3]["id"]]
     s = res["summaries"]["mini"].set_index("measure")
     assert s.loc["sum_squared_weights", "models"] == 15
-    assert {"tau_gap_minus_angle", "robust_mean", "cmi_gap", "cmi_null_q95", "cmi_gap_ci_low"} <= set(s.columns)
+    assert {"tau_gap_minus_angle", "robust_environments", "cmi_gap", "cmi_null_q95", "cmi_gap_ci_low",
+            "tau_gap_p_holm", "tau_gap_holm", "bootstrap_unit"} <= set(s.columns)
+    assert (s.loc[s["models"] > 0, "bootstrap_unit"] == "cells").all()  # 2 seeds per cell
+    # 15 models in 8 cells: no pooled environment keeps 10 pairs, and the report says so
+    assert (s["robust_environments"] == 0).all() and "robust_mean" not in s
+    assert "Robust view: no environment of this zoo has 10 model pairs" in (tmp_path / "out" / "benchmark.md").read_text()
     assert LEARNED in s.index and res["learned"]["mini"]["groups"] == 8
     assert list(res["summaries"]) == ["mini"] and "kit_toy" in res["fixtures"]
     # StatNN features: first/last/hidden statistics, independent of depth in length

@@ -172,3 +172,130 @@ def test_every_paradigm_runs_on_colour_images_at_tiny_size():
         assert steps == [0, 1, 2], paradigm
         u = r.vectors[f"{paradigm}-seed0|s2|feature|test|centered"]
         assert u.shape == (5, 16) and np.isfinite(u).all()
+
+
+# ----------------------------------------------------------------------------- verdict rules on constructed tables
+
+def _both(rows):
+    """The same rows under both centerings."""
+    return pd.DataFrame([{**r, "centering": tag} for r in rows for tag in ("centered", "uncentered")])
+
+
+def _epoch1(curves):
+    """c3-style rows: one run per curve, iterations 0..len-1."""
+    return _both([{"run": f"r{i}", "paradigm": "mlp", "iteration": it, "angle_to_own_final": a}
+                  for i, curve in enumerate(curves) for it, a in enumerate(curve)])
+
+
+def test_c3_tests_a_signed_rise_and_a_signed_fall():
+    from pgen.paper.claims import _c3
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(33)  # init + 32 iterations; the first quarter is iterations 1..8
+    bump = [60 + 10 * np.exp(-((steps - 4) / 3.0) ** 2) - 0.5 * steps + rng.normal(0, 0.3, 33) for _ in range(6)]
+    fall = [60 - 0.5 * steps + rng.normal(0, 0.3, 33) for _ in range(6)]
+    flat = [60 + rng.normal(0, 0.3, 33) for _ in range(6)]
+    assert _c3(_epoch1(bump))["centered_verdict"] == "holds"
+    row = _c3(_epoch1(fall))  # falls all along: the rise is negative, resolved, and the claim does not hold
+    assert row["centered_verdict"] == "does not hold" and "rise (first quarter of epoch 1 minus init) -" in \
+        row["centered_measured"]
+    assert _c3(_epoch1(flat))["centered_verdict"] == "does not hold"
+
+
+def _c2_rows(rhos_per_run, epochs=15):
+    """c2-style rows whose per-run Spearman rho over epochs 0..epochs-1 (the last epoch is the
+    reference and left out) is set by the order of the angles."""
+    rows = []
+    for i, order in enumerate(rhos_per_run):
+        for e in range(epochs + 1):
+            angle = 70.0 if e == 0 else 0.0
+            if 0 < e < epochs + 1:
+                angle = float(order[e - 1]) if e - 1 < len(order) else 0.0
+            rows.append({"run": f"r{i}", "paradigm": "mlp", "epoch": e, "step": e, "angle_to_own_final": angle,
+                         "angle_to_other_seed_final": math.nan})
+    return _both(rows)
+
+
+def test_c2_applies_its_threshold_to_the_interval_not_the_point():
+    from pgen.paper.claims import _c2
+
+    falling = list(range(60, 60 - 14, -1))  # strictly falling after init: rho = -1 in every run
+    assert _c2(_c2_rows([falling] * 6))["centered_verdict"] == "holds"
+    # runs whose rho average near -0.85 but spread widely: the interval reaches above -0.8
+    rng = np.random.default_rng(1)
+    noisy = [list(np.array(falling) + rng.normal(0, s, 14)) for s in (0.5, 3, 6, 1, 5, 8)]
+    row = _c2(_c2_rows(noisy))
+    lo_hi = row["centered_measured"].split("Spearman rho(epoch, angle) ")[1]
+    mean, interval = lo_hi.split(" [")
+    hi = float(interval.rstrip("]").split(", ")[1])
+    assert hi > -0.8 and row["centered_verdict"] == "partly"  # init above 45 holds, the fall's interval does not
+
+
+def test_correlation_intervals_stay_in_range_with_positive_width():
+    from pgen.paper.claims import correlation_interval
+
+    mean, lo, hi, n = correlation_interval([1.0, 1.0, 1.0], [3, 3, 3])  # three runs agreeing over 3 points
+    assert -1 <= lo < hi <= 1 and n == 3
+    mean, lo, hi, _ = correlation_interval([0.9, 0.95, 0.99, 0.97], [15] * 4)
+    assert -1 <= lo < mean < hi <= 1
+    # many points per run: the between-run spread dominates, as a plain Fisher-z t-interval
+    r = np.array([0.2, 0.5, 0.4, 0.35, 0.3])
+    z = np.arctanh(r)
+    h = sps.t.ppf(0.975, 4) * z.std(ddof=1) / math.sqrt(5)
+    assert correlation_interval(r, [1000] * 5, "pearson")[1:3] == pytest.approx((np.tanh(z.mean() - h),
+                                                                                 np.tanh(z.mean() + h)))
+
+
+def test_c6_intervals_are_correlations():
+    from pgen.paper.claims import _c6
+
+    rows = [{"run": f"r{i}", "paradigm": "cnn", "epoch": e, "step": e, "depth": d, "layer": str(d),
+             "angle_to_data": 10.0 * d if e == 1 else 50.0 - 10 * d} for i in range(6) for e in (1, 15)
+            for d in (1, 2, 3)]
+    row = _c6(_both(rows))
+    for part in row["centered_measured"].split("; "):
+        lo, hi = (float(v) for v in part.split("[")[1].split("]")[0].split(", "))
+        assert -1 <= lo < hi <= 1
+
+
+def test_c8_does_not_hold_when_the_p_vector_itself_does_not_converge():
+    from pgen.paper.claims import _c8
+
+    def rows(k1):
+        return _both([{"seed": s, "model_a": "a", "model_b": "b", "k": k, "angle": (k1 if k == 1 else 60.0) + s}
+                      for s in range(3) for k in range(1, 6)])
+
+    assert _c8(rows(3.0))["centered_verdict"] == "holds"
+    row = _c8(rows(30.0))
+    assert row["centered_verdict"] == "does not hold" and "no contrast" in row["centered_measured"]
+
+
+def test_c5_reports_the_signed_change_after_epoch_one():
+    from pgen.paper.claims import _c5
+
+    rows = []
+    for i in range(4):
+        for step in range(9):  # epoch 1: 8 iterations, flat
+            rows.append({"run": f"r{i}", "paradigm": "mlp", "step": step, "epoch": 1 if step else 0,
+                         "in_epoch1": True, "is_epoch_end": step == 8, "angle_to_data": 40.0 + 0.01 * i})
+        for e in range(2, 8):  # later epochs: the angle rises by 2 degrees an epoch
+            rows.append({"run": f"r{i}", "paradigm": "mlp", "step": 8 * e, "epoch": e, "in_epoch1": False,
+                         "is_epoch_end": True, "angle_to_data": 40.0 + 2 * (e - 1) + 0.3 * i})
+    row = _c5(_both(rows))
+    assert "change from epoch 1 to the end 12." in row["centered_measured"]
+    assert row["centered_verdict"] == "does not hold"
+
+
+def test_claims_from_the_committed_tables_alone(study, tmp_path):
+    """The verdicts come from the per-claim CSVs alone: the same claims table without pvectors.npz."""
+    import shutil
+
+    from pgen.paper import claims_from_tables
+
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    (copy / "pvectors.npz").unlink()
+    shutil.rmtree(copy / "runs")
+    claims, _ = claims_from_tables(copy)
+    pd.testing.assert_frame_equal(claims, pd.read_csv(study / "claims.csv").fillna(""), check_dtype=False)
+    assert main(["paper", "--from-tables", "--out", str(copy)]) == 0

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from pgen.errors import InputError
-from pgen.paper.claims import ClaimInputs, compute_claims
+from pgen.paper.claims import TABLE_FILES, ClaimInputs, compute_claims, judge_claims
 from pgen.paper.experiments import PARADIGMS, PaperSettings, data_vectors, load_data, load_run, run_experiment, save_run
 from pgen.paths import output_path, replace_link
 
-__all__ = ["PaperSettings", "QUICK", "run_paper", "load_study", "claims_from_folder"]
+__all__ = ["PaperSettings", "QUICK", "run_paper", "load_study", "claims_from_folder", "claims_from_tables", "rejudge"]
 
 # --quick: small enough for the tests, the same code path
 QUICK = {"seeds": 2, "epochs": 3, "samples": 200, "train_samples": 1000, "bootstrap": 10, "width": 64, "code": 16}
@@ -96,17 +96,46 @@ def claims_from_folder(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, pd.
     return compute_claims(load_study(out_dir))
 
 
-def write_outputs(out: Path, s: PaperSettings) -> dict:
-    from pgen.paper.figures import write_figures
+def claims_from_tables(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The claims table judged from a study folder's per-claim CSVs alone (no ``pvectors.npz``):
+    what a committed study folder holds."""
+    out = Path(out_dir)
+    missing = [f for f in (*TABLE_FILES, "checkpoints.csv", "settings.json") if not (out / f).is_file()]
+    if missing:
+        raise InputError(f"{out}: not a `pgen paper` folder with its tables; missing {', '.join(missing)}")
+    tables = {f: pd.read_csv(out / f) for f in TABLE_FILES}
+    boot = out / "bootstrap.csv"
+    bootstrap = pd.read_csv(boot) if boot.is_file() and boot.stat().st_size > 1 else pd.DataFrame()
+    spectra = pd.read_csv(out / "spectra.csv") if (out / "spectra.csv").is_file() else None
+    final = pd.read_csv(out / "checkpoints.csv").groupby("run")["step"].max().to_dict()
+    return judge_claims(tables, bootstrap=bootstrap, spectra=spectra, final=final), tables
 
+
+def rejudge(out_dir: str | Path) -> dict:
+    """Redo the claims, figures and report of a study folder from its tables alone (after the
+    verdict rules changed, say); the tables themselves are left as they are."""
+    out = Path(out_dir)
+    s = PaperSettings(**{k: tuple(v) if k == "paradigms" else v
+                         for k, v in json.loads((out / "settings.json").read_text()).items()})
+    claims, tables = claims_from_tables(out)
+    return _write(out, s, claims, tables, tables_too=False)
+
+
+def write_outputs(out: Path, s: PaperSettings) -> dict:
     claims, tables = claims_from_folder(out)
+    return _write(out, s, claims, tables, tables_too=True)
+
+
+def _write(out: Path, s: PaperSettings, claims: pd.DataFrame, tables: dict, *, tables_too: bool) -> dict:
+    from pgen.paper.figures import write_figures
     from pgen.stats import random_angle_null
 
     null = {"n": s.samples, **random_angle_null(s.samples)}
     files = []
     for name, table in tables.items():
-        table.to_csv(output_path(out, name), index=False)
-        files.append(out / name)
+        if tables_too:
+            table.to_csv(output_path(out, name), index=False)
+            files.append(out / name)
     claims.to_csv(output_path(out, "claims.csv"), index=False)
     output_path(out, "null.json").write_text(json.dumps(null, indent=2))
     figs = write_figures(out, tables, null)
@@ -126,7 +155,8 @@ def _report(out: Path, s: PaperSettings, claims: pd.DataFrame, figs: dict, null:
         f"{len(s.paradigms)} paradigms x {s.seeds} seeds, {s.epochs} epochs each. Of the ten claims, centered: "
         + ", ".join(f"{k} {v}" for k, v in sorted(tally["centered"].items()))
         + "; uncentered: " + ", ".join(f"{k} {v}" for k, v in sorted(tally["uncentered"].items()))
-        + ". Intervals are 95% t-intervals over training runs (over seeds for pairs of one seed). "
+        + ". Intervals are 95% t-intervals over training runs (over seeds for pairs of one seed); a correlation's "
+        "interval is taken on Fisher's z, so it stays inside [-1, 1]. "
         f"The scale of an angle over {null['n']} samples: random unit vectors sit at {null['median']:.1f}° from any "
         "fixed one "
         f"(90% between {null['q05']:.1f}° and {null['q95']:.1f}°; mean |cos| {null['mean_abs_cos']:.4f}, "

@@ -1,16 +1,22 @@
 """The paper's claims, measured from the saved P-vectors and spectra alone.
 
-Every number here is computed from ``pvectors.npz`` (float32 vectors, angles by
-:func:`pgen.pvector.angle` in float64)
-and the checkpoint / spectrum tables, so a reader can recompute any of them with numpy.
+Two stages. The per-claim tables (``c1_common_subspace.csv`` ...) are computed from
+``pvectors.npz`` (float32 vectors, angles by :func:`pgen.pvector.angle` in float64) and the
+checkpoint / spectrum tables, so a reader can recompute any of them with numpy. The
+verdicts are computed from those tables alone (:func:`judge_claims`), so they can be redone
+on a study's committed CSVs (:func:`pgen.paper.claims_from_tables`) and tested on
+constructed tables whose verdict is known.
+
 Intervals are 95% Student-t intervals over independent training runs (or over seeds where
-a number pairs the runs of one seed); a verdict is "holds" only when the interval resolves
-it, with the rule stated in the table.
+a number pairs the runs of one seed); a correlation's interval is taken on Fisher's z
+(:func:`correlation_interval`), so it stays inside [-1, 1]. A verdict is "holds" only when
+the interval resolves it, with the rule stated in the table.
 """
 
 from __future__ import annotations
 
 import math
+from itertools import permutations
 
 import numpy as np
 import pandas as pd
@@ -19,10 +25,12 @@ from scipy import stats as sps
 from pgen.paper.experiments import CENTERINGS, CLASSIFIERS, TOP_K
 from pgen.pvector import angle
 
-__all__ = ["ClaimInputs", "compute_claims", "t_interval"]
+__all__ = ["ClaimInputs", "compute_claims", "judge_claims", "t_interval", "correlation_interval", "TABLE_FILES"]
 
 SMALL = 10.0  # degrees: the paper's "small" (under 10 degrees on CIFAR, abstract / A.1)
 RISE = 1.0  # degrees: a rise or fall within epoch 1 must exceed this to count
+EARLY = 0.25  # the first quarter of epoch 1's iterations: where the paper's angle peaks (A.2, A.4)
+STRONG = -0.8  # C2: "quasi-monotonic" fall, a Spearman rho at or below this over epochs
 
 
 def t_interval(values) -> tuple[float, float, float, int]:
@@ -35,6 +43,48 @@ def t_interval(values) -> tuple[float, float, float, int]:
         return m, math.nan, math.nan, len(v)
     h = float(sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return m, m - h, m + h, len(v)
+
+
+_CLIP = 0.995  # |r| = 1 has an infinite Fisher z: one run's r is clipped to this first
+
+
+def _null_z_variance(m: int) -> float:
+    """The exact variance of Fisher's z of a clipped Spearman rho over m points when the two
+    variables are unrelated (every ordering equally likely), for small m."""
+    base = np.arange(m)
+    rhos = [sps.spearmanr(base, p)[0] for p in permutations(range(m))]
+    return float(np.var(np.arctanh(np.clip(rhos, -_CLIP, _CLIP))))
+
+
+def _within_run_variance(points: int, method: str) -> float:
+    """The sampling variance of one run's Fisher z over ``points`` points: 1/(m - 3)
+    (Pearson), Fieller et al.'s 1.06/(m - 3) (Spearman), and for m <= 6 the exact variance
+    under no relation (the formulas need more points)."""
+    if points <= 6:
+        return _null_z_variance(max(points, 2))
+    return (1.06 if method == "spearman" else 1.0) / (points - 3)
+
+
+def correlation_interval(values, points, method: str = "spearman") -> tuple[float, float, float, int]:
+    """(mean, low, high, n) over runs of a per-run correlation: a 95% t-interval of Fisher's
+    z = atanh(r) (r clipped to +-0.995), back-transformed, so the interval lies inside
+    [-1, 1]; 'mean' is tanh of the mean z (Fisher's average of correlations, which weighs a
+    run near +-1 more than the plain mean does). Its standard error is at least one run's
+    sampling error (``points``: the points each run's correlation was computed over, see
+    :func:`_within_run_variance`), so runs that agree exactly still give an interval of
+    positive width (with 2 or more runs)."""
+    pairs = [(r, m) for r, m in zip(values, points) if np.isfinite(r)]
+    if not pairs:
+        return math.nan, math.nan, math.nan, 0
+    z = np.arctanh(np.clip([r for r, _ in pairs], -_CLIP, _CLIP))
+    k = len(z)
+    mean = float(np.tanh(z.mean()))
+    if k < 2:
+        return mean, math.nan, math.nan, k
+    within = float(np.mean([_within_run_variance(int(m), method) for _, m in pairs]))
+    se = math.sqrt(max(float(z.var(ddof=1)), within) / k)
+    h = float(sps.t.ppf(0.975, k - 1) * se)
+    return mean, float(np.tanh(z.mean() - h)), float(np.tanh(z.mean() + h)), k
 
 
 def _spearman(x, y) -> float:
@@ -102,14 +152,30 @@ class ClaimInputs:
         return f"{paradigm}-seed{nxt}"
 
 
+TABLE_FILES = ("c1_common_subspace.csv", "c2_training_dynamics.csv", "c3_first_epoch.csv", "c4_cross_paradigm.csv",
+               "c5_model_to_data.csv", "c6_layers.csv", "c7_entry_distribution.csv",
+               "c8_other_singular_vectors.csv", "c9_log_log.csv", "c10_explained_variance.csv",
+               "stability_bootstrap.csv")
+
+
 def compute_claims(ci: ClaimInputs) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The claims table (one row per claim, both centerings) and the raw tables per claim."""
-    rows, tables = [], {}
-    for fn in (_c1, _c2, _c3, _c4, _c5, _c6, _c7, _c8, _c9, _c10, _stability):
-        row, table = fn(ci)
-        rows.append(row)
-        tables[row["file"]] = table
-    return pd.DataFrame(rows), tables
+    builders = (_c1_table, _c2_table, _c3_table, _c4_table, _c5_table, _c6_table, _c7_table, _c8_table, _c9_table,
+                _c10_table, _stability_table)
+    tables = {file: build(ci) for file, build in zip(TABLE_FILES, builders)}
+    return judge_claims(tables, bootstrap=ci.bootstrap, spectra=ci.spectra, final=ci.final), tables
+
+
+def judge_claims(tables: dict[str, pd.DataFrame], *, bootstrap: pd.DataFrame | None = None,
+                 spectra: pd.DataFrame | None = None, final: dict | None = None) -> pd.DataFrame:
+    """Every claim's measured numbers and verdict from its table alone (``TABLE_FILES``);
+    the stability row also reads the sample-set bootstrap, the spectra and each run's final
+    step."""
+    rows = [judge(tables[file]) for file, judge in zip(TABLE_FILES[:-1], (
+        _c1, _c2, _c3, _c4, _c5, _c6, _c7, _c8, _c9, _c10))]
+    rows.append(_stability(tables[TABLE_FILES[-1]], bootstrap if bootstrap is not None else pd.DataFrame(),
+                           spectra, final or {}))
+    return pd.DataFrame(rows)
 
 
 def _row(claim, paper, rule, file, per_centering: dict) -> dict:
@@ -121,10 +187,14 @@ def _row(claim, paper, rule, file, per_centering: dict) -> dict:
     return row
 
 
-# ---------------------------------------------------------------------------- claims
+def _points(g: pd.DataFrame) -> int:
+    return int(len(g))
 
 
-def _c1(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C1
+
+
+def _c1_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for tag, _ in CENTERINGS:
         for seed, a, b in ci.same_seed_pairs():
@@ -132,7 +202,10 @@ def _c1(ci: ClaimInputs):
                         "angle_trained": angle(ci.vec(a, ci.final[a], "feature", "test", tag),
                                                ci.vec(b, ci.final[b], "feature", "test", tag)),
                         "angle_init": angle(ci.vec(a, 0, "feature", "test", tag), ci.vec(b, 0, "feature", "test", tag))})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c1(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         per_seed = t[t["centering"] == tag].groupby("seed")[["angle_trained", "angle_init"]].mean()
@@ -143,10 +216,13 @@ def _c1(ci: ClaimInputs):
                     _verdict([tr[2] < SMALL, diff[2] < 0]))
     return _row("C1 common subspace across paradigms", "cosine close to 1; under 10° on CIFAR (abstract, A.0, A.3)",
                 f"holds: interval of the trained cross-paradigm angle below {SMALL:g}° and below the same pairs "
-                "at init; partly: one of the two", "c1_common_subspace.csv", res), t
+                "at init; partly: one of the two", "c1_common_subspace.csv", res)
 
 
-def _c2(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C2
+
+
+def _c2_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for run in ci.runs:
         other = ci.other_seed(run)
@@ -159,30 +235,48 @@ def _c2(ci: ClaimInputs):
                             "angle_to_other_seed_final": (
                                 angle(v, ci.vec(other, ci.final[other], "feature", "test", tag)) if other
                                 else math.nan)})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c2(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         d = t[t["centering"] == tag]
         init = t_interval(d[d["step"] == 0]["angle_to_own_final"])
-        rhos = []
-        for run, g in d.groupby("run"):
-            g = g[g["step"] < ci.final[run]]  # the reference itself is 0 by construction
+        rhos, points = [], []
+        for _, g in d.groupby("run"):
+            g = g[g["step"] < g["step"].max()]  # the reference (the last epoch) itself is 0 by construction
             rhos.append(_spearman(g["epoch"], g["angle_to_own_final"]))
-        rho = t_interval(rhos)
+            points.append(_points(g))
+        rho = correlation_interval(rhos, points)
         res[tag] = (f"at init {_fmt(init)}; Spearman rho(epoch, angle) {_fmt(rho, '')}",
-                    _verdict([init[1] > 45, rho[2] < 0 and rho[0] <= -0.8]))
+                    _verdict([init[1] > 45, rho[2] <= STRONG]))
     return _row("C2 angle to the well-trained model falls during training",
                 "70-80° at init, falls quasi-monotonically per epoch to a small angle (abstract, A.1)",
-                "holds: init interval above 45° and mean rho <= -0.8 with its interval below 0; partly: one",
-                "c2_training_dynamics.csv", res), t
+                f"holds: init interval above 45° and the whole interval of rho at or below {STRONG:g} (a "
+                "quasi-monotonic fall); partly: one", "c2_training_dynamics.csv", res)
 
 
-def _rise_fall(curve: np.ndarray) -> tuple[float, float]:
-    peak = float(np.max(curve[1:])) if len(curve) > 1 else math.nan
-    return peak - float(curve[0]), peak - float(curve[-1])
+# ---------------------------------------------------------------------------- C3 and C5: the shape of epoch 1
 
 
-def _c3(ci: ClaimInputs):
+def _rise_fall(steps: np.ndarray, curve: np.ndarray) -> tuple[float, float]:
+    """Signed rise and fall of a curve over epoch 1 (steps from 0, the initial weights, to its
+    last iteration): the mean over the first quarter of the iterations (``EARLY``) minus the
+    value at init, and that mean minus the value at the end. Neither is positive by
+    construction: a curve that only falls has a negative rise."""
+    order = np.argsort(steps)
+    steps, curve = np.asarray(steps)[order], np.asarray(curve, dtype=float)[order]
+    if len(curve) < 3:
+        return math.nan, math.nan
+    last = steps[-1]
+    early = curve[(steps > 0) & (steps <= max(1, round(EARLY * last)))]
+    if len(early) == 0:
+        return math.nan, math.nan
+    return float(early.mean() - curve[0]), float(early.mean() - curve[-1])
+
+
+def _c3_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for run in ci.runs:
         for _, r in ci.epoch1_steps(run).iterrows():
@@ -190,20 +284,35 @@ def _c3(ci: ClaimInputs):
                 out.append({"run": run, "paradigm": r["paradigm"], "iteration": r["step"], "centering": tag,
                             "angle_to_own_final": angle(ci.vec(run, r["step"], "feature", "test", tag),
                                                         ci.vec(run, ci.final[run], "feature", "test", tag))})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c3(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
-        rf = [_rise_fall(g.sort_values("iteration")["angle_to_own_final"].to_numpy())
+        rf = [_rise_fall(g["iteration"].to_numpy(), g["angle_to_own_final"].to_numpy())
               for _, g in t[t["centering"] == tag].groupby("run")]
         rise, fall = t_interval([a for a, _ in rf]), t_interval([b for _, b in rf])
-        res[tag] = (f"rise above init {_fmt(rise)}; fall from the peak by the end of epoch 1 {_fmt(fall)}",
-                    _verdict([rise[1] > RISE, fall[1] > RISE]))
+        res[tag] = (f"rise (first quarter of epoch 1 minus init) {_fmt(rise)}; fall (first quarter minus the end of "
+                    f"epoch 1) {_fmt(fall)}", _shape_verdict(rise, fall))
     return _row("C3 within epoch 1 the angle first rises, then falls", "non-monotonic in the first epoch (A.2)",
-                f"holds: intervals of the rise and of the fall both above {RISE:g}°; partly: one",
-                "c3_first_epoch.csv", res), t
+                "signed: rise = mean angle over the first quarter of epoch 1's iterations minus the angle at init, "
+                f"fall = that mean minus the angle at the end of epoch 1; holds: both intervals above {RISE:g}°; "
+                "partly: the rise alone (a fall without the rise is the ordinary convergence of C2, not this "
+                "claim's non-monotonic shape); else does not hold", "c3_first_epoch.csv", res)
 
 
-def _c4(ci: ClaimInputs):
+def _shape_verdict(rise, fall) -> str:
+    """Rise-then-fall: the rise is the claim's point, the fall completes it."""
+    if not rise[1] > RISE:
+        return "does not hold"
+    return "holds" if fall[1] > RISE else "partly"
+
+
+# ---------------------------------------------------------------------------- C4
+
+
+def _c4_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for seed in ci.seeds:
         for p in ci.paradigms:
@@ -218,7 +327,10 @@ def _c4(ci: ClaimInputs):
                                     "step": r["step"], "centering": tag,
                                     "angle": angle(ci.vec(run, r["step"], "feature", "test", tag),
                                                    ci.vec(ref, ci.final[ref], "feature", "test", tag))})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c4(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         d = t[t["centering"] == tag]
@@ -235,10 +347,13 @@ def _c4(ci: ClaimInputs):
                     _verdict([conv == len(pairs), conv > 0]))
     return _row("C4 every paradigm converges toward every paradigm's reference",
                 "consistent convergence to supervised, autoencoder and self-supervised references (A.3)",
-                "holds: every pair's decrease resolved above 0; partly: some", "c4_cross_paradigm.csv", res), t
+                "holds: every pair's decrease resolved above 0; partly: some", "c4_cross_paradigm.csv", res)
 
 
-def _c5(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C5
+
+
+def _c5_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for run in ci.runs:
         epoch1 = ci.epoch1_steps(run)
@@ -250,25 +365,38 @@ def _c5(ci: ClaimInputs):
                             "is_epoch_end": bool(r["is_epoch_end"]),
                             "angle_to_data": angle(ci.vec(run, r["step"], "feature", "train", tag),
                                                    ci.data("train", tag))})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c5(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         d = t[t["centering"] == tag]
-        rf, rhos = [], []
+        rf, rhos, points, change = [], [], [], []
         for _, g in d.groupby("run"):
-            rf.append(_rise_fall(g[g["in_epoch1"]].sort_values("step")["angle_to_data"].to_numpy()))
-            e = g[g["is_epoch_end"] & (g["epoch"] >= 1)]
+            first = g[g["in_epoch1"]]
+            rf.append(_rise_fall(first["step"].to_numpy(), first["angle_to_data"].to_numpy()))
+            e = g[g["is_epoch_end"] & (g["epoch"] >= 1)].sort_values("epoch")
             rhos.append(_spearman(e["epoch"], e["angle_to_data"]))
-        rise, fall, rho = t_interval([a for a, _ in rf]), t_interval([b for _, b in rf]), t_interval(rhos)
+            points.append(_points(e))
+            change.append(e["angle_to_data"].iloc[-1] - e["angle_to_data"].iloc[0] if len(e) > 1 else math.nan)
+        rise, fall = t_interval([a for a, _ in rf]), t_interval([b for _, b in rf])
+        rho, ch = correlation_interval(rhos, points), t_interval(change)
+        later_falls = rho[2] < 0 and ch[2] < 0
         res[tag] = (f"epoch-1 rise {_fmt(rise)}, fall {_fmt(fall)}; after epoch 1 Spearman rho(epoch, angle) "
-                    f"{_fmt(rho, '')}", _verdict([rise[1] > RISE and fall[1] > RISE, rho[2] < 0]))
+                    f"{_fmt(rho, '')}, change from epoch 1 to the end {_fmt(ch)}",
+                    _verdict([_shape_verdict(rise, fall) == "holds", later_falls]))
     return _row("C5 model-to-data angle (training samples): non-monotonic in epoch 1, then decreasing",
                 "rises then falls in epoch 1, then decreases (A.4; trained with random augmentation)",
-                f"holds: epoch-1 rise and fall both resolved above {RISE:g}° and the later rho's interval below 0; "
-                "partly: one", "c5_model_to_data.csv", res), t
+                f"epoch 1: signed rise and fall as C3, both intervals above {RISE:g}°; after epoch 1: the intervals "
+                "of rho and of the signed change from epoch 1 to the end both below 0; holds: both parts; partly: "
+                "one", "c5_model_to_data.csv", res)
 
 
-def _c6(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C6
+
+
+def _c6_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for run in ci.runs:
         paradigm = run.rsplit("-seed", 1)[0]
@@ -283,22 +411,29 @@ def _c6(ci: ClaimInputs):
                                 "depth": depth, "layer": layer, "centering": tag,
                                 "angle_to_data": angle(ci.vec(run, r["step"], layer, "train", tag),
                                                        ci.data("train", tag))})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c6(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         d = t[t["centering"] == tag]
-        early, late = [], []
-        for run, g in d.groupby("run"):
+        early, late, points = [], [], []
+        for _, g in d.groupby("run"):
             for which, target in ((1, early), (g["epoch"].max(), late)):
                 h = g[g["epoch"] == which]
                 target.append(_spearman(h["depth"], h["angle_to_data"]))
-        e, lt = t_interval(early), t_interval(late)
-        res[tag] = (f"rho(depth, angle) after epoch 1 {_fmt(e, '')}; at the end {_fmt(lt, '')}",
-                    _verdict([e[1] > 0, lt[2] < 0]))
+            points.append(int(g["depth"].nunique()))
+        e, lt = correlation_interval(early, points), correlation_interval(late, points)
+        res[tag] = (f"rho(depth, angle) after epoch 1 {_fmt(e, '')}; at the end {_fmt(lt, '')} "
+                    f"({max(points) if points else 0} depths per run)", _verdict([e[1] > 0, lt[2] < 0]))
     return _row("C6 layer-wise: angle rises with depth early, falls with depth late (classifiers)",
                 "early: increases through the layers; late: decreases (A.5, ResNet-18 blocks)",
-                "holds: early rho's interval above 0 and late rho's below 0; partly: one",
-                "c6_layers.csv", res), t
+                "holds: early rho's interval above 0 and late rho's below 0; partly: one (Fisher-z intervals whose "
+                "width is at least one run's sampling error over its few depths)", "c6_layers.csv", res)
+
+
+# ---------------------------------------------------------------------------- C7
 
 
 def _wasserstein_entries(u: np.ndarray, v: np.ndarray) -> float:
@@ -306,7 +441,7 @@ def _wasserstein_entries(u: np.ndarray, v: np.ndarray) -> float:
     return float(sps.wasserstein_distance(u * math.sqrt(n), v * math.sqrt(n)))
 
 
-def _c7(ci: ClaimInputs):
+def _c7_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for run in ci.runs:
         other = ci.other_seed(run)
@@ -318,12 +453,15 @@ def _c7(ci: ClaimInputs):
                             "w1_to_init": _wasserstein_entries(ci.vec(run, r["step"], "feature", "test", tag), v0),
                             "w1_init_to_other_seed_init": (_wasserstein_entries(
                                 v0, ci.vec(other, 0, "feature", "test", tag)) if other else math.nan)})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c7(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         d = t[t["centering"] == tag]
         drift = []
-        for run, g in d.groupby("run"):
+        for _, g in d.groupby("run"):
             last = g[g["step"] == g["step"].max()].iloc[0]
             drift.append(last["w1_to_init"] - last["w1_init_to_other_seed_init"])
         dr = t_interval(drift)
@@ -332,10 +470,13 @@ def _c7(ci: ClaimInputs):
     return _row("C7 the distribution of P-vector entries drifts during training",
                 "the value distribution drifts (A.6)",
                 "holds: the drift from init exceeds the seed-to-seed difference at init (interval above 0)",
-                "c7_entry_distribution.csv", res), t
+                "c7_entry_distribution.csv", res)
 
 
-def _c8(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C8
+
+
+def _c8_table(ci: ClaimInputs) -> pd.DataFrame:
     out = []
     for tag, _ in CENTERINGS:
         for seed, a, b in ci.same_seed_pairs():
@@ -343,22 +484,35 @@ def _c8(ci: ClaimInputs):
             for k in range(min(len(va), len(vb), TOP_K)):
                 out.append({"centering": tag, "seed": seed, "model_a": a, "model_b": b, "k": k + 1,
                             "angle": angle(va[k], vb[k])})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c8(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         d = t[t["centering"] == tag].groupby(["seed", "k"])["angle"].mean().unstack()
-        cis = {k: t_interval(d[k]) for k in d.columns}
+        cis = {int(k): t_interval(d[k]) for k in d.columns}
         higher = [k for k in cis if k > 1]
-        res[tag] = ("; ".join(f"k={k}: {_fmt(c)}" for k, c in cis.items()),
-                    _verdict([all(cis[k][1] > SMALL for k in higher),
-                              all(cis[k][1] > cis[1][2] for k in higher)]) if higher else "not measured")
+        measured = "; ".join(f"k={k}: {_fmt(c)}" for k, c in cis.items())
+        if not higher or 1 not in cis:
+            verdict = "not measured"
+        elif not cis[1][2] < SMALL:
+            # the claim contrasts the P-vector, which converges, with the later vectors, which do not
+            verdict, measured = "does not hold", measured + f" (k = 1 itself is not below {SMALL:g}°: no contrast)"
+        else:
+            verdict = _verdict([all(cis[k][1] > SMALL for k in higher), all(cis[k][1] > cis[1][2] for k in higher)])
+        res[tag] = (measured, verdict)
     return _row("C8 singular vectors 2..5 do not converge across models",
                 "no convergence for the top singular vectors other than the P-vector (A.7)",
-                f"holds: every k >= 2 cross-paradigm angle's interval above {SMALL:g}° and above k = 1's; "
-                "partly: one", "c8_other_singular_vectors.csv", res), t
+                f"the claim needs k = 1 to converge (its interval below {SMALL:g}°), else it does not hold; then "
+                f"holds: every k >= 2 cross-paradigm angle's interval above {SMALL:g}° and above k = 1's; partly: "
+                "one", "c8_other_singular_vectors.csv", res)
 
 
-def _c9(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C9
+
+
+def _c9_table(ci: ClaimInputs) -> pd.DataFrame:
     c = ci.checkpoints
     d = c[c["paradigm"].isin(CLASSIFIERS) & c["is_epoch_end"] & (c["epoch"] >= 1)]
     out = []
@@ -368,16 +522,20 @@ def _c9(ci: ClaimInputs):
                         "centering": tag, "test_error": 1 - r["test_acc"], "train_error": 1 - r["train_acc"],
                         "angle_to_data": angle(ci.vec(r["run"], r["step"], "feature", "train", tag),
                                                ci.data("train", tag))})
-    t = pd.DataFrame(out)
+    return pd.DataFrame(out)
+
+
+def _c9(t: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         g = t[t["centering"] == tag]
-        rs = []
+        rs, points = [], []
         for _, h in g.groupby("run"):
             ok = (h["test_error"] > 0) & (h["angle_to_data"] > 0)
             rs.append(sps.pearsonr(np.log(h.loc[ok, "angle_to_data"]), np.log(h.loc[ok, "test_error"]))[0]
                       if ok.sum() > 2 else math.nan)
-        r = t_interval(rs)
+            points.append(int(ok.sum()))
+        r = correlation_interval(rs, points, "pearson")
         last = g.loc[g.groupby("run")["step"].idxmax()]
         tau = sps.kendalltau(last["angle_to_data"], last["test_error"]) if len(last) > 2 else None
         final = (f"; final classifiers (n={len(last)}): Kendall tau {tau[0]:.2f}, p={tau[1]:.2f}" if tau is not None
@@ -388,10 +546,13 @@ def _c9(ci: ClaimInputs):
                 "log-log relation between the angle and performance (A.8)",
                 "holds: within-run r's interval above 0 (larger angle, larger error); "
                 "does not hold: below 0; else not resolved. Within a run both follow training time.",
-                "c9_log_log.csv", res), t
+                "c9_log_log.csv", res)
 
 
-def _c10(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- C10
+
+
+def _c10_table(ci: ClaimInputs) -> pd.DataFrame:
     s = ci.spectra
     d = s[(s["layer"] == "feature") & (s["samples"] == "test") & (s["run"] != "data")].copy()
     epochs = ci.checkpoints[ci.checkpoints["is_epoch_end"]][["run", "step", "epoch", "paradigm"]]
@@ -400,6 +561,10 @@ def _c10(ci: ClaimInputs):
         cols = [f"s{j}" for j in range(1, k + 1) if f"s{j}" in d]
         d[f"explained_top{k}"] = (d[cols] ** 2).sum(axis=1) / d["total_energy"]
         d[f"relative_error_E{k}"] = 1 - d[f"explained_top{k}"]  # E_k / ||X||_F^2
+    return d.drop(columns=[c for c in d.columns if c.startswith("s") and c[1:].isdigit()])
+
+
+def _c10(d: pd.DataFrame) -> dict:
     res = {}
     for tag, _ in CENTERINGS:
         g = d[d["centering"] == tag]
@@ -415,35 +580,48 @@ def _c10(ci: ClaimInputs):
     return _row("C10 explained variance of the top-k singular vectors and E_k through training",
                 "Tables 2-3, Fig. 22 (A.9): reported through checkpoints; no direction in the available text",
                 "descriptive: the direction of the top-1 change, resolved by its interval",
-                "c10_explained_variance.csv",
-                res), d.drop(columns=[c for c in d.columns if c.startswith("s") and c[1:].isdigit()])
+                "c10_explained_variance.csv", res)
 
 
-def _stability(ci: ClaimInputs):
+# ---------------------------------------------------------------------------- S: stability (not a paper claim)
+
+
+def _stability_table(ci: ClaimInputs) -> pd.DataFrame:
     b = ci.bootstrap
     if b.empty:
-        return _row("S stability of the model-to-data angle under resampled samples", "not in the paper", "",
-                    "stability_bootstrap.csv", {t: ("not run (--bootstrap 0)", "") for t, _ in CENTERINGS}), b
-    res, out = {}, []
+        return pd.DataFrame(columns=["centering", "run", "angle_full_samples", "bootstrap_mean", "bootstrap_sd"])
+    out = []
     for tag, _ in CENTERINGS:
         g = b[b["centering"] == tag]
-        full = {run: angle(ci.vec(run, ci.final[run], "feature", "train", tag), ci.data("train", tag))
-                for run in ci.runs}
-        sd = g.groupby("run")["angle_to_data"].std(ddof=1)
-        wide = g.pivot(index="resample", columns="run", values="angle_to_data")[list(full)]
-        taus = [sps.kendalltau(wide.loc[i], list(full.values()))[0] for i in wide.index]
-        for run in full:
-            out.append({"centering": tag, "run": run, "angle_full_samples": full[run],
-                        "bootstrap_mean": g[g["run"] == run]["angle_to_data"].mean(), "bootstrap_sd": sd[run]})
-        sp = ci.spectra
-        sp = sp[(sp["layer"] == "feature") & (sp["samples"] == "train") & (sp["centering"] == tag)]
-        sp = sp[sp.apply(lambda r: r["step"] == ci.final.get(r["run"]), axis=1)]
-        gap = ((sp["s1"] - sp["s2"]) / sp["s1"]).median()
-        res[tag] = (f"relative spectral gap (s1 - s2) / s1 of the final features: median {gap:.3f}; "
-                    f"per-model SD of the angle over {len(wide)} resamples: median {sd.median():.2f}°, max "
+        for run in ci.runs:
+            full = angle(ci.vec(run, ci.final[run], "feature", "train", tag), ci.data("train", tag))
+            values = g[g["run"] == run]["angle_to_data"]
+            out.append({"centering": tag, "run": run, "angle_full_samples": full, "bootstrap_mean": values.mean(),
+                        "bootstrap_sd": values.std(ddof=1)})
+    return pd.DataFrame(out)
+
+
+def _stability(t: pd.DataFrame, b: pd.DataFrame, spectra: pd.DataFrame | None, final: dict) -> dict:
+    if b.empty or t.empty:
+        return _row("S stability of the model-to-data angle under resampled samples", "not in the paper", "",
+                    "stability_bootstrap.csv", {tag: ("not run (--bootstrap 0)", "") for tag, _ in CENTERINGS})
+    res = {}
+    for tag, _ in CENTERINGS:
+        g = b[b["centering"] == tag]
+        full = t[t["centering"] == tag].set_index("run")["angle_full_samples"]
+        sd = t[t["centering"] == tag].set_index("run")["bootstrap_sd"]
+        wide = g.pivot(index="resample", columns="run", values="angle_to_data")[list(full.index)]
+        taus = [sps.kendalltau(wide.loc[i], full.to_numpy())[0] for i in wide.index]
+        text = ""
+        if spectra is not None and len(spectra):
+            sp = spectra[(spectra["layer"] == "feature") & (spectra["samples"] == "train")
+                         & (spectra["centering"] == tag)]
+            sp = sp[sp.apply(lambda r: r["step"] == final.get(r["run"]), axis=1)]
+            text = f"relative spectral gap (s1 - s2) / s1 of the final features: median {((sp['s1'] - sp['s2']) / sp['s1']).median():.3f}; "
+        res[tag] = (text + f"per-model SD of the angle over {len(wide)} resamples: median {sd.median():.2f}°, max "
                     f"{sd.max():.2f}°; Kendall tau of the {len(full)} final models' ranking vs the full-sample "
                     f"ranking: median {np.median(taus):.2f} (2.5-97.5%: {np.quantile(taus, 0.025):.2f} to "
                     f"{np.quantile(taus, 0.975):.2f})", "")
     return _row("S stability of the model-to-data angle under resampled samples (not a paper claim)",
                 "not in the paper", "bootstrap over the sample set (rows resampled with replacement)",
-                "stability_bootstrap.csv", res), pd.DataFrame(out)
+                "stability_bootstrap.csv", res)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -23,10 +24,12 @@ from pgen.report import plots
 from pgen.report.document import Document, fmt
 from pgen.report.glossary import add_glossary
 from pgen.results import ScoreRun, load_runs
-from pgen.stats import TARGETS, MeasureStatistics, measure_statistics, random_angle_null
+from pgen.stats import TARGETS, MeasureStatistics, holm, measure_statistics, random_angle_null
 from pgen.paths import output_path, safe_filename
 
 __all__ = ["write_report", "report_from_results", "answer_sentences", "color_column"]
+
+ALPHA = 0.05  # family-wise error of Holm's correction over a report's measures
 
 
 def _measure_meta(name: str):
@@ -38,27 +41,36 @@ def _measure_meta(name: str):
         return None
 
 
-def _verdict(tau: float, lo: float, hi: float, expected: int) -> str:
-    """Whether a CI of tau resolves the direction; ``expected`` is the sign tau should have."""
+def _verdict(tau: float, lo: float, hi: float, expected: int, holm_p: float | None = None, family: int = 1) -> str:
+    """Whether a CI of tau resolves the direction; ``expected`` is the sign tau should have.
+    With several measures in the report (``family`` > 1), the direction is resolved only
+    when Holm's adjusted p-value ``holm_p`` is at most 0.05 as well."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "no confidence interval could be computed"
     if lo <= 0 <= hi:
         return "not resolved: the CI includes 0"
-    return "in the intended direction" if (tau > 0) == (expected > 0) else "in the OPPOSITE direction to its sign"
+    if family > 1 and not (holm_p is not None and holm_p <= ALPHA):
+        return (f"not resolved after Holm's correction over the {family} measures of this report (adjusted p = "
+                f"{holm_p:.2g}), although the raw CI excludes 0")
+    direction = "in the intended direction" if (tau > 0) == (expected > 0) else "in the OPPOSITE direction to its sign"
+    return direction + (f" (Holm-adjusted p = {holm_p:.2g} over the {family} measures)" if family > 1 else "")
 
 
-def answer_sentences(stats: MeasureStatistics) -> list[str]:
+def answer_sentences(stats: MeasureStatistics, holm_p: Mapping[str, float] | None = None, family: int = 1) -> list[str]:
     """Plain sentences: how the measure (oriented: sign x value) ranks test accuracy and the
-    gap, against chance."""
+    gap, against chance. ``holm_p``: target -> Holm-adjusted p over the ``family`` measures
+    of the report."""
     out = []
     null = f"random rankings give 0 +- {stats.kendall_null_sd:.2f} (1 sd)"
+    unit = f"bootstrap over {stats.unit.describe()}" if stats.unit is not None else "bootstrap"
     # Oriented, the authors' direction is a negative tau with test accuracy, positive with the gap.
     for target, expected, label in (("test_acc", -1, "test accuracy"), ("gap", 1, "the generalization gap")):
         row = stats.kendall_row(target)
         if row is None:
             continue
-        out.append(f"Kendall tau with {label} {row['value']:+.2f} [95% CI {row['ci_low']:+.2f}, {row['ci_high']:+.2f}], "
-                   f"p = {row['p_value']:.2g} ({null}): {_verdict(row['value'], row['ci_low'], row['ci_high'], expected)}.")
+        verdict = _verdict(row["value"], row["ci_low"], row["ci_high"], expected, (holm_p or {}).get(target), family)
+        out.append(f"Kendall tau with {label} {row['value']:+.2f} [95% CI {row['ci_low']:+.2f}, {row['ci_high']:+.2f}; "
+                   f"{unit}], bootstrap p = {row['p_boot']:.2g} ({null}): {verdict}.")
     if stats.cmi is not None:
         text = f"PGDL CMI against the gap {stats.cmi:.3f}"
         if stats.cmi_null:
@@ -66,6 +78,18 @@ def answer_sentences(stats: MeasureStatistics) -> list[str]:
             text += (f" (random rankings over the same grid: median {c['median']:.3f}, 95th percentile "
                      f"{c['q95']:.3f}; p = {c['p_value']:.2g} over {c['permutations']} permutations)")
         out.append(text + ".")
+    return out
+
+
+def _holm_over_measures(stats: Mapping[str, MeasureStatistics]) -> dict[str, dict[str, float]]:
+    """measure -> target -> Holm-adjusted bootstrap p over the report's measures (one family per target)."""
+    out: dict[str, dict[str, float]] = {m: {} for m in stats}
+    for target in ("test_acc", "gap"):
+        rows = {m: st.kendall_row(target) for m, st in stats.items()}
+        names = [m for m, r in rows.items() if r is not None]
+        adjusted = holm([rows[m]["p_boot"] for m in names])
+        for m, p in zip(names, adjusted):
+            out[m][target] = float(p)
     return out
 
 
@@ -110,6 +134,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     signs = {m: (meta.sign if (meta := _measure_meta(m)) else 1) for m in measures}
     stats = {m: measure_statistics(table, m, hparam_grid=run.hparam_grid, n_boot=n_boot,
                                    cmi_permutations=cmi_permutations, sign=signs[m]) for m in measures}
+    holm_p = _holm_over_measures(stats)
     generated = dt.datetime.now().isoformat(timespec="seconds")
     doc = Document(f"pgen report: {run.name}")
 
@@ -122,7 +147,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         meta = _measure_meta(m)
         sign = signs[m]
         direction = "larger predicts worse generalization" if sign > 0 else "larger predicts better generalization"
-        sentences = answer_sentences(stats[m])
+        sentences = answer_sentences(stats[m], holm_p.get(m), len(measures))
         if meta is not None and meta.family == "p-vector" and run.info.get("n_samples_used"):
             null = random_angle_null(int(run.info["n_samples_used"]))
             values = table[m].dropna()
@@ -134,8 +159,11 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         doc.paragraph(f"**{m}** (sign {sign:+d}: {direction}; {stats[m].n} models). " + " ".join(sentences),
                       answer=True)
     doc.paragraph("Kendall tau is tau-b of sign x value (so a positive tau against the gap, a negative one against "
-                  "test accuracy, is the measure's intended direction); the CIs are percentile bootstraps over models "
-                  f"({n_boot} resamples). A CI that includes 0 does not tell the measure from a random ranking.")
+                  f"test accuracy, is the measure's intended direction); the CIs are percentile bootstraps ({n_boot} "
+                  "resamples) over the design's unit: whole hyperparameter cells (every seed of a cell together) where "
+                  "a cell holds several models, else models; the p-values come from the same resamples. A CI that "
+                  "includes 0 does not tell the measure from a random ranking; with several measures, a direction is "
+                  "resolved only when Holm's correction over them (per target) agrees.")
 
     # The zoo and the settings, as tables.
     doc.heading("Zoo")
@@ -173,15 +201,20 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         corr = st.correlations
         corr_frames.append(corr.assign(measure=m))
         if not corr.empty:
-            doc.paragraph(f"Correlations of sign x {m} (sign {signs[m]:+d}) with each target, 95% bootstrap CIs: "
-                          "as intended, negative with accuracies and positive with the error and the gap.")
-            doc.table(corr[["target", "method", "value", "p_value", "ci_low", "ci_high", "n"]])
+            doc.paragraph(f"Correlations of sign x {m} (sign {signs[m]:+d}) with each target, 95% bootstrap CIs over "
+                          f"{st.unit.describe()}: as intended, negative with accuracies and positive with the error and "
+                          "the gap. p_value is scipy's (it takes the models as independent); p_boot comes from the "
+                          "bootstrap.")
+            doc.table(corr[["target", "method", "value", "p_value", "p_boot", "ci_low", "ci_high", "n", "unit",
+                            "units"]])
         fits = pd.DataFrame([f.as_dict() for f in st.fits])
         if not fits.empty:
             fit_rows.append(fits)
             doc.paragraph(f"Log-log fits: OLS of log(target) on log({m}) (the values themselves, not sign x value), "
-                          "HC3 robust errors, 95% CIs.")
-            doc.table(fits[["y", "slope", "slope_ci_low", "slope_ci_high", "intercept", "r2", "slope_p", "n"]])
+                          "95% CIs from robust errors: HC3, or cluster-robust by hyperparameter cell where cells hold "
+                          "several seeds (the errors column).")
+            doc.table(fits[["y", "slope", "slope_ci_low", "slope_ci_high", "intercept", "r2", "slope_p", "n",
+                            "errors"]])
         if st.psi is not None:
             per = ", ".join(f"{k}: {fmt(v, 3)}" for k, v in st.psi["per_hparam"].items())
             doc.paragraph(f"Granulated Kendall Psi of sign x {m} against the gap (Jiang et al. 2020; tau-a within groups, a "
@@ -203,7 +236,9 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         images.append((f"distribution of {m}", histogram))
         doc.images(images)
         files += [p for _, p in images]
-        summary_measures[m] = {"models": st.n, "sign": signs[m], "kendall_of_sign_x_value": st.kendall, "kendall_null_sd": st.kendall_null_sd,
+        summary_measures[m] = {"models": st.n, "sign": signs[m], "bootstrap_unit": st.unit.describe(),
+                               "kendall_of_sign_x_value": st.kendall, "kendall_null_sd": st.kendall_null_sd,
+                               "kendall_holm_p": holm_p.get(m),
                                "psi": st.psi, "cmi": st.cmi, "cmi_null": st.cmi_null, "k_mu": st.k_mu}
     if measures and {"test_acc", "pseudo_test_acc"} <= set(table.columns):
         p = plots.test_vs_pseudo(table, colour_column=measures[0], colour_label=measures[0],

@@ -22,7 +22,17 @@ GLOSSARY = {
             "negative one against test accuracy) means the authors' direction; scatter plots, histograms and "
             "log-log fits show the values themselves.",
     "Kendall tau": "tau-b between sign x measure and the target over models; its CI is a percentile bootstrap over "
-                   "models, its null the spread under random rankings.",
+                   "the resampling unit, its null the spread under random rankings.",
+    "resampling unit": "what a bootstrap draws with replacement: whole hyperparameter cells (every seed of a cell "
+                       "together) where a cell holds several models, since seeds of one cell are replicates, not "
+                       "independent models; single models where every cell holds one.",
+    "Holm": "Holm's step-down correction for testing many measures at once: within a family (the measures of one "
+            "zoo, one target, one test) a result counts as resolved only when its adjusted p-value is at most 0.05, "
+            "which keeps the chance of any false 'resolved' in the family under 5%.",
+    "robust view": "Dziugaite et al. 2020: the share of coupled model pairs (differing in one hyperparameter) whose "
+                   "gap difference a measure orders right, per environment (a change of one hyperparameter between "
+                   "two values, pooled over the others), averaged and at the worst environment; beside it the same "
+                   "view of a noisy copy of the gap and of random rankings.",
     "CMI": "the PGDL competition's conditional mutual information between a measure's ranking and the gap's, "
            "conditioned on hyperparameters (sign-free); its null: the CMI of randomly permuted values.",
     "Psi": "Jiang et al. 2019's granulated Kendall: the mean over hyperparameters of tau within cells that vary "
