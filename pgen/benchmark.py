@@ -18,9 +18,9 @@ with ``oriented = sign x value`` (larger = predicted worse, see :mod:`pgen.measu
 * ``tau_null_sd``: the standard deviation of tau under random rankings of these models;
 * ``psi_gap``: granulated Kendall Psi vs the gap (zoos with hparams; Jiang et al.'s tau-a
   within groups, a constant group counting 0);
-* ``cmi_gap`` [``cmi_gap_ci_low``, ``cmi_gap_ci_high``]: the PGDL conditional mutual
-  information, as the competition's scorer computes it (zoos that are a hparam grid), with
-  a bootstrap CI over the design's unit;
+* ``cmi_gap``: the PGDL conditional mutual information, as the competition's scorer
+  computes it (zoos that are a hparam grid); no bootstrap CI (:mod:`pgen.stats.cmi` says
+  why: resampling design points biases it upwards);
 * ``cmi_null_median``, ``cmi_null_q95``, ``cmi_null_p``: the CMI of random rankings (the
   values permuted) and the permutation p-value; ``cmi_null_p_holm``, ``cmi_null_holm``
   (above the null after Holm's correction);
@@ -56,8 +56,7 @@ from pgen.report import plots
 from pgen.report.document import Document
 from pgen.report.glossary import add_glossary
 from pgen.score import ScoreSettings, score_zoo
-from pgen.stats import (cmi_bootstrap_ci, holm, measure_statistics, paired_tau_difference, robust_references,
-                        robust_sign_agreement)
+from pgen.stats import holm, measure_statistics, paired_tau_difference, robust_references, robust_sign_agreement
 from pgen.stats.robust import MIN_DIFFERENCE, MIN_PAIRS, REFERENCE_TAU
 from pgen.zoo import Zoo, load_zoo
 
@@ -66,7 +65,6 @@ __all__ = ["run_benchmark", "summarize_run", "summarize_tables", "default_measur
 
 ALPHA = 0.05  # family-wise error of each family (the measures of one zoo, one target)
 N_BOOT = 10_000  # bootstrap resamples: Holm over m measures needs p-values down to ALPHA / m (>= 2m / ALPHA resamples)
-CMI_BOOT = 200  # CMI resamples are slower than tau's; 200 fix its 2.5% quantiles to ~0.01
 
 
 def default_measures() -> list[str]:
@@ -128,8 +126,6 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
             row["psi_gap"] = st.psi["psi"]
         if st.cmi is not None:
             row["cmi_gap"] = st.cmi
-            row["cmi_gap_ci_low"], row["cmi_gap_ci_high"] = cmi_bootstrap_ci(
-                table[table[name].notna()], name, hparam_grid, n_boot=min(n_boot, CMI_BOOT), full_grid=full_grid)
         if st.cmi_null is not None:
             row["cmi_null_median"], row["cmi_null_q95"] = st.cmi_null["median"], st.cmi_null["q95"]
             row["cmi_null_p"], row["cmi_permutations"] = st.cmi_null["p_value"], st.cmi_null["permutations"]
@@ -141,7 +137,7 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
             row.update({"tau_gap_minus_angle": d["diff"], "tau_gap_minus_angle_ci_low": d["ci_low"],
                         "tau_gap_minus_angle_ci_high": d["ci_high"], "tau_gap_minus_angle_p": d["p_value"]})
         if hparam_grid and "gap" in table:
-            robust = robust_sign_agreement(table.assign(_oriented=oriented), "_oriented", hparam_grid)
+            robust = robust_sign_agreement(table, oriented, hparam_grid)
             row["robust_environments"] = robust["environments"] if robust else 0
             if robust is not None:
                 row["robust_mean"], row["robust_worst"] = robust["mean"], robust["worst"]
@@ -297,7 +293,8 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
             name = safe_filename(run.name)  # a zoo's name comes from its files: never a path
             table.to_csv(output_path(out, f"models_{name}.csv"), index=False)
             run.errors.to_csv(output_path(out, f"errors_{name}.csv"), index=False)
-    record = {"settings": settings.identity(), "measures": list(measures), "converged_only": converged_only,
+    record = {"settings": settings.identity(), "measures": list(measures), "zoos": list(tables),
+              "converged_only": converged_only,
               "n_boot": n_boot, "learned": {k: {f: v for f, v in r.items() if f != "predictions"}
                                             for k, r in learned_results.items()}}
     output_path(out, "benchmark_settings.json").write_text(json.dumps(record, indent=1, default=str))
@@ -322,8 +319,10 @@ def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boo
     record = json.loads(settings_file.read_text())
     record["n_boot"] = n_boot if n_boot is not None else record.get("n_boot", N_BOOT)
     tables, errors, grids = {}, {}, {}
-    for path in sorted(folder.glob("models_*.csv")):
-        name = path.stem[len("models_"):]
+    paths = {p.stem[len("models_"):]: p for p in sorted(folder.glob("models_*.csv"))}
+    order = [z for z in record.get("zoos", []) if z in paths] + [z for z in paths if z not in record.get("zoos", [])]
+    for name in order:  # the order the benchmark ran them in
+        path = paths[name]
         table = pd.read_csv(path)
         tables[name] = table
         err = folder / f"errors_{name}.csv"
@@ -407,7 +406,7 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
                "minus angle [95% CI]": _ci_text(r, "tau_gap_minus_angle"),
                "vs angle, Holm (adj. p)": _holm_text(r, "tau_gap_minus_angle_p", "tau_gap_minus_angle_holm")}
         if "cmi_gap" in r and np.isfinite(r.get("cmi_gap", np.nan)):
-            row["CMI [95% CI]"] = _ci_text(r, "cmi_gap", 3)
+            row["CMI"] = f"{r['cmi_gap']:.3f}"
             if np.isfinite(r.get("cmi_null_q95", np.nan)):
                 row["CMI null median / q95"] = f"{r['cmi_null_median']:.3f} / {r['cmi_null_q95']:.3f}"
                 row["CMI, Holm (adj. p)"] = _holm_text(r, "cmi_null_p", "cmi_null_holm")
@@ -467,8 +466,8 @@ def _write_report(summaries, tables, errors, out: Path, record: dict, excluded, 
         f"family-wise {ALPHA:.0%}: the 'Holm' columns give the decision and the adjusted p-value (bootstrap "
         "p-values for tau and the paired differences, permutation p-values for the CMI), and the lists above each "
         "table are the corrected ones, with the count by raw 95% CIs beside them. CMI is the PGDL score as the "
-        "competition's scorer computes it, its CI a bootstrap over the same unit, and its null the CMI of the "
-        "measure's values permuted over the models (median / 95th percentile). Psi is Jiang et al.'s granulated "
+        "competition's scorer computes it (no bootstrap interval: resampling design points biases it upwards), and "
+        "its null the CMI of the measure's values permuted over the models (median / 95th percentile). Psi is Jiang et al.'s granulated "
         "tau. 'robust mean / worst' is Dziugaite et al. 2020's coupled-network view: an environment is a change of "
         "one hyperparameter between two values, pooled over the settings of the others; over its model pairs whose "
         f"gaps differ by {MIN_DIFFERENCE} or more, the share the measure orders right, averaged over environments and "

@@ -554,10 +554,12 @@ def _add_benchmark(sub):
                        description="Compute the selected measures (default: all but the optional "
                                    "WeightWatcher ones) on every model of each zoo, reusing OUT/results.sqlite "
                                    "(rerunning resumes), then write per zoo a table with the gap as the target: "
-                                   "Kendall tau with bootstrap CIs, the paired difference to the P-vector angle, "
-                                   "the PGDL CMI with its CI and a permutation null, Psi, Dziugaite et al.'s "
-                                   "robust sign agreement, tau vs test accuracy and seconds per model; which "
-                                   "differences are resolved; and an HTML/Markdown report with a ranking plot. "
+                                   "Kendall tau with bootstrap CIs over hyperparameter cells (models where each "
+                                   "cell holds one), the paired difference to the P-vector angle, the PGDL CMI "
+                                   "with a permutation null, Psi, Dziugaite et al.'s robust sign agreement with "
+                                   "its references, tau vs test accuracy and seconds per model; which "
+                                   "differences are resolved after Holm's correction over the measures; and an "
+                                   "HTML/Markdown report with a ranking plot. "
                                    "Format fixtures (a .pgen-fixture file) are scored but not ranked.")
     p.add_argument("zoos", nargs="*", help="zoo folders or embedded zoo names (digits, mnist5k)")
     p.add_argument("--out", default=None, help="output folder (default reports/benchmark; with --from-tables, "

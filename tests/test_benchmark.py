@@ -54,6 +54,25 @@ def test_benchmark_end_to_end_and_resume(tiny_zoo, tmp_path, capsys):
         assert conn.execute("SELECT COUNT(*), MAX(created) FROM results").fetchone() == before
 
 
+def test_benchmark_from_tables_redoes_the_statistics_alone(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """`pgen benchmark --from-tables DIR`, typed with relative paths from the folder above:
+    the same summaries from the stored tables, without the zoo or the results store."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", str(tiny_zoo), "--out", "bench", "--samples", "200", "--bootstrap", "2000",
+                 "--measures", "pvector_angle,sum_squared_weights,inverse_margin"]) == 0
+    (tmp_path / "bench" / "results.sqlite").unlink()
+    capsys.readouterr()
+    assert main(["benchmark", "--from-tables", "bench", "--out", "again"]) == 0
+    assert "tau gap [95% CI]" in capsys.readouterr().out
+    first = pd.read_csv(tmp_path / "bench" / "summary_tiny.csv")
+    again = pd.read_csv(tmp_path / "again" / "summary_tiny.csv")
+    pd.testing.assert_frame_equal(first, again)
+    assert (tmp_path / "again" / "benchmark.md").read_text().count("Holm") > 2
+    assert main(["benchmark", "--from-tables", "nowhere"]) == 2
+    assert "no benchmark_settings.json" in capsys.readouterr().err
+    assert main(["benchmark", "--from-tables", "bench", str(tiny_zoo)]) == 2
+
+
 def test_benchmark_rejects_unknown_measure(tmp_path, capsys):
     assert main(["benchmark", str(PGDL / "task_nin"), "--out", str(tmp_path), "--measures", "nope"]) == 2
     assert "unknown measure 'nope'" in capsys.readouterr().err
@@ -152,32 +171,6 @@ def test_robust_view_references_bracket_what_the_design_can_tell():
     assert robust_sign_agreement(table.assign(m=table["gap"]), "m", grid)["worst"] == 1.0
 
 
-def test_cmi_bootstrap_resamples_whole_cells():
-    import numpy as np
-
-    from pgen.stats import cmi_bootstrap_ci, cmi_from_table
-
-    rng = np.random.default_rng(1)
-    rows = [{"hp.a": a, "hp.b": b, "hp.seed": s, "gap": a + b + 0.3 * rng.random(), "m": a + b + rng.random()}
-            for a in (0, 1, 2) for b in (0, 1) for s in (0, 1)]
-    table = pd.DataFrame(rows)
-    grid = {"a": [0, 1, 2], "b": [0, 1], "seed": [0, 1]}
-    lo, hi = cmi_bootstrap_ci(table, "m", grid, n_boot=100, seed=5)
-    assert 0 <= lo <= hi <= 1 + 1e-9  # MI / entropy, up to rounding
-    # the reference: draw 6 cells with replacement, take both seeds of each, score the rows
-    r = np.random.default_rng(5)
-    cells = [table.index[(table["hp.a"] == a) & (table["hp.b"] == b)].to_numpy() for a in (0, 1, 2) for b in (0, 1)]
-    vals = []
-    for _ in range(100):
-        idx = np.concatenate([cells[c] for c in r.integers(0, 6, 6)])
-        vals.append(cmi_from_table(table.iloc[idx], "m", {"a": [0, 1, 2], "b": [0, 1]}, full_grid=False))
-    assert (lo, hi) == pytest.approx(tuple(np.quantile(vals, [0.025, 0.975])), abs=1e-12)
-    # one model per cell: the models are the unit
-    one_seed = table[table["hp.seed"] == 0]
-    lo, hi = cmi_bootstrap_ci(one_seed, "m", {"a": [0, 1, 2], "b": [0, 1]}, n_boot=20)
-    assert 0 <= lo <= hi <= 1 + 1e-9
-
-
 def test_converged_only_learned_baseline_and_fixtures(tmp_path):
     """A protocol-style zoo with one model recorded as not converged: it is left out of the
     statistics; the learned baseline is cross-validated by cell; the fixture is not ranked."""
@@ -214,7 +207,7 @@ initial = false
     assert res["excluded"]["mini"] == [rows[3]["id"]]
     s = res["summaries"]["mini"].set_index("measure")
     assert s.loc["sum_squared_weights", "models"] == 15
-    assert {"tau_gap_minus_angle", "robust_environments", "cmi_gap", "cmi_null_q95", "cmi_gap_ci_low",
+    assert {"tau_gap_minus_angle", "robust_environments", "cmi_gap", "cmi_null_q95", "cmi_null_p_holm",
             "tau_gap_p_holm", "tau_gap_holm", "bootstrap_unit"} <= set(s.columns)
     assert (s.loc[s["models"] > 0, "bootstrap_unit"] == "cells").all()  # 2 seeds per cell
     # 15 models in 8 cells: no pooled environment keeps 10 pairs, and the report says so

@@ -8,8 +8,8 @@ pieces, each in one module:
 * :mod:`pgen.stats.correlation`: correlations with bootstrap CIs over that unit, the paired
   difference of two measures' tau, the log-log OLS fit (HC3, or cluster-robust by cell),
   Kendall's tau-b and tau-a, Jiang et al.'s granulated Psi;
-* :mod:`pgen.stats.cmi`: the PGDL competition's CMI, Jiang et al.'s K(mu), their null and
-  bootstrap;
+* :mod:`pgen.stats.cmi`: the PGDL competition's CMI, Jiang et al.'s K(mu) and the CMI's
+  permutation null (no bootstrap interval: the module says why);
 * :mod:`pgen.stats.robust`: Dziugaite et al.'s robust view with its references.
 
 Every public function checks its arguments (counts, levels, non-finite scores) and raises
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pgen.errors import StatsError
-from pgen.stats.cmi import cmi_bootstrap_ci, cmi_from_table, cmi_null, conditional_mutual_information, jiang_cmi
+from pgen.stats.cmi import cmi_from_table, cmi_null, conditional_mutual_information, jiang_cmi
 from pgen.stats.correlation import (LogLogFit, bootstrap_ci, correlations, granulated_kendall, jiang_tau, kendall_tau,
                                     loglog_fit, paired_tau_difference)
 from pgen.stats.resampling import (ResamplingUnit, bootstrap_p, check_resamples, holm, hyperparameters,
@@ -41,7 +41,6 @@ __all__ = [
     "ResamplingUnit",
     "bootstrap_ci",
     "bootstrap_p",
-    "cmi_bootstrap_ci",
     "cmi_from_table",
     "cmi_null",
     "conditional_mutual_information",

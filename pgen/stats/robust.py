@@ -97,12 +97,12 @@ def _position(value: str, order: list[str]) -> tuple:
     return (order.index(value), "") if value in order else (len(order), value)
 
 
-def robust_sign_agreement(table: pd.DataFrame, oriented: str, hparam_grid: Mapping[str, list], *,
+def robust_sign_agreement(table: pd.DataFrame, oriented, hparam_grid: Mapping[str, list], *,
                           target: str = "gap", min_difference: float = MIN_DIFFERENCE,
                           min_pairs: int = MIN_PAIRS) -> dict | None:
-    """Dziugaite et al.'s coupled-network sign agreement of ``oriented`` (sign x value) with
-    ``target``, environment by environment (see the module docstring for what an
-    environment is here and why).
+    """Dziugaite et al.'s coupled-network sign agreement of ``oriented`` (sign x value: a
+    column of ``table``, or one value per row) with ``target``, environment by environment
+    (see the module docstring for what an environment is here and why).
 
     Over every pair of models of an environment, one from each side of the change, the
     measure is right when the sign of its difference equals the sign of the target's
@@ -116,10 +116,17 @@ def robust_sign_agreement(table: pd.DataFrame, oriented: str, hparam_grid: Mappi
     environments and ``worst`` is the lowest (the paper's robust view); None where no
     environment has ``min_pairs`` pairs.
     """
-    if oriented not in table.columns or target not in table.columns:
-        raise StatsError(f"the table lacks {oriented if oriented not in table.columns else target!r}")
+    if target not in table.columns:
+        raise StatsError(f"the table lacks {target!r}")
+    if isinstance(oriented, str):
+        if oriented not in table.columns:
+            raise StatsError(f"the table lacks {oriented!r}")
+        oriented = table[oriented]
+    values = np.asarray(oriented, dtype=float)
+    if values.shape != (len(table),):
+        raise StatsError(f"oriented has {values.shape} values for {len(table)} models")
     env = _Environments(table, hparam_grid, target, min_difference, min_pairs)
-    return env.summary(table[oriented].to_numpy(float))
+    return env.summary(values)
 
 
 def robust_references(table: pd.DataFrame, hparam_grid: Mapping[str, list], *, target: str = "gap",
