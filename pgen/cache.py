@@ -17,6 +17,16 @@ def cache_dir(path: str | Path | None = None) -> Path:
     PosixPath('/tmp/x')
     """
     if path is not None:
-        return Path(path)
+        return _folder(Path(path), "the cache folder")
     env = os.environ.get("PGEN_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "pgen"
+    return _folder(Path(env), "PGEN_CACHE") if env else Path.home() / ".cache" / "pgen"
+
+
+def _folder(path: Path, what: str) -> Path:
+    """``path`` if it is a folder or does not exist yet (pgen makes it); something else there
+    (a file, a FIFO) is an InputError that names it, not a raw errno later."""
+    from pgen.errors import InputError
+
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is not a folder; point it at a folder (or a path that does not exist yet)")
+    return path

@@ -12,6 +12,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 MAX_RESAMPLES = 1_000_000  # pgen.stats.resampling.MAX_RESAMPLES (kept here so that --help imports no numpy)
+MAX_SEED = 2**32 - 1  # pgen.score.MAX_SEED
 
 
 def _integer(minimum: int, maximum: int | None = None, *, zero_means: str | None = None):
@@ -190,13 +191,30 @@ def _cmd_pvector(args):
 
     from pgen.pvector import angle, p_vector_spectrum
 
-    x = np.load(args.features, mmap_mode="r", allow_pickle=False)
+    x = _load_array(args.features, "features", mmap=True)
     res = p_vector_spectrum(np.asarray(x), center=not args.no_center, method=args.method, k=args.k)
     print(json.dumps(res.summary(), indent=2, default=float))
     if args.save:
         np.save(args.save, res.vector)
     if args.against:
-        print(f"angle: {angle(res.vector, np.load(args.against, allow_pickle=False)):.4f} deg")
+        print(f"angle: {angle(res.vector, _load_array(args.against, '--against')):.4f} deg")
+
+
+def _load_array(path: str, what: str, *, mmap: bool = False):
+    """A .npy array: a regular file (a FIFO would block forever), numeric, never unpickled."""
+    import numpy as np
+
+    from pgen.errors import InputError
+    from pgen.paths import plain_file
+
+    plain_file(path, what=what)
+    try:
+        x = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # not .npy; object arrays (refused, never unpickled)
+        raise InputError(f"{what}: {path} cannot be read as a numeric .npy array without pickle: {exc}") from None
+    if not isinstance(x, np.ndarray) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise InputError(f"{what}: {path} holds {getattr(x, 'dtype', type(x).__name__)}, not numbers")
+    return x
 
 
 def _add_zoo(sub):
@@ -220,7 +238,7 @@ def _add_zoo(sub):
                            description="Print a zoo's format and its per-model table; --csv writes it.")
     info.add_argument("zoo", help="zoo folder or embedded zoo name")
     info.add_argument("--csv", help="write the table to this CSV file")
-    info.add_argument("--data-root", help="where a public zoo's data live when not beside it")
+    info.add_argument("--data-root", help="the one folder outside the zoo pgen may read (see `pgen score --help`)")
     info.add_argument("--trust-code", action="store_true", help="allow architectures from your own code "
                                                                 "(package.module:callable), which importing runs")
     info.set_defaults(func=_cmd_zoo_info)
@@ -272,8 +290,8 @@ def _cmd_zoo_import(args):
                      dataset=args.dataset, transform=_json_arg(args.transform, "--transform") or None,
                      metrics=args.metrics, out=args.out, name=args.name, num_classes=args.num_classes,
                      data_kind=args.data_kind, trust_code=args.trust_code)
-    print(f"{zoo.name}: {len(zoo)} model(s) of {args.arch}, checkpoints under {zoo.checkpoint_root}; "
-          f"zoo written to {args.out}. Score it: pgen score {args.out}"
+    print(f"{zoo.name}: {len(zoo)} model(s) of {args.arch}, checkpoints linked (or copied) into "
+          f"{Path(args.out) / 'checkpoints'}; zoo written to {args.out}. Score it: pgen score {args.out}"
           + (" --trust-code" if args.trust_code else ""))
 
 
@@ -314,8 +332,9 @@ def _add_score(sub):
                                    "resumes; adding a measure computes only it); the report follows.")
     p.add_argument("zoo", help="zoo folder, or an embedded zoo name (digits, mnist5k: built first if not cached)")
     p.add_argument("--out", help="output folder (default reports/<zoo>-<date>)")
-    p.add_argument("--data-root", help="where a public zoo's data live when not beside it (Small CNN Zoo "
-                                       "datasets, Model Zoos' dataset.pt)")
+    p.add_argument("--data-root", help="the one folder outside the zoo pgen may read, named by you as trusted: "
+                                       "where a public zoo's data live (Small CNN Zoo datasets, Model Zoos' "
+                                       "dataset.pt), or the checkpoints and data an older imported zoo names")
     p.add_argument("--trust-code", action="store_true", help="allow architectures from your own code "
                                                              "(package.module:callable), which importing runs")
     p.add_argument("--measures", default="pvector_angle",
@@ -326,7 +345,7 @@ def _add_score(sub):
     p.add_argument("--split", default="train", choices=["train", "test"], help="sample set (default train)")
     p.add_argument("--layer", default="penultimate", help="layer name (default penultimate)")
     p.add_argument("--no-center", action="store_true", help="uncentered P-vectors (default: centered)")
-    p.add_argument("--seed", type=_integer(0), default=0, help="seed of the pseudo-test augmentation and stochastic measures")
+    p.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the pseudo-test augmentation and stochastic measures")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dataset-size-term", action="store_true",
                    help="apply Dziugaite et al.'s dataset-size term to bound measures (sqrt(v/m), or (v - log m)/2 "
@@ -466,7 +485,7 @@ def _add_pgdl(sub):
     pr.add_argument("--time-budget", type=_seconds, help="seconds per model; a model over budget is killed and "
                                                       "recorded (the competition allowed 300)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda")
-    pr.add_argument("--seed", type=_integer(0), default=0, help="seed for measures that sample")
+    pr.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed for measures that sample")
     _add_executor_options(pr)
     pr.set_defaults(func=_cmd_pgdl_predict)
 
@@ -570,7 +589,7 @@ def _add_benchmark(sub):
                         "scoring")
     p.add_argument("--measures", default="", help="comma-separated measure names (default: all; `pgen measures`)")
     p.add_argument("--samples", type=_integer(2), default=1000, help="first N training samples per model (default 1000)")
-    p.add_argument("--seed", type=_integer(0), default=0)
+    p.add_argument("--seed", type=_integer(0, MAX_SEED), default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--workers", type=_integer(1), default=1, help="CPU worker processes")
     p.add_argument("--with-checkpoints", action="store_true",
@@ -665,7 +684,29 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    import warnings
+
+    from pgen.errors import PgenNotice
+    from pgen.text import EscapingWriter, printable
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PgenNotice):
+            print(f"pgen {args.command}: note: {printable(str(message))}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show, stdout = warnings.showwarning, sys.stdout
+    warnings.showwarning = show
+    sys.stdout = EscapingWriter(stdout)  # names from zoos reach the terminal without control characters
+    try:
+        return _call(args)
+    finally:
+        warnings.showwarning, sys.stdout = default_show, stdout
+
+
+def _call(args) -> int:
     from pgen.errors import PgenError
+    from pgen.text import printable
 
     try:
         result = args.func(args)
@@ -678,7 +719,7 @@ def _run(args) -> int:
     except (PgenError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"pgen {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pgen {args.command}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except Exception:  # a bug must look like a bug
         traceback.print_exc()

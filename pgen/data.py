@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from pgen.cache import cache_dir
 from pgen.errors import DatasetError, InputError, UnknownNameError
-from pgen.paths import replace_link
+from pgen.paths import plain_file, replace_link
 
 __all__ = ["DATASETS", "DatasetInfo", "class_labels", "dataset_info", "load_dataset"]
 
@@ -270,6 +270,17 @@ def _tensor_transform(transform: dict | None):
     return apply
 
 
+def finite_inputs(x: torch.Tensor, where: str) -> torch.Tensor:
+    """``x`` unchanged, or a DatasetError naming the first sample holding a NaN or an
+    infinity (accuracies would still be computed on it while every P-vector fails)."""
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1) if len(x) else torch.zeros(0, dtype=torch.bool)
+    if bad.any():
+        first = int(torch.nonzero(bad)[0])
+        raise DatasetError(f"{where}: sample {first} (and {int(bad.sum()) - 1} more) holds a NaN or an infinity; "
+                           "inputs must be finite")
+    return x
+
+
 def dataset_from_spec(spec: str, split: str = "train", *, transform: dict | None = None,
                       base: str | Path | None = None) -> Dataset:
     """A dataset by reference, with the preprocessing the models were trained with.
@@ -294,6 +305,7 @@ def dataset_from_spec(spec: str, split: str = "train", *, transform: dict | None
     if base is not None and not path.is_absolute():
         path = Path(base) / path
     if kind == "npz":
+        plain_file(path, what=f"dataset {spec!r}", error=DatasetError)  # a FIFO would block np.load forever
         try:
             arrays = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -311,12 +323,14 @@ def dataset_from_spec(spec: str, split: str = "train", *, transform: dict | None
         y = class_labels(y_raw, f"{path} ({keys[1]})")
         if len(x) != len(y):
             raise DatasetError(f"{path}: {keys[0]} has {len(x)} rows but {keys[1]} has {len(y)}")
+        finite_inputs(x, f"{path} ({keys[0]})")
         if fn:
             x = torch.stack([fn(v) for v in x])
         return TensorDataset(x, y)
     if kind == "imagefolder":
         import torchvision
 
+        plain_file(path, what=f"dataset {spec!r}", directory=True, error=DatasetError)
         folder = path / split if (path / split).is_dir() else path
         if folder == path and split == "test":
             raise DatasetError(f"{path} has no test/ folder: an ImageFolder zoo needs train/ and test/ for a test split")

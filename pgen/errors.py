@@ -10,7 +10,7 @@ recipe, dataset, layer, method) is an :class:`UnknownNameError`, a ``ValueError`
 from __future__ import annotations
 
 __all__ = ["PgenError", "InputError", "UnknownNameError", "ZooError", "MeasureError", "StatsError", "DatasetError",
-           "ResultsError"]
+           "ResultsError", "PgenNotice"]
 
 
 class PgenError(Exception):
@@ -43,3 +43,9 @@ class DatasetError(PgenError, RuntimeError):
 
 class ResultsError(PgenError, ValueError):
     """A results folder or store is missing, empty or does not hold the run asked for."""
+
+
+class PgenNotice(UserWarning):
+    """Something a user should know that stops nothing: an option pgen capped, a duplicate
+    manifest row it skipped. The command line prints it as one ``note:`` line."""
+

@@ -42,6 +42,9 @@ def parameter_limit() -> int:
         raise InputError(f"PGEN_MAX_PARAMETERS must be a whole number, got {text!r}") from None
 
 
+MAX_DEPTH = 256  # hidden layers of pgen's own MLP / CNN
+
+
 def _bounded(factory, what: str) -> nn.Module:
     """``factory()``, after building it once on torch's meta device (no memory) to count its
     parameters: a model over :func:`parameter_limit` or arguments it cannot take (a width of
@@ -126,9 +129,14 @@ def build_model(arch: str, *, input_shape, num_classes: int, trust_code: bool = 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_shape", "num_classes"}
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     for k, v in kwargs.items():  # width, depth, hidden: whole numbers; dropout: a rate
-        ok = (0 <= v < 1) if k == "dropout" else (isinstance(v, int) and 1 <= v <= 1 << 20)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise InputError(f"{arch}: {k}={v!r} is not a valid value")
+        top = MAX_DEPTH if k == "depth" else 1 << 20
+        ok = (0 <= v < 1) if k == "dropout" else (isinstance(v, int) and 1 <= v <= top)
+        if not ok:
+            raise InputError(f"{arch}: {k}={v!r} is not a valid value" + (
+                f" (at most {MAX_DEPTH} layers: even the parameter count is checked by building the model, "
+                "which a million layers would take minutes and gigabytes to do)" if k == "depth" else ""))
     return _bounded(lambda: cls(tuple(input_shape), num_classes, **kwargs), f"{arch} {kwargs}")
 
 

@@ -11,12 +11,15 @@ non-regular file (a folder, a FIFO, a device) is refused.
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pgen.errors import InputError
 
-__all__ = ["safe_filename", "output_path", "replace_link"]
+__all__ = ["safe_filename", "output_path", "replace_link", "plain_file", "link_or_copy", "staged"]
 
 _ALLOWED = set("-_.+=@")
 _MAX_LEN = 120
@@ -81,4 +84,90 @@ def output_path(folder: str | Path, *names: object, directory: bool = False) -> 
     if not (path.parent.resolve() / path.name).is_relative_to(root):  # belt and braces: names are single parts
         raise InputError(f"refusing to write {path}: it resolves outside {base}")
     return path if directory else replace_link(path)
+
+
+def plain_file(path: str | Path, *, what: str, directory: bool = False, error: type = InputError) -> Path:
+    """``path`` resolved, checked to be a regular file (a folder with ``directory=True``)
+    before anything reads it: a FIFO (which would block a read forever), a device such as
+    ``/dev/zero`` (which never ends) or a socket is refused with ``error`` naming the file."""
+
+    full = Path(path)
+    resolved = Path(os.path.realpath(full))
+    try:
+        mode = os.stat(resolved).st_mode
+    except FileNotFoundError:
+        raise error(f"{what}: {full} is missing") from None
+    except OSError as exc:
+        raise error(f"{what}: cannot read {full}: {exc.strerror or exc}") from None
+    wanted, ok = ("a folder", stat.S_ISDIR(mode)) if directory else ("a regular file", stat.S_ISREG(mode))
+    if not ok:
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "a file")
+        raise error(f"{what}: {full} is {kind}, not {wanted}; refused")
+    return resolved
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> Path:
+    """Place ``source`` (a regular file, or a folder of them) at ``target``: hard links where
+    the file system allows (no space used; a later in-place change of the original shows
+    through), copies otherwise. Symlinks inside a folder are refused, not followed."""
+    import shutil
+
+    source, target = Path(source), Path(target)
+    if source.is_dir():
+        for sub in sorted(source.rglob("*")):
+            if sub.is_symlink():
+                raise InputError(f"{sub} is a symlink; pgen copies only plain files into a zoo")
+            if sub.is_file():
+                link_or_copy(plain_file(sub, what="data file"), target / sub.relative_to(source))
+        return target
+    plain_file(source, what="file to place in the zoo")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, target)
+    return target
+
+
+_STAGING = ".pgen-partial-"
+
+
+@contextmanager
+def staged(folder: str | Path) -> Iterator[Path]:
+    """Write a set of files as one: yields a hidden staging folder inside ``folder``; when
+    the block ends normally every file in it is moved into ``folder`` (each move atomic),
+    and when it raises (an error, Ctrl-C, a full disk) the staging folder is removed, so
+    ``folder`` never holds half of a new report next to the old one. A staging folder left
+    by a killed process is removed by the next call."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(folder)
+    stage = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=folder))
+    try:
+        yield stage
+        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = folder / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, replace_link(target))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    import shutil
+
+    for stage in folder.glob(f"{_STAGING}*"):
+        try:
+            pid = int(stage.name[len(_STAGING):].split("-", 1)[0])
+            os.kill(pid, 0)  # still running: another report in progress
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stage, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
 

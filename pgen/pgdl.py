@@ -26,6 +26,7 @@ from pgen.errors import PgenError
 from pgen.results import measure_settings
 from pgen.store import settings_hash
 from pgen.stats import conditional_mutual_information, granulated_kendall, kendall_tau
+from pgen.text import printable
 from pgen.zoo import Zoo, ZooError, load_zoo
 from pgen.paths import output_path, replace_link, safe_filename
 
@@ -171,7 +172,7 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"{measure} on {zoo.name}", unit="model")
+        bar = tqdm(total=len(todo), desc=f"{measure} on {printable(zoo.name)}", unit="model")
 
     def record(model_id, value, seconds, error):
         rows[model_id] = {"model_id": model_id, "measure": measure, "value": value,

@@ -103,7 +103,7 @@ def _store_path(path: str | Path) -> Path:
 def load_runs(path: str | Path) -> list[ScoreRun]:
     """Every run stored in a results folder (or ``results.sqlite``), oldest first."""
     db = _store_path(path)
-    store = ResultsStore(db)
+    store = ResultsStore(db, read_only=True)
     try:
         runs = store.runs()
         if runs.empty:
@@ -116,7 +116,7 @@ def load_runs(path: str | Path) -> list[ScoreRun]:
 def load_run(path: str | Path, run_id: str | None = None) -> ScoreRun:
     """One run of a results folder: ``run_id``, or the only one there is."""
     db = _store_path(path)
-    store = ResultsStore(db)
+    store = ResultsStore(db, read_only=True)
     try:
         ids = list(store.runs()["settings_hash"])
         if run_id is None:

@@ -28,18 +28,22 @@ import pandas as pd
 import torch
 
 from pgen.augment import policy_for, pseudo_test_set
-from pgen.data import dataset_arrays
+from pgen.data import dataset_arrays, finite_inputs
 from pgen.devices import check_device
 from pgen.errors import InputError, UnknownNameError, ZooError
 from pgen.executors import ProcessPool, RayExecutor, open_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
+from pgen.text import printable
 from pgen.train import evaluate
 from pgen.paths import output_path
 from pgen.zoo import Zoo, load_zoo
 
 __all__ = ["ScoreSettings", "score_zoo"]
+
+
+MAX_SEED = 2**32 - 1  # every generator pgen seeds (torch, numpy) takes it
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,17 @@ class ScoreSettings:
     def __post_init__(self):
         names = tuple(self.measures) if not isinstance(self.measures, str) else (self.measures,)
         object.__setattr__(self, "measures", tuple(dict.fromkeys(names)))  # each measure once, in order
+        if not self.measures:
+            raise InputError("no measure named: give at least one (`pgen measures` lists them)")
         for name in self.measures:
             get_measure(name)  # an unknown name fails here, before any zoo is built or scored
         if self.n_samples is not None and self.n_samples < 2:
             raise InputError(f"n_samples must be at least 2 (or None for all); got {self.n_samples}")
+        if not isinstance(self.layer, str) or not self.layer.strip():
+            raise InputError("layer must name a layer ('penultimate', 'logits', 'input' or a module name); got "
+                             f"{self.layer!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}; got {self.seed!r}")
 
     def identity(self) -> dict:
         """The settings that determine stored values (the measures list excluded)."""
@@ -113,6 +124,7 @@ class _Context:
 
     def __init__(self, zoo: Zoo, s: ScoreSettings):
         x, y = dataset_arrays(zoo.dataset(s.split))
+        finite_inputs(x, f"{printable(zoo.name)}'s {s.split} data")  # accuracies would still come out of NaN inputs
         n = len(x) if s.n_samples is None else min(s.n_samples, len(x))
         self.x, self.y = x[:n], y[:n]
         self.x_train, self.y_train = x, y
@@ -120,6 +132,8 @@ class _Context:
             self.x_test, self.y_test = dataset_arrays(zoo.dataset("test"))
         except Exception:  # PGDL tasks ship no test data; the zoo's recorded accuracy stands in
             self.x_test = self.y_test = None
+        if self.x_test is not None:
+            finite_inputs(self.x_test, f"{printable(zoo.name)}'s test data")
         self.policy = policy_for(_kind_of(zoo))
         self.x_pseudo = self.y_pseudo = None  # images and 1-D signals have a policy; other inputs get none
         if self.x.dim() == 4 or (self.x.dim() == 3 and self.policy.name == "signal-1d"):
@@ -388,7 +402,7 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_meas
     if progress and jobs:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"scoring {zoo.name}", unit="model")
+        bar = tqdm(total=len(jobs), desc=f"scoring {printable(zoo.name)}", unit="model")
     vectors = {}
     if isinstance(executor, RayExecutor):
         jobs = _by_family(jobs)

@@ -43,6 +43,31 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+_OWN_TABLES = {"results": {"zoo", "model_id", "measure", "settings_hash", "value", "error", "seconds", "settings",
+                            "created"},
+               "runs": {"settings_hash", "zoo", "settings", "info"}}
+
+
+def _foreign_tables(conn: sqlite3.Connection) -> list[str]:
+    """Tables that are not pgen's (or pgen's names with other columns): a database of
+    someone else's that pgen must not add its tables to."""
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    out = []
+    for name in names:
+        if name.startswith("sqlite_"):
+            continue
+        columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{name}")')}
+        if _OWN_TABLES.get(name) != columns:
+            out.append(name)
+    return out
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK)
+
+
 def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -50,21 +75,44 @@ def settings_hash(settings: dict) -> str:
 class ResultsStore:
     """A results database (``results.sqlite``) in an output folder."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """Open (or, unless ``read_only``, create) the store. ``read_only`` opens it without
+        writing anything, so a store in a folder one may not write to can still be reported."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"), Path(f"{self.path}-journal")):
             if p.is_symlink():  # sqlite would write through it, outside the output folder
                 raise ResultsError(f"{p} is a symlink; pgen does not write through links: move it aside")
         if self.path.exists() and not self.path.is_file():
             raise ResultsError(f"{self.path} is not a regular file: move it aside")
+        if not read_only and not _writable(self.path):
+            raise ResultsError(f"{self.path} (or its folder) is read-only: pgen writes its results there as it "
+                               "goes; make it writable, or choose another --out (reading it, `pgen report`, works)")
         try:
-            self._conn = sqlite3.connect(self.path, timeout=60)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
+            self._conn = self._connect(read_only)
+            foreign = _foreign_tables(self._conn)
+            if foreign:
+                raise ResultsError(f"{self.path} is an SQLite database of something else (it holds "
+                                   f"{', '.join(sorted(foreign)[:5])}); pgen keeps its results in a store of its own: "
+                                   "choose another --out")
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise ResultsError(f"{self.path} cannot be used as a results store ({exc}); move it aside and "
                                "run again to start a new one (pgen never deletes results)") from None
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if not read_only:
+            return sqlite3.connect(self.path, timeout=60)
+        uri = self.path.resolve().as_uri()
+        try:  # a WAL store reads read-only when its -shm file can be made; in a read-only folder, as immutable
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60)
 
     @contextlib.contextmanager
     def _writing(self):

@@ -368,3 +368,233 @@ def test_a_worker_killed_from_outside_loses_nothing(tiny_zoo, tmp_path):
     killer.join()
     assert killed, "no worker was running to be killed"
     assert len(run.table) == 12 and run.table["pvector_angle"].notna().all()  # retried alone, scored
+
+
+# ------------------------------------------------------------------ #31: the third attack's escapes
+
+def _edit_meta(folder: Path, **fields) -> None:
+    meta = json.loads((folder / "zoo.json").read_text())
+    meta.update(fields)
+    (folder / "zoo.json").write_text(json.dumps(meta))
+
+
+def _npz(path: Path, x=None) -> Path:
+    x = np.zeros((12, 1, 8, 8), "f4") if x is None else x
+    np.savez(path, x=x, y=np.arange(len(x)) % 10, x_test=x, y_test=np.arange(len(x)) % 10)
+    return path
+
+
+def test_an_imported_style_zoo_reads_only_inside_its_folder_unless_the_user_names_one(tiny_zoo, tmp_path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _edit_meta(zoo, dataset={"spec": f"npz:{_npz(outside / 'data.npz')}"})
+    with pytest.raises(ZooError, match="dataset .*elsewhere/data.npz is outside the zoo folder.*--data-root"):
+        load_zoo(zoo).dataset("train")
+    assert len(load_zoo(zoo, data_root=outside).dataset("train")) == 12  # the user's explicit word
+    _edit_meta(zoo, dataset={"name": "digits"}, checkpoint_root="/dev")
+    with pytest.raises(ZooError, match="checkpoint_root /dev is outside the zoo folder"):
+        load_zoo(zoo)
+    _edit_meta(zoo, checkpoint_root=str(outside))
+    with pytest.raises(ZooError, match="outside the zoo folder"):
+        load_zoo(zoo)
+    _edit_meta(zoo, dataset={"name": "digits", "root": "/etc"}, checkpoint_root=".")
+    with pytest.raises(ZooError, match="dataset root /etc is outside the zoo folder"):
+        load_zoo(zoo).dataset("train")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_special_file_as_a_zoos_dataset_is_refused_without_blocking(tiny_zoo, tmp_path, kind):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    if kind == "fifo":
+        os.mkfifo(zoo / "data.npz")
+        spec, root = "npz:data.npz", None
+    else:
+        spec, root = "npz:/dev/zero", "/dev"
+    _edit_meta(zoo, dataset={"spec": spec})
+    with pytest.raises((ZooError, Exception), match="is a (FIFO|device), not a regular file") as info:
+        load_zoo(zoo, data_root=root).dataset("train")
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_pvector_of_a_fifo_or_an_object_array_is_one_line(tmp_path, capsys):
+    os.mkfifo(tmp_path / "f.npy")
+    assert main(["pvector", str(tmp_path / "f.npy")]) == 2
+    assert "is a FIFO, not a regular file" in capsys.readouterr().err
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert main(["pvector", str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read as a numeric .npy array without pickle" in err and err.count("\n") == 1
+
+
+def test_zoo_import_places_checkpoints_and_data_inside_the_zoo(tmp_path, monkeypatch):
+    """An imported zoo is self-contained: it scores after the originals are gone."""
+    import pandas as pd
+    import torch
+
+    from pgen.models import build_model
+    from pgen.zoo.importer import import_zoo
+
+    runs = tmp_path / "runs" / "a"
+    runs.mkdir(parents=True)
+    for i in range(3):
+        torch.manual_seed(i)
+        torch.save(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, width=4).state_dict(), runs / f"m{i}.pt")
+    pd.DataFrame({"checkpoint": [f"m{i}.pt" for i in range(3)], "test_acc": [0.5, 0.6, 0.7]}).to_csv(
+        tmp_path / "metrics.csv", index=False)
+    rng = np.random.default_rng(0)
+    _npz(tmp_path / "mine.npz", rng.random((12, 1, 8, 8)).astype("f4"))
+    monkeypatch.chdir(tmp_path)
+    import_zoo(sorted(Path("runs/a").glob("*.pt")), arch="mlp", model_kwargs={"width": 4}, dataset="npz:mine.npz",
+               metrics="metrics.csv", out="own")
+    meta = json.loads(Path("own/zoo.json").read_text())
+    assert "checkpoint_root" not in meta and meta["dataset"]["spec"] == "npz:data/mine.npz"
+    assert sorted(p.name for p in Path("own/checkpoints").rglob("*.pt")) == ["m0.pt", "m1.pt", "m2.pt"]
+    shutil.rmtree("runs")
+    Path("mine.npz").unlink()
+    zoo = load_zoo("own")
+    assert len(zoo) == 3 and zoo["m1"].load_model() is not None and len(zoo.dataset("train")) == 12
+
+
+def test_nan_inputs_are_refused_naming_the_sample(tmp_path):
+    from pgen.data import dataset_from_spec
+    from pgen.errors import DatasetError
+
+    x = np.zeros((5, 1, 8, 8), "f4")
+    x[3, 0, 2, 2] = np.nan
+    with pytest.raises(DatasetError, match=r"sample 3 \(and 0 more\) holds a NaN or an infinity"):
+        dataset_from_spec(f"npz:{_npz(tmp_path / 'd.npz', x)}", "train")
+
+
+def test_workers_end_with_their_parent(tiny_zoo, tmp_path):
+    """kill -9 of the main `pgen score --workers 2` process: its workers end within seconds."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pgen.cli", "score", str(tiny_zoo), "--out", str(tmp_path / "o"),
+                             "--workers", "2", "--measures", "pvector_angle,sharpness,pacbayes_flatness"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 2 and proc.poll() is None:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        children = [int(p) for p in out.split()]
+        time.sleep(0.2)
+    assert len(children) >= 2, "the workers did not start"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    alive = children
+    while time.time() < deadline and alive:
+        alive = [c for c in children if _running(c)]
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived their parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended (only its exit status waits for its reaper)
+
+
+def test_an_interrupted_report_leaves_the_folder_as_it_was(tiny_zoo, tmp_path, monkeypatch):
+    import pgen.report.plots as plots
+    from pgen.report import report_from_results
+    from pgen.score import ScoreSettings, score_zoo
+
+    out = tmp_path / "out"
+    score_zoo(tiny_zoo, out, settings=ScoreSettings(n_samples=100), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith("results")}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "histogram", interrupt)  # after the scatter plots were written
+    with pytest.raises(KeyboardInterrupt):
+        report_from_results(out)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith("results")}
+    assert after == before and not list(out.glob(".pgen-partial-*"))
+    assert before == {} or "report.html" in before
+
+
+def test_a_full_disk_while_plotting_names_the_file_and_leaves_no_empty_png(tiny_zoo, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import matplotlib.figure
+
+    out = tmp_path / "out"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "100", "--no-report"]) == 0
+
+    def full(self, path, **kwargs):
+        Path(path).write_bytes(b"")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the plot pvector_angle_vs_test_acc.png: No space left on device" in err
+    assert not [p for p in out.rglob("*.png") if p.stat().st_size == 0]
+
+
+def test_a_read_only_store_is_reported_and_not_written(tiny_zoo, tmp_path, monkeypatch, capsys):
+    from pgen.score import ScoreSettings, score_zoo
+    from pgen.store import ResultsStore
+
+    out = tmp_path / "out"
+    score_zoo(tiny_zoo, out, settings=ScoreSettings(n_samples=100), progress=False)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    with pytest.raises(ResultsError, match="is read-only: pgen writes its results there.*reading it, `pgen report`"):
+        ResultsStore(out / "results.sqlite")
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders regardless of their mode")
+def test_a_read_only_results_folder_is_reported(tiny_zoo, tmp_path):
+    from pgen.score import ScoreSettings, score_zoo
+
+    out = tmp_path / "out"
+    score_zoo(tiny_zoo, out, settings=ScoreSettings(n_samples=100), progress=False)
+    out.chmod(0o555)
+    try:
+        assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    finally:
+        out.chmod(0o755)
+
+
+def test_a_foreign_sqlite_database_gets_no_pgen_tables(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "100"]) == 2
+    assert "is an SQLite database of something else (it holds invoices)" in capsys.readouterr().err
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["invoices"]
+
+
+def test_control_characters_in_names_are_escaped_everywhere(tiny_zoo, tmp_path, capsys):
+    """A zoo named with a carriage return and an ANSI colour, a model id with a newline: the
+    terminal gets escapes, the Markdown table keeps its rows, the HTML shows text."""
+    zoo = renamed_zoo(tiny_zoo, tmp_path / "zoo", "evil\r\x1b[31mZOO\x00")
+    rows = [json.loads(line) for line in (zoo / "manifest.jsonl").read_text().splitlines()]
+    rows[0]["id"] = "bad\nid|x"
+    (zoo / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(zoo), "--out", str(tmp_path / "out"), "--samples", "100"]) == 0
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "\r\x1b" not in stream and "\x00" not in stream
+    assert "evil\\r\\x1b[31mZOO\\x00" in captured.out
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "\x1b" not in md and "bad\\nid\\|x" in md
+    header = next(line for line in md.splitlines() if line.startswith("| model_id |"))
+    table_rows = [line for line in md.splitlines() if line.startswith("| bad")]
+    assert len(table_rows) == 1 and table_rows[0].count(" | ") == header.count(" | ")  # one row, every cell
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "\x1b" not in html and "\x00" not in html and "evil\\r\\x1b[31mZOO" in html

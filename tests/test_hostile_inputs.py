@@ -112,6 +112,7 @@ def _one_row_zoo(tiny_zoo, folder, **changes):
     ({"width": 60000, "depth": 2}, "more than 200000000"),  # 6e10 weights: counted on the meta device
     ({"width": 2.5}, "width=2.5 is not a valid value"),
     ({"dropout": 7}, "dropout=7 is not a valid value"),
+    ({"depth": 10**6, "width": 1}, "depth=1000000 is not a valid value .at most 256 layers"),  # was 37 s and 1.7 GB
 ])
 def test_a_manifest_asking_for_a_huge_or_invalid_model_is_refused_before_allocating(tiny_zoo, tmp_path, kwargs,
                                                                                      complaint):
@@ -125,6 +126,116 @@ def test_a_manifest_field_of_the_wrong_type_names_its_line(tiny_zoo, tmp_path):
     zoo, _ = _one_row_zoo(tiny_zoo, tmp_path / "zoo", hparams=[1, 2], checkpoint=None)
     with pytest.raises(ZooError, match=r"manifest.jsonl:1: model .*checkpoint is NoneType, hparams is list"):
         load_zoo(zoo).entries
+
+
+@pytest.mark.parametrize("field, value, complaint", [
+    ("dataset", "digits", "'dataset' must be an object with a 'name' or a 'spec' string"),
+    ("hparam_grid", [1, 2], "'hparam_grid' must map each hyperparameter to a list"),
+    ("input_shape", [1, -8, 8], "'input_shape' must be a list of 1 to 4 whole numbers"),
+    ("num_classes", "ten", "'num_classes' must be a whole number"),
+    ("checkpoint_root", ["."], "'checkpoint_root' must be a string"),
+])
+def test_a_zoo_json_field_of_the_wrong_type_is_named(tiny_zoo, tmp_path, field, value, complaint):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    meta = json.loads((zoo / "zoo.json").read_text())
+    meta[field] = value
+    (zoo / "zoo.json").write_text(json.dumps(meta))
+    with pytest.raises(ZooError, match=complaint):
+        load_zoo(zoo)
+
+
+@pytest.mark.parametrize("metrics, complaint", [
+    ({"test_acc": "abc"}, "metric test_acc must be a finite number; got 'abc'"),
+    ({"test_acc": float("nan")}, "metric test_acc must be a finite number"),
+    ({"train_acc": 1e400}, "metric train_acc must be a finite number"),
+    ({"test_acc": 97.5}, "metric test_acc must be an accuracy between 0 and 1"),
+    ({"test_acc": True}, "metric test_acc must be a finite number"),
+])
+def test_a_metric_that_is_not_a_number_names_its_line(tiny_zoo, tmp_path, metrics, complaint):
+    zoo, _ = _one_row_zoo(tiny_zoo, tmp_path / "zoo", metrics=metrics)
+    with pytest.raises(ZooError, match=r"manifest.jsonl:1: model .*" + complaint):
+        load_zoo(zoo).entries
+
+
+def test_repeated_manifest_rows_are_one_model_with_a_note_and_conflicting_ones_an_error(tiny_zoo, tmp_path):
+    from pgen.errors import PgenNotice
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, zoo)
+    lines = (zoo / "manifest.jsonl").read_text().splitlines()
+    (zoo / "manifest.jsonl").write_text("\n".join(lines + [lines[0]] * 10_000) + "\n")
+    with pytest.warns(PgenNotice, match="10000 repeated row"):
+        assert len(load_zoo(zoo).entries) == len(lines)
+    other = json.loads(lines[0])
+    other["metrics"]["test_acc"] = 0.123
+    (zoo / "manifest.jsonl").write_text("\n".join(lines + [json.dumps(other)]) + "\n")
+    with pytest.raises(ZooError, match=rf"manifest.jsonl:{len(lines) + 1}: model .* appears again with other contents"):
+        load_zoo(zoo).entries
+
+
+def test_a_keras_layer_name_that_is_not_a_name(tmp_path):
+    with pytest.raises(KerasPortError, match="layer 0: 'layer_name' must be a Keras layer class name, not list"):
+        build_keras_model({"model_config": [{"layer_name": ["Dense"], "units": 2}], "input_shape": [4]},
+                          where="config.json (model_3)")
+
+
+@pytest.mark.parametrize("config, complaint", [
+    ({"hparams": {}, "metrics": {"train_acc": "high", "test_acc": 0.5}}, "metric train_acc must be a finite number"),
+    ({"hparams": [1], "metrics": {}}, "hparams must be a JSON object"),
+])
+def test_a_pgdl_config_with_a_metric_that_is_not_a_number(task, config, complaint):
+    configs = json.loads((task / "model_configs.json").read_text())
+    configs[next(iter(configs))] = config
+    (task / "model_configs.json").write_text(json.dumps(configs))
+    with pytest.raises(ZooError, match=complaint):
+        load_zoo(task)
+
+
+def test_the_official_score_of_configs_without_metrics_is_one_line(tmp_path, capsys):
+    configs = {"model_0": {"hparams": {"a": {"current_value": 1, "possible_values": [1, 2]},
+                                       "b": {"current_value": 1, "possible_values": [1]}}}}
+    (tmp_path / "configs.json").write_text(json.dumps(configs))
+    (tmp_path / "p.predict").write_text(json.dumps({"model_0": 0.3}))
+    from pgen.cli import main
+
+    assert main(["pgdl", "score", str(tmp_path / "p.predict"), str(tmp_path / "configs.json")]) == 2
+    assert "model model_0: its config needs metrics with numeric train_acc and test_acc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["--seed", str(2**64)], "argument --seed: must be at most 4294967295"),
+    (["--layer", ""], "layer must name a layer"),
+    (["--measures", ""], "no measure named"),
+    (["--measures", ","], "no measure named"),
+])
+def test_score_options_that_mean_nothing_are_refused(tiny_zoo, tmp_path, capsys, argv, complaint):
+    from pgen.cli import main
+
+    try:
+        code = main(["score", str(tiny_zoo), "--out", str(tmp_path / "o")] + argv)
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2 and complaint in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.sqlite").exists()
+
+
+def test_too_many_workers_are_capped_with_a_note(tiny_zoo, tmp_path, capsys):
+    from pgen.cli import main
+
+    assert main(["score", str(tiny_zoo), "--out", str(tmp_path / "o"), "--samples", "100", "--workers", "1000",
+                 "--no-report"]) == 0
+    assert f"note: --workers 1000 is more than this machine's {os.cpu_count()} CPUs; using {os.cpu_count()}" in \
+        capsys.readouterr().err
+
+
+def test_a_cache_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
+    from pgen.cli import main
+
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("PGEN_CACHE", str(tmp_path / "cache"))
+    assert main(["zoo", "info", "digits"]) == 2
+    assert f"PGEN_CACHE {tmp_path / 'cache'} is not a folder" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- fuzzing
@@ -563,3 +674,17 @@ def test_malformed_prediction_json_is_one_line_before_any_work(tmp_path, capsys,
     assert main(["pgdl", "score", str(tmp_path / "p.predict"), str(PGDL / "kit_toy" / "model_configs.json")]) == 2
     err = capsys.readouterr().err
     assert "p.predict" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_inputs_given_as_tensors_are_refused_before_any_model_is_scored(tmp_path):
+    import torch
+
+    from pgen.errors import DatasetError
+    from pgen.score import ScoreSettings, score_zoo
+    from pgen.zoo import Zoo
+
+    x, y = torch.rand(20, 64), torch.arange(20) % 10
+    x[7, 3] = float("nan")
+    zoo = Zoo.from_models({"a": torch.nn.Linear(64, 10)}, (x, y), test_data=(x.nan_to_num(), y), name="nan")
+    with pytest.raises(DatasetError, match=r"nan's train data: sample 7 \(and 0 more\) holds a NaN"):
+        score_zoo(zoo, tmp_path / "o", settings=ScoreSettings(n_samples=10), progress=False)

@@ -11,6 +11,7 @@ import gzip
 import json
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,9 +86,10 @@ def test_small_cnn_zoo_with_dropout_has_the_authors_dropout_layers(tmp_path):
     assert sum(isinstance(m, nn.Dropout) for m in zoo["1"].load_model()) == 0
 
 
-def test_data_root_is_refused_where_a_format_keeps_its_data(tiny_zoo, tmp_path):
+def test_data_root_is_refused_where_a_format_keeps_its_data(tmp_path):
+    task = Path(__file__).parent / "fixtures" / "pgdl" / "task_nin"  # a PGDL task: data inside, always
     with pytest.raises(ZooError, match="keeps its data in the zoo folder"):
-        load_zoo(tiny_zoo, data_root=tmp_path)
+        load_zoo(task, data_root=tmp_path)
 
 
 # ---------------------------------------------------------------- Model Zoos

@@ -25,7 +25,7 @@ from pgen.report.document import Document, fmt
 from pgen.report.glossary import add_glossary
 from pgen.results import ScoreRun, load_runs
 from pgen.stats import TARGETS, MeasureStatistics, holm, measure_statistics, random_angle_null
-from pgen.paths import output_path, safe_filename
+from pgen.paths import output_path, safe_filename, staged
 
 __all__ = ["write_report", "report_from_results", "answer_sentences", "color_column"]
 
@@ -126,9 +126,16 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
     cmi_permutations : random rankings for the CMI's null distribution (0: none)
     """
     out = Path(out)
+    color_by = color_column(run.table.columns, color_by, run.name)
+    with staged(out) as into:  # an interrupted report leaves the folder as it was, never half a report
+        written = _write_report(run, out, into, color_by, n_boot, cmi_permutations)
+    return [out / p.relative_to(into) for p in written]
+
+
+def _write_report(run: ScoreRun, out: Path, into: Path, color_by, n_boot: int, cmi_permutations: int) -> list[Path]:
+    """The report of ``run``, written into the staging folder ``into``; paths it names are
+    relative to ``out``, where it will be."""
     table = run.table
-    color_by = color_column(table.columns, color_by, run.name)
-    out.mkdir(parents=True, exist_ok=True)
     measures = [m for m in run.measures if m in table.columns]
     files: list[Path] = []
     signs = {m: (meta.sign if (meta := _measure_meta(m)) else 1) for m in measures}
@@ -230,9 +237,9 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
             if target in table.columns and table[m].notna().sum() > 1:
                 p = plots.measure_scatter(table, m, target, label=wrapped, target_label=TARGETS[target],
                                           fit=fit_by_target.get(target) if target != "gap" else None,
-                                          color_by=color_by, path=output_path(out, f"{safe_filename(m)}_vs_{target}.png"))
+                                          color_by=color_by, path=output_path(into, f"{safe_filename(m)}_vs_{target}.png"))
                 images.append((f"{m} vs {TARGETS[target]}", p))
-        histogram = plots.histogram(table[m], label=wrapped, path=output_path(out, f"{safe_filename(m)}_histogram.png"))
+        histogram = plots.histogram(table[m], label=wrapped, path=output_path(into, f"{safe_filename(m)}_histogram.png"))
         images.append((f"distribution of {m}", histogram))
         doc.images(images)
         files += [p for _, p in images]
@@ -242,7 +249,7 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
                                "psi": st.psi, "cmi": st.cmi, "cmi_null": st.cmi_null, "k_mu": st.k_mu}
     if measures and {"test_acc", "pseudo_test_acc"} <= set(table.columns):
         p = plots.test_vs_pseudo(table, colour_column=measures[0], colour_label=measures[0],
-                                 path=output_path(out, "test_vs_pseudo_test.png"))
+                                 path=output_path(into, "test_vs_pseudo_test.png"))
         doc.heading("Test vs pseudo-test accuracy")
         doc.paragraph("Pseudo-test accuracy: accuracy on augmented copies of the scored samples "
                       "(the policy is in the settings table).")
@@ -265,21 +272,21 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
         doc.paragraph("A failed model has no targets; a failed measure leaves only that measure missing.")
         doc.table(run.errors.assign(measure=run.errors["measure"].replace("", "(model)")))
 
-    table.to_csv(output_path(out, "models.csv"), index=False)
+    table.to_csv(output_path(into, "models.csv"), index=False)
     correlations = pd.concat(corr_frames, ignore_index=True) if corr_frames else pd.DataFrame()
-    correlations.to_csv(output_path(out, "correlations.csv"), index=False)
-    (pd.concat(fit_rows, ignore_index=True) if fit_rows else pd.DataFrame()).to_csv(output_path(out, "loglog_fits.csv"), index=False)
-    run.errors.to_csv(output_path(out, "errors.csv"), index=False)
+    correlations.to_csv(output_path(into, "correlations.csv"), index=False)
+    (pd.concat(fit_rows, ignore_index=True) if fit_rows else pd.DataFrame()).to_csv(output_path(into, "loglog_fits.csv"), index=False)
+    run.errors.to_csv(output_path(into, "errors.csv"), index=False)
     summary = {"zoo": zoo, "settings": run.settings, "run_id": run.run_id, "info": run.info,
                "models_scored": run.models_scored, "models_failed": run.models_failed,
                "measure_failures": measure_failures, "answer": answers, "measures": summary_measures, "notes": notes,
                "generated": generated}
-    output_path(out, "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    output_path(into, "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     add_glossary(doc)
     doc.paragraph(f"Generated {generated} by pgen from `{_relative(str(run.store_path), out)}` (run {Document.text(run.run_id)}).")
-    written = doc.write(out, "report")
-    return written + [out / "models.csv", out / "correlations.csv", out / "loglog_fits.csv", out / "errors.csv",
-                      out / "summary.json"] + files
+    written = doc.write(into, "report")
+    return written + [into / "models.csv", into / "correlations.csv", into / "loglog_fits.csv", into / "errors.csv",
+                      into / "summary.json"] + files
 
 
 def report_from_results(results: str | Path, out: str | Path | None = None, *, color_by: str | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from pgen.paths import output_path
+from pgen.text import printable
 
 __all__ = ["Document", "fmt"]
 
@@ -41,8 +42,13 @@ def fmt(v, digits: int = 4) -> str:
 
 
 def _md_text(s: str) -> str:
-    # Untrusted text in Markdown: no raw HTML, no table breaks.
-    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    # Untrusted text in Markdown: no raw HTML, no table breaks (a line break or a control
+    # character is written as its escape).
+    return printable(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def _html_text(s) -> str:
+    return html.escape(printable(s))
 
 
 _UNTRUSTED = re.compile("\x02(.*?)\x03", re.S)
@@ -53,7 +59,7 @@ def _html_inline(s: str) -> str:
     out, pos = [], 0
     for m in _UNTRUSTED.finditer(s):
         out.append(_html_markup(s[pos:m.start()]))
-        out.append(html.escape(m.group(1)))
+        out.append(_html_text(m.group(1)))
         pos = m.end()
     out.append(_html_markup(s[pos:]))
     return "".join(out)
@@ -135,12 +141,12 @@ class Document:
         return "\n".join(out)
 
     def to_html(self) -> str:
-        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-               f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(self.title)}</h1>"]
+        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_html_text(self.title)}</title>"
+               f"<style>{_STYLE}</style></head><body>", f"<h1>{_html_text(self.title)}</h1>"]
         for block in self.blocks:
             kind = block[0]
             if kind == "heading":
-                out.append(f"<h{block[2]}>{html.escape(block[1])}</h{block[2]}>")
+                out.append(f"<h{block[2]}>{_html_text(block[1])}</h{block[2]}>")
             elif kind == "paragraph":
                 cls = " class='answer'" if block[2] else ""
                 out.append(f"<p{cls}>{_html_inline(block[1])}</p>")
@@ -151,13 +157,13 @@ class Document:
                 if df.empty:
                     out.append("<p>(none)</p>")
                     continue
-                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v, digits))}</td>" for v in row) + "</tr>"
+                head = "".join(f"<th>{_html_text(c)}</th>" for c in df.columns)
+                body = "".join("<tr>" + "".join(f"<td>{_html_text(fmt(v, digits))}</td>" for v in row) + "</tr>"
                                for row in df.itertuples(index=False))
                 out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif kind == "images":
                 out.append("<div>" + "".join(
-                    f'<img alt="{html.escape(alt)}" title="{html.escape(alt)}" '
+                    f'<img alt="{_html_text(alt)}" title="{_html_text(alt)}" '
                     f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
                     for alt, path in block[1]) + "</div>")
         out.append("</body></html>")

@@ -28,8 +28,12 @@ def save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(replace_link(path), dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(replace_link(path), dpi=110)
+    except OSError as exc:  # a full disk: say which file, as every other write does
+        raise OSError(exc.errno, f"cannot write the plot {path.name}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return path
 
 

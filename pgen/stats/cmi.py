@@ -57,16 +57,38 @@ def conditional_mutual_information(scores: Mapping, model_configs: Mapping, *, d
     minimum over pairs.
     """
     configs = _model_keys(model_configs)
-    sc = {k: float(v) for k, v in _model_keys(scores).items()}
+    if not configs:
+        raise StatsError("model_configs holds no model")
+    try:
+        sc = {k: float(v) for k, v in _model_keys(scores).items()}
+    except (TypeError, ValueError) as exc:
+        raise StatsError(f"every score must be a number: {exc}") from None
     missing = sorted(set(configs) - set(sc))
     if missing:
         raise StatsError(f"scores lack {len(missing)} model(s) of the configs, e.g. {missing[:5]}")
     ids = sorted(configs)
+    for m in ids:  # what the scorer reads, present and of the right type, or an error naming the model
+        cfg = configs[m]
+        metrics = cfg.get("metrics") if isinstance(cfg, Mapping) else None
+        if not isinstance(metrics, Mapping) or not all(_number(metrics.get(k)) for k in ("train_acc", "test_acc")):
+            raise StatsError(f"model {m}: its config needs metrics with numeric train_acc and test_acc")
+        if not isinstance(cfg.get("hparams"), Mapping) or not all(
+                isinstance(v, Mapping) and "current_value" in v and "possible_values" in v
+                for v in cfg["hparams"].values()):
+            raise StatsError(f"model {m}: its config needs hparams with current_value and possible_values")
     hp_names = sorted(configs[ids[0]]["hparams"])
+    for m in ids:
+        if sorted(configs[m]["hparams"]) != hp_names:
+            raise StatsError(f"model {m}: its hparams ({', '.join(sorted(configs[m]['hparams']))}) differ from "
+                             f"{ids[0]}'s ({', '.join(hp_names)})")
     possible = {h: configs[ids[0]]["hparams"][h]["possible_values"] for h in hp_names}
     values = {h: [configs[m]["hparams"][h]["current_value"] for m in ids] for h in hp_names}
     gap = np.array([configs[m]["metrics"]["train_acc"] - configs[m]["metrics"]["test_acc"] for m in ids])
     return _cmi(np.array([sc[m] for m in ids]), gap, values, possible, details)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _finite_scores(s: np.ndarray, gap: np.ndarray) -> None:

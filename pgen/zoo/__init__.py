@@ -54,6 +54,7 @@ def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, dat
             raise ZooError(f"no zoo at {path!s}, and it is not an embedded zoo name ({sorted(embedded_recipes())})")
     if not p.is_dir():
         raise ZooError(f"{p} is not a folder")
+    p = p.absolute()  # every reader joins paths to its root: one absolute root, whatever the working directory
     for fmt in _formats():
         if fmt.detect(p):
             import inspect

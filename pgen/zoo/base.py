@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pgen.errors import UnknownNameError, ZooError
+from pgen.paths import plain_file
 
-__all__ = ["Zoo", "ZooEntry", "ZooError", "read_json", "safe_join", "zoo_file"]
+__all__ = ["Zoo", "ZooEntry", "ZooError", "read_json", "safe_join", "zoo_file", "check_metrics"]
 
 MAX_JSON_BYTES = 256 << 20  # a zoo's JSON files (configs, manifests, results) are kilobytes to megabytes
 
@@ -43,25 +45,35 @@ def zoo_file(root: Path, path: str | Path, *, what: str, directory: bool = False
     the file.
     """
     import os
-    import stat
 
     given = Path(path)
     full = given if given.is_absolute() else Path(root) / given
     resolved = Path(os.path.realpath(full))
     if not resolved.is_relative_to(Path(os.path.realpath(root))):
         raise ZooError(f"{what}: {full} resolves to {resolved}, outside the zoo folder {root}")
-    try:
-        mode = os.stat(resolved).st_mode
-    except FileNotFoundError:
-        raise ZooError(f"{what}: {full} is missing") from None
-    except OSError as exc:
-        raise ZooError(f"{what}: cannot read {full}: {exc.strerror or exc}") from None
-    wanted, ok = ("a folder", stat.S_ISDIR(mode)) if directory else ("a regular file", stat.S_ISREG(mode))
-    if not ok:
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "a file")
-        raise ZooError(f"{what}: {full} is {kind}, not {wanted}; refused")
+    plain_file(full, what=what, directory=directory, error=ZooError)
     return resolved
+
+
+NUMERIC_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")  # read as numbers by every statistic
+ACCURACIES = ("train_acc", "test_acc")
+
+
+def check_metrics(metrics, where: str) -> dict:
+    """A model's recorded metrics, or a ZooError naming ``where``: an object whose
+    accuracies are numbers in [0, 1] and whose losses are finite numbers (a string such as
+    "high" would otherwise fail later, in a subtraction, naming nothing)."""
+    if not isinstance(metrics, dict):
+        raise ZooError(f"{where}: metrics must be a JSON object, not {type(metrics).__name__}")
+    for key in NUMERIC_METRICS:
+        value = metrics.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ZooError(f"{where}: metric {key} must be a finite number; got {value!r}")
+        if key in ACCURACIES and not 0 <= value <= 1:
+            raise ZooError(f"{where}: metric {key} must be an accuracy between 0 and 1; got {value!r}")
+    return metrics
 
 
 def read_json(path: Path, what: str, *, expect: type | None = None):

@@ -52,6 +52,7 @@ from pgen.cache import cache_dir
 from pgen.data import dataset_arrays, dataset_info, load_dataset
 from pgen.errors import InputError
 from pgen.models import ARCHITECTURES, build_model
+from pgen.text import printable
 from pgen.train import TrainConfig, train_model, training_data
 from pgen.zoo.base import ZooError
 from pgen.zoo.native import FORMAT, save_state_dict
@@ -229,7 +230,7 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"building zoo {recipe.name}", unit="model")
+        bar = tqdm(total=len(todo), desc=f"building zoo {printable(recipe.name)}", unit="model")
 
     def write(rows):
         with manifest.open("a") as fh:
@@ -246,9 +247,12 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
             from concurrent.futures import ProcessPoolExecutor
 
             # spawn, not fork: a child forked after torch's OpenMP pool has run can hang
+            from pgen.executors import start_worker
+
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init,
-                                     initargs=(recipe.raw, recipe.source, str(out))) as pool:
+                                     initializer=start_worker,
+                                     initargs=(os.getpid(), _worker_init, (recipe.raw, recipe.source, str(out)))) \
+                    as pool:
                 futures = [pool.submit(_worker_train, run) for run in todo]
                 for fut in futures:  # in run order: the manifest reads the same however it was built
                     write(fut.result())

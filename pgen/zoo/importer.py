@@ -1,9 +1,12 @@
-"""``pgen zoo import``: a pgen zoo from checkpoints the user already has, without copying them.
+"""``pgen zoo import``: a pgen zoo from checkpoints the user already has.
 
-The zoo folder gets ``zoo.json`` and ``manifest.jsonl`` only; the checkpoints stay where
-they are, referenced relative to ``checkpoint_root`` (their common folder, recorded in
-``zoo.json``; paths may not escape it). Every checkpoint is loaded into the architecture,
-strictly, before anything is written, so a zoo that exists loads.
+The zoo folder gets ``zoo.json``, ``manifest.jsonl``, the checkpoints under
+``checkpoints/`` (their layout below their common folder kept) and an ``npz:`` or
+``imagefolder:`` dataset under ``data/``, each hard-linked where the file system allows
+(no space used) and copied otherwise: the zoo is self-contained, can move, and pgen never
+needs to read outside it (:class:`~pgen.zoo.native.NativeZoo` refuses paths that leave it).
+Every checkpoint is loaded into the architecture, strictly, before anything is written, so
+a zoo that exists loads.
 """
 
 from __future__ import annotations
@@ -17,17 +20,24 @@ import pandas as pd
 from pgen.errors import InputError
 from pgen.models import build_model, model_arguments
 from pgen.zoo.native import FORMAT, NativeZoo, load_state_dict, load_weights_into
-from pgen.paths import replace_link
+from pgen.paths import link_or_copy, replace_link
 
 __all__ = ["import_zoo"]
 
 
-def _dataset_meta(spec: str, transform: dict | None, data_kind: str | None) -> tuple[dict, object]:
+def _dataset_meta(spec: str, transform: dict | None, data_kind: str | None) -> tuple[dict, object, Path | None]:
+    """The zoo's dataset entry (with a path inside the zoo, ``data/NAME``), the training
+    split, and the file or folder to place there (None for a named dataset)."""
     from pgen.data import DATASETS, dataset_from_spec
 
     kind, _, path = spec.partition(":")
-    if path:  # npz:/imagefolder: paths are stored absolute: the zoo folder may move
-        spec = f"{kind}:{Path(path).resolve()}"
+    source = None
+    if path:  # npz:/imagefolder: the data go into the zoo, so the zoo names a path inside itself
+        source = Path(path).resolve()
+        train = dataset_from_spec(f"{kind}:{source}", "train", transform=transform)
+        spec = f"{kind}:data/{source.name}"
+    else:
+        train = dataset_from_spec(spec, "train", transform=transform)
     meta = {"spec": spec}
     if spec in DATASETS:
         meta["name"] = spec
@@ -35,7 +45,7 @@ def _dataset_meta(spec: str, transform: dict | None, data_kind: str | None) -> t
         meta["transform"] = dict(transform)
     if data_kind:
         meta["kind"] = data_kind
-    return meta, dataset_from_spec(spec, "train", transform=transform)
+    return meta, train, source
 
 
 def import_zoo(checkpoints, *, arch: str, dataset: str, metrics, out, model_kwargs: dict | None = None,
@@ -68,7 +78,7 @@ def import_zoo(checkpoints, *, arch: str, dataset: str, metrics, out, model_kwar
             raise InputError(f"{metrics}: {len(hit)} rows for checkpoint {given} (need exactly one; the "
                              "'checkpoint' column holds the file name as given or its base name)")
         rows[p] = hit.iloc[0]
-    meta_ds, train = _dataset_meta(dataset, transform, data_kind)
+    meta_ds, train, data_source = _dataset_meta(dataset, transform, data_kind)
     x0, _ = train[0]
     input_shape = list(x0.shape)
     if num_classes is None:
@@ -93,20 +103,27 @@ def import_zoo(checkpoints, *, arch: str, dataset: str, metrics, out, model_kwar
 
     hp_cols = [c for c in table.columns if c.startswith("hp.")]
     skip = {"checkpoint", "initial_checkpoint", *hp_cols}
+    def inside(q: Path) -> str:  # where a checkpoint goes in the zoo
+        return str(Path("checkpoints") / q.resolve().relative_to(root))
+
     manifest = []
     for i, p in zip(ids, paths):
         r = rows[p]
-        row = {"id": i, "checkpoint": str(p.resolve().relative_to(root)), "arch": arch, "model_kwargs": kwargs,
+        row = {"id": i, "checkpoint": inside(p), "arch": arch, "model_kwargs": kwargs,
                "hparams": {c[3:]: _plain(r[c]) for c in hp_cols},
                "metrics": {c: _plain(r[c]) for c in table.columns if c not in skip and pd.notna(r[c])},
                "final": True}
         if p in initial:
-            row["initial_checkpoint"] = str(initial[p].resolve().relative_to(root))
+            row["initial_checkpoint"] = inside(initial[p])
         manifest.append(row)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for q in every:
+        link_or_copy(q, out / inside(q))
+    if data_source is not None:
+        link_or_copy(data_source, out / "data" / data_source.name)
     zoo_meta = {"format": FORMAT, "version": 1, "name": name or out.name, "dataset": meta_ds,
-                "input_shape": input_shape, "num_classes": num_classes, "checkpoint_root": str(root),
+                "input_shape": input_shape, "num_classes": num_classes,
                 "description": f"imported: {len(paths)} checkpoint(s) of {arch}"}
     if hp_cols:
         zoo_meta["hparam_grid"] = {c[3:]: sorted({_plain(v) for v in table[c]}, key=str) for c in hp_cols}

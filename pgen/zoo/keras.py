@@ -20,6 +20,7 @@ regularizers, constraints, names, momentum, dropout rates).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -462,6 +463,9 @@ def build_keras_model(config: dict, *, where: str = "config") -> KerasSequential
         if not isinstance(spec, dict) or "layer_name" not in spec:
             raise KerasPortError(f"{where}: layer {i} has no 'layer_name'")
         kind = spec["layer_name"]
+        if not isinstance(kind, str):
+            raise KerasPortError(f"{where}: layer {i}: 'layer_name' must be a Keras layer class name, not "
+                                 f"{type(kind).__name__} {json.dumps(kind, default=str)[:40]}")
         cls = LAYERS.get(kind)
         here = f"{where}: layer {i} ({kind})"
         if cls is None:

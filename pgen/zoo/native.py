@@ -20,15 +20,16 @@ Checkpoint paths must stay inside the zoo folder.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pgen.data import load_dataset
-from pgen.errors import InputError
+from pgen.errors import InputError, PgenNotice
 from pgen.models import build_model, model_arguments
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, safe_join, zoo_file
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, check_metrics, read_json, safe_join, zoo_file
 from pgen.paths import replace_link
 
 __all__ = ["NativeZoo", "load_state_dict", "save_state_dict"]
@@ -136,11 +137,44 @@ def load_weights_into(model: nn.Module, state: dict, *, source: Path, model_id: 
     return model
 
 
+def _model_fields(row: dict) -> dict:
+    """What makes a manifest row one model (a repeated row must agree on it)."""
+    return {k: row.get(k) for k in ("checkpoint", "initial_checkpoint", "arch", "model_kwargs", "hparams", "metrics")}
+
+
+def _check_meta(meta: dict, where: Path) -> None:
+    """zoo.json's fields, of the types pgen reads them as, or a ZooError naming the field."""
+    for key in ("dataset", "input_shape", "num_classes"):
+        if key not in meta:
+            raise ZooError(f"{where} lacks the field {key!r}")
+    ds = meta["dataset"]
+    if not isinstance(ds, dict) or not isinstance(ds.get("spec", ds.get("name")), str):
+        raise ZooError(f"{where}: 'dataset' must be an object with a 'name' or a 'spec' string, e.g. "
+                       f'{{"name": "digits"}}; got {json.dumps(ds)[:80]}')
+    for key, types in (("transform", dict), ("kind", str), ("root", str)):
+        if key in ds and not isinstance(ds[key], types):
+            raise ZooError(f"{where}: dataset.{key} must be a {'JSON object' if types is dict else 'string'}")
+    shape = meta["input_shape"]
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 4
+            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1 << 16 for d in shape)):
+        raise ZooError(f"{where}: 'input_shape' must be a list of 1 to 4 whole numbers between 1 and 65536; "
+                       f"got {json.dumps(shape)[:80]}")
+    nc = meta["num_classes"]
+    if not (isinstance(nc, int) and not isinstance(nc, bool) and 1 <= nc <= 1_000_000):
+        raise ZooError(f"{where}: 'num_classes' must be a whole number between 1 and 1000000; got {nc!r}")
+    grid = meta.get("hparam_grid")
+    if grid is not None and not (isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())):
+        raise ZooError(f"{where}: 'hparam_grid' must map each hyperparameter to a list of its values")
+    for key in ("checkpoint_root", "name"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ZooError(f"{where}: {key!r} must be a string")
+
+
 class NativeZoo(Zoo):
     format = FORMAT
 
-    def __init__(self, root, name=None, trust_code: bool = False):
-        root = Path(root)
+    def __init__(self, root, name=None, trust_code: bool = False, data_root=None):
+        root = Path(root).absolute()  # zoo_file joins a relative path to the root: a relative root would join twice
         self.trust_code = trust_code
         meta_path = root / "zoo.json"
         if not (meta_path.exists() or meta_path.is_symlink()):
@@ -148,15 +182,27 @@ class NativeZoo(Zoo):
         self.meta = read_json(zoo_file(root, meta_path, what="zoo description"), "zoo description", expect=dict)
         if self.meta.get("format") != FORMAT:
             raise ZooError(f"{meta_path}: format is {self.meta.get('format')!r}, expected {FORMAT!r}")
-        for key in ("dataset", "input_shape", "num_classes"):
-            if key not in self.meta:
-                raise ZooError(f"{meta_path} lacks the field {key!r}")
+        _check_meta(self.meta, meta_path)
         super().__init__(root, name or self.meta.get("name"))
         self.skipped: list[str] = []
         self._train_labels = None  # the training split's labels, read once for training_data()
-        # An imported zoo leaves the user's checkpoints where they are: paths are relative to
-        # checkpoint_root (absolute, or relative to the zoo folder) and may not escape it.
-        self.checkpoint_root = (root / self.meta.get("checkpoint_root", ".")).resolve()
+        # Every file a zoo names resolves inside its folder, or inside the folder the user
+        # named as trusted (data_root, --data-root): a zoo.json is someone else's file.
+        self.allowed_roots = [self.root.resolve()] + ([Path(data_root).resolve()] if data_root is not None else [])
+        # Checkpoint paths are relative to checkpoint_root (the zoo folder unless zoo.json says) and may not escape it.
+        self.checkpoint_root = self.contained(self.root / self.meta.get("checkpoint_root", "."),
+                                              what="zoo.json's checkpoint_root", directory=True)
+
+    def contained(self, path: Path, *, what: str, directory: bool = False) -> Path:
+        """``path`` (relative to the zoo folder, or absolute) resolved inside an allowed root
+        and checked to be a plain file (folder), or a ZooError that says how to allow it."""
+        full = path if Path(path).is_absolute() else self.root / path
+        resolved = Path(full).resolve()
+        base = next((r for r in self.allowed_roots if resolved.is_relative_to(r)), None)
+        if base is None:
+            raise ZooError(f"{self.root}: {what} {full} is outside the zoo folder; pgen reads outside a zoo only from "
+                           "a folder you name as trusted: --data-root FOLDER (data_root=FOLDER)")
+        return zoo_file(base, resolved, what=what, directory=directory)
 
     @staticmethod
     def detect(path: Path) -> bool:
@@ -167,7 +213,7 @@ class NativeZoo(Zoo):
         if not (manifest.exists() or manifest.is_symlink()):
             raise ZooError(f"{manifest} is missing")
         manifest = zoo_file(self.root, manifest, what="zoo manifest")
-        entries, seen = [], set()
+        entries, seen, repeats = [], {}, 0
         for lineno, line in enumerate(manifest.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -187,15 +233,24 @@ class NativeZoo(Zoo):
                      if k in row and (not isinstance(row[k], types) or isinstance(row[k], bool))]
             if wrong:
                 raise ZooError(f"{manifest}:{lineno}: model {row['id']!r}: {', '.join(wrong)}")
+            check_metrics(row["metrics"], f"{manifest}:{lineno}: model {row['id']!r}")
             if row["id"] in seen:
-                continue  # a resumed build may append a row twice; the first one wins
-            seen.add(row["id"])
+                first = seen[row["id"]]
+                if _model_fields(first) != _model_fields(row):
+                    raise ZooError(f"{manifest}:{lineno}: model {row['id']!r} appears again with other contents "
+                                   "(checkpoint, architecture, hyperparameters or metrics); ids must be unique")
+                repeats += 1
+                continue  # a resumed build may append a row twice: the same model, kept once
+            seen[row["id"]] = row
             # Refuse escaping paths now, before anything is loaded.
             safe_join(self.checkpoint_root, row["checkpoint"], what=f"model {row['id']}: checkpoint")
             if row.get("initial_checkpoint"):
                 safe_join(self.checkpoint_root, row["initial_checkpoint"], what=f"model {row['id']}: initial_checkpoint")
             extra = {k: v for k, v in row.items() if k not in ("id", "hparams", "metrics")}
             entries.append(ZooEntry(str(row["id"]), dict(row["hparams"]), dict(row["metrics"]), self, extra))
+        if repeats:
+            warnings.warn(f"{manifest}: {repeats} repeated row(s) of a model already listed, identical, kept once",
+                          PgenNotice, stacklevel=3)
         return entries
 
     def _load_model(self, entry, initial=False):
@@ -220,8 +275,15 @@ class NativeZoo(Zoo):
 
         ds = self.meta["dataset"]
         if "spec" in ds:
-            return dataset_from_spec(ds["spec"], split, transform=ds.get("transform"), base=self.root)
-        return load_dataset(ds["name"], split, root=ds.get("root"))
+            kind, _, path = ds["spec"].partition(":")
+            spec = ds["spec"]
+            if path:  # npz:PATH / imagefolder:PATH: a file the zoo names
+                spec = f"{kind}:{self.contained(Path(path), what='dataset', directory=kind == 'imagefolder')}"
+            return dataset_from_spec(spec, split, transform=ds.get("transform"))
+        root = ds.get("root")
+        if root is not None:
+            root = self.contained(Path(root), what="dataset root", directory=True)
+        return load_dataset(ds["name"], split, root=root)
 
     def training_data(self, entry):
         """The run's ``train_data`` file (indices and labels, written by the builder); for

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from pgen.zoo.base import Zoo, ZooEntry, ZooError, read_json, safe_join, zoo_file
+from pgen.zoo.base import Zoo, ZooEntry, ZooError, check_metrics, read_json, safe_join, zoo_file
 from pgen.zoo.keras import KerasPortError, build_keras_model, load_keras_weights
 from pgen.zoo.tfrecord import MAX_DATASET_ELEMENTS, TFRecordError, iter_records, parse_example, parse_tensor
 
@@ -37,6 +37,11 @@ def read_model_configs(path: str | Path) -> dict:
     configs = read_json(path, "model configs")
     if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
         raise ZooError(f"{path}: expected {{model id: {{'hparams': ..., 'metrics': ...}}}}")
+    for key, cfg in configs.items():
+        if not isinstance(cfg.get("hparams", {}), dict):
+            raise ZooError(f"{path}: model {key!r}: hparams must be a JSON object")
+        if "metrics" in cfg:
+            check_metrics(cfg["metrics"], f"{path}: model {key!r}")
     return configs
 
 
