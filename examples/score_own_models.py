@@ -47,7 +47,7 @@ for i, lr in enumerate([0.3, 0.1, 0.03, 0.01]):
     models[path.stem] = net
 pd.DataFrame(rows).to_csv(work / "metrics.csv", index=False)
 
-# 1. from the command line: import (nothing is copied), then score
+# 1. from the command line: import (the checkpoints are hard-linked into the zoo), then score
 pgen_cli = [sys.executable, "-m", "pgen.cli"]
 subprocess.run(pgen_cli + ["zoo", "import", *[str(p) for p in sorted((work / "runs").glob("*.pt"))], "--arch", arch,
                            "--model-kwargs", '{"num_classes": 10, "in_channels": 1, "small_input": true}',
@@ -56,7 +56,8 @@ subprocess.run(pgen_cli + ["zoo", "import", *[str(p) for p in sorted((work / "ru
 subprocess.run(pgen_cli + ["score", str(work / "zoo"), "--out", str(work / "report"), "--samples", "500"], check=True)
 
 # 2. from Python, no files needed
-frame = pgen.score_models(models, "digits", n_samples=500, metrics={r["checkpoint"][:-3]: {"test_acc": r["test_acc"]}
-                                                                    for r in rows})
-print(frame[["model_id", "pvector_angle", "train_acc", "test_acc", "gap"]].to_string(index=False))
+run = pgen.score_models(models, "digits", n_samples=500, metrics={r["checkpoint"][:-3]: {"test_acc": r["test_acc"]}
+                                                                  for r in rows})
+print(run.table[["model_id", "pvector_angle", "train_acc", "test_acc", "gap"]].to_string(index=False))
+print(f"{len(run.errors)} failure(s)")
 print(f"files in {work}")

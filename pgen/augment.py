@@ -46,6 +46,9 @@ POLICIES = {
     "signal-1d": Policy("signal-1d", 0, 0.05, (1.0, 1.0), False, 0.1, 0.05),
     # Feature vectors (no image geometry): noise only.
     "vector": Policy("vector", 0, 0.0, (1.0, 1.0), False, 0.0, 0.05),
+    # Images of a kind nobody declared: the colour policy without its flips, since a flip
+    # changes the class of digits, letters and other oriented data (--data-kind picks another).
+    "unknown": Policy("unknown", 5, 0.1, (0.95, 1.05), False, 0.1, 0.02),
 }
 
 

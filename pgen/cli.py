@@ -13,6 +13,7 @@ __all__ = ["main"]
 
 MAX_RESAMPLES = 1_000_000  # pgen.stats.resampling.MAX_RESAMPLES (kept here so that --help imports no numpy)
 MAX_SEED = 2**32 - 1  # pgen.score.MAX_SEED
+DATA_KIND_HELP = "pseudo-test policy: grayscale-digits, grayscale, color, color-digits, signal-1d, vector, unknown (default: the dataset's; for data of no known kind, unknown: no flips)"
 
 
 def _integer(minimum: int, maximum: int | None = None, *, zero_means: str | None = None):
@@ -265,7 +266,7 @@ def _add_zoo(sub):
     imp.add_argument("--out", required=True, help="zoo folder to write")
     imp.add_argument("--name", help="zoo name (default: the folder's name)")
     imp.add_argument("--num-classes", type=_integer(2), help="default: the dataset's")
-    imp.add_argument("--data-kind", help="pseudo-test policy: grayscale-digits, grayscale, color, color-digits")
+    imp.add_argument("--data-kind", help=DATA_KIND_HELP)
     imp.add_argument("--trust-code", action="store_true", help="allow --arch package.module:callable "
                                                                "(importing it runs your code)")
     imp.set_defaults(func=_cmd_zoo_import)
@@ -361,8 +362,22 @@ def _add_score(sub):
     _add_executor_options(p)
     p.add_argument("--limit", type=_integer(1), help="score at most N models that still miss something")
     p.add_argument("--color-by", help="hyperparameter that colours the report's scatter plots, e.g. arch")
+    p.add_argument("--data-kind", help=DATA_KIND_HELP)
+    p.add_argument("--bootstrap", type=_integer(0, MAX_RESAMPLES), default=1000,
+                   help="bootstrap resamples for the report's CIs (default 1000)")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.set_defaults(func=_cmd_score)
+
+
+def _print_files(files, out) -> None:
+    """Every file a command wrote: the two reports by name, the rest counted by kind."""
+    files = [Path(f) for f in files]
+    print(f"report: {files[0]} and {files[1]}")
+    rest = files[2:]
+    if rest:
+        kinds = ", ".join(f"{sum(f.suffix == k for f in rest)} {k[1:].upper()}" for k in
+                          dict.fromkeys(f.suffix for f in rest))
+        print(f"also in {out}: {kinds} ({', '.join(f.name for f in rest)})")
 
 
 def _default_out(zoo: str) -> Path:
@@ -384,7 +399,7 @@ def _cmd_score(args):
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              dataset_size_term=args.dataset_size_term, own_training_data=not args.shared_samples,
-                             measures=_measure_names(args.measures))
+                             measures=_measure_names(args.measures), data_kind=args.data_kind)
     executor = _executor(args)
     zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
@@ -402,9 +417,9 @@ def _cmd_score(args):
     if run.models_scored == 0:
         print(f"0 of {len(run.zoo_table)} models scored", file=sys.stderr)
     if not args.no_report:
-        files = write_report(run, out, color_by=args.color_by)
+        files = write_report(run, out, color_by=args.color_by, n_boot=args.bootstrap)
         _print_answer(files)
-        print(f"report: {files[0]} and {files[1]}")
+        _print_files(files, out)
     return 1 if run.models_scored == 0 else 0
 
 
@@ -432,7 +447,7 @@ def _cmd_report(args):
 
     for run, files in report_from_results(args.results, args.out, color_by=args.color_by, n_boot=args.bootstrap):
         _print_answer(files)
-        print(f"report: {files[0]} and {files[1]}")
+        _print_files(files, Path(files[0]).parent)
 
 
 def _add_data(sub):
@@ -514,7 +529,7 @@ def _cmd_pgdl_predict(args):
         table = predict_task(args.task_dir, args.measure, args.out, n_samples=args.samples or None,
                              time_budget=args.time_budget, settings=settings, executor=executor)
     failed = table["error"].notna().sum() if "error" in table else 0
-    print(f"{len(table) - failed} of {len(table)} models scored; wrote {Path(args.out) / (Path(args.task_dir).name + '.predict')}")
+    print(f"{len(table) - failed} of {len(table)} models scored; wrote " + " and ".join(map(str, table.attrs["files"])))
     return 1 if failed else 0
 
 
@@ -534,7 +549,8 @@ def _add_measures(sub):
 
 
 SAMPLES_TEXT = {"own": "the model's own training samples and labels, where the zoo records them",
-                "shared": "one sample set for every model of the zoo (comparable across models)"}
+                "shared": "one sample set for every model of the zoo (comparable across models)",
+                "none": "none: the weights alone (path_norm: the input shape)"}
 
 
 def _cmd_measures(args):
@@ -562,10 +578,27 @@ def _cmd_measures(args):
     needs = table.apply(lambda r: ", ".join([w for w, flag in (("init", r.needs_init), ("images", r.needs_images),
                                                                 ("seeded", r.stochastic),
                                                                 ("shared samples", r.samples == "shared")) if flag]
-                                            + ([f"pip install '{DISTRIBUTION}[{r.requires}]'"] if r.requires else [])), axis=1)
-    table = table.assign(needs=needs)[["name", "family", "sign", "fidelity", "needs", "description"]]
-    with pd.option_context("display.width", 250, "display.max_colwidth", 100):
-        print(table.to_string(index=False))
+                                            + ([f"extra [{r.requires}]"] if r.requires else [])), axis=1)
+    table = table.assign(needs=needs)
+    print(_fit_to_terminal(table[["name", "family", "sign", "fidelity", "needs"]], notes=table["description"]))
+    print(f"\n`pgen measures --long`: each measure in full.\nAn extra: pip install '{DISTRIBUTION}[NAME]'")
+
+
+def _fit_to_terminal(table, notes=None) -> str:
+    """A left-aligned table no wider than the terminal (100 columns when not one), each row
+    followed by its note (``notes``, one per row) wrapped below it, indented."""
+    import shutil
+    import textwrap
+
+    width = max(40, shutil.get_terminal_size((100, 20)).columns)
+    cells = [list(map(str, table.columns))] + [[str(v) for v in row] for row in table.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(table.columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths)).rstrip()]
+    for i, row in enumerate(cells[1:]):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()[:width])
+        if notes is not None:
+            lines += textwrap.wrap(str(notes.iloc[i]), width, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines)
 
 
 def _add_benchmark(sub):
@@ -601,6 +634,7 @@ def _add_benchmark(sub):
                    help="leave out models that missed their zoo's training criterion (the default)")
     p.add_argument("--shared-samples", action="store_true",
                    help="label-using measures see the shared samples, not each model's own training data")
+    p.add_argument("--data-kind", help=DATA_KIND_HELP)
     p.add_argument("--learned", action="store_true",
                    help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
                         "cross-validated by hyperparameter cell)")
@@ -628,7 +662,7 @@ def _cmd_benchmark(args):
             raise InputError("name at least one zoo (or --from-tables DIR)")
         measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
         settings = ScoreSettings(n_samples=args.samples or None, seed=args.seed,
-                                 own_training_data=not args.shared_samples)
+                                 own_training_data=not args.shared_samples, data_kind=args.data_kind)
         with _executor(args) as executor:
             res = run_benchmark(args.zoos, args.out or "reports/benchmark", measures=measures, settings=settings,
                                 device=args.device, workers=args.workers, final_only=not args.with_checkpoints,

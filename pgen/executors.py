@@ -223,7 +223,10 @@ class RayExecutor:
         if not ray.is_initialized():
             import logging
 
-            kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
+            # Ray's own notices (token authentication, ...) and its workers' console output stay out of
+            # pgen's; a failure reaches the run as that job's recorded error. --debug shows them all.
+            debug = bool(os.environ.get("PGEN_DEBUG"))
+            kwargs = dict(logging_level=logging.INFO if debug else logging.ERROR, log_to_driver=debug)
             if self.address is None:
                 kwargs["include_dashboard"] = False
             try:

@@ -193,8 +193,10 @@ def _user_model(arch: str, kwargs: dict, num_classes: int, trust_code: bool) -> 
         raise InputError(f"architecture {arch!r}: cannot import {attr} from {module_name}: {exc}") from exc
     import inspect
 
-    try:  # a factory that takes num_classes gets the zoo's (or model_kwargs' own)
-        if "num_classes" in inspect.signature(factory).parameters:
+    try:  # a factory that takes num_classes, by name or through **kwargs (timm's create_model), gets the
+        # zoo's, or model_kwargs' own
+        params = inspect.signature(factory).parameters
+        if "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             kwargs = {"num_classes": num_classes, **kwargs}
     except (TypeError, ValueError):
         pass
@@ -203,3 +205,42 @@ def _user_model(arch: str, kwargs: dict, num_classes: int, trust_code: bool) -> 
         raise InputError(f"architecture {arch!r}: {attr}(**model_kwargs) returned {type(model).__name__}, "
                          "not an nn.Module")
     return model
+
+
+def check_model_fits(model: nn.Module, x, labels=None, *, where: str) -> int:
+    """One forward pass of one sample, before any scoring: the model takes inputs of this
+    shape and returns a logits tensor (samples x classes) that covers the data's labels.
+    Returns the number of classes; anything else is an InputError that says what was
+    expected and what was given, naming ``where`` (the model or checkpoint).
+    """
+    import torch
+
+    sample = torch.as_tensor(x[:1]).float()
+    if len(sample) == 0:
+        raise InputError(f"{where}: the data hold no samples")
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:  # the model's own message says what it expected (channels, features)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{where}: a forward pass of one sample of shape {tuple(sample.shape[1:])} failed: "
+                         f"{text}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"{where}: forward returns {type(out).__name__}, not a logits tensor; wrap the model so "
+                         "that forward returns the logits (samples x classes)")
+    if out.dim() != 2 or out.shape[0] != 1:
+        raise InputError(f"{where}: forward returns a tensor of shape {tuple(out.shape)} for one sample; "
+                         "expected logits of shape (1, classes)")
+    classes = int(out.shape[1])
+    if labels is not None and len(labels):
+        top = int(torch.as_tensor(labels).max())
+        if top >= classes:
+            raise InputError(f"{where}: the data's labels go up to {top}, but the model has {classes} outputs; "
+                             "give the model as many classes as the data (num_classes), or the data it was "
+                             "trained on")
+    return classes
+

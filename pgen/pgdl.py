@@ -209,7 +209,9 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
             runner.close()
         if bar is not None:
             bar.close()
-    return pd.DataFrame([rows[e.id] for e in zoo if e.id in rows])
+    table = pd.DataFrame([rows[e.id] for e in zoo if e.id in rows])
+    table.attrs["files"] = [pred_path, csv_path]  # where they went (the name is made safe)
+    return table
 
 
 def score_predictions(predictions: str | Path | dict, model_configs: str | Path | dict) -> dict:

@@ -30,9 +30,10 @@ import torch
 from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays, finite_inputs
 from pgen.devices import check_device
-from pgen.errors import InputError, UnknownNameError, ZooError
+from pgen.errors import DatasetError, InputError, PgenNotice, UnknownNameError, ZooError
 from pgen.executors import ProcessPool, RayExecutor, open_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
+from pgen.models import check_model_fits
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
 from pgen.text import printable
@@ -67,6 +68,8 @@ class ScoreSettings:
     # labels where the zoo records them (pgen's recipes); False: the shared samples for all.
     own_training_data: bool = True
     measures: tuple[str, ...] = field(default=("pvector_angle",))
+    # The pseudo-test policy's data kind (pgen.augment.POLICIES); None: the zoo's, else "unknown".
+    data_kind: str | None = None
 
     def __post_init__(self):
         names = tuple(self.measures) if not isinstance(self.measures, str) else (self.measures,)
@@ -82,13 +85,16 @@ class ScoreSettings:
                              f"{self.layer!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise InputError(f"seed must be a whole number from 0 to {MAX_SEED}; got {self.seed!r}")
+        if self.data_kind is not None:
+            policy_for(self.data_kind)  # an unknown kind fails here, naming the known ones
 
     def identity(self) -> dict:
         """The settings that determine stored values (the measures list excluded)."""
         d = asdict(self)
         d.pop("measures")
-        if not d["dataset_size_term"]:  # the default leaves earlier runs' identities as they were
-            d.pop("dataset_size_term")
+        for key in ("dataset_size_term", "data_kind"):  # the defaults leave earlier runs' identities as they were
+            if not d[key]:
+                d.pop(key)
         return d
 
     def measure_settings(self, device: str = "cpu") -> MeasureSettings:
@@ -110,13 +116,17 @@ def train_size(entry, n_train: int) -> int:
     return n_train
 
 
-def _kind_of(zoo: Zoo) -> str:
+def _kind_of(zoo: Zoo, s: ScoreSettings) -> str:
+    """The pseudo-test policy's data kind: the user's (``--data-kind``), the zoo's, the
+    dataset's, else ``unknown`` (no flips: a flip changes the class of oriented data)."""
     from pgen.data import DATASETS
 
+    if s.data_kind:
+        return s.data_kind
     if getattr(zoo, "data_kind", None):
         return zoo.data_kind
     name = getattr(zoo, "dataset_name", None)
-    return DATASETS[name].kind if name in DATASETS else "color"
+    return DATASETS[name].kind if name in DATASETS else "unknown"
 
 
 class _Context:
@@ -124,7 +134,13 @@ class _Context:
 
     def __init__(self, zoo: Zoo, s: ScoreSettings):
         x, y = dataset_arrays(zoo.dataset(s.split))
-        finite_inputs(x, f"{printable(zoo.name)}'s {s.split} data")  # accuracies would still come out of NaN inputs
+        where = f"{printable(zoo.name)}'s {s.split} data"
+        if len(x) == 0:
+            raise DatasetError(f"{where} hold no samples")
+        finite_inputs(x, where)  # accuracies would still come out of NaN inputs
+        if len(torch.unique(y)) < 2:
+            raise DatasetError(f"{where} hold a single class ({int(y[0])}): accuracies and every label-using "
+                               "measure need at least two; score the models on data of their task")
         n = len(x) if s.n_samples is None else min(s.n_samples, len(x))
         self.x, self.y = x[:n], y[:n]
         self.x_train, self.y_train = x, y
@@ -134,7 +150,7 @@ class _Context:
             self.x_test = self.y_test = None
         if self.x_test is not None:
             finite_inputs(self.x_test, f"{printable(zoo.name)}'s test data")
-        self.policy = policy_for(_kind_of(zoo))
+        self.policy = policy_for(_kind_of(zoo, s))
         self.x_pseudo = self.y_pseudo = None  # images and 1-D signals have a policy; other inputs get none
         if self.x.dim() == 4 or (self.x.dim() == 3 and self.policy.name == "signal-1d"):
             self.x_pseudo, self.y_pseudo = pseudo_test_set(self.x, self.y, self.policy, seed=s.seed,
@@ -169,7 +185,9 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     out = _Outcome(entry_id)
     try:
         entry = zoo[entry_id]
-        model = entry.load_model().to(device)
+        model = entry.load_model()
+        check_model_fits(model, ctx.x, ctx.y, where=f"model {entry.id}")
+        model = model.to(device)
         own = _own_training_data(entry, ctx, s)
         if need_targets:
             t = time.perf_counter()
@@ -251,7 +269,8 @@ def _check_layer(zoo: Zoo, model_id: str, ctx: _Context, s: ScoreSettings) -> No
         return
     try:
         model = zoo[model_id].load_model()
-    except Exception:
+        check_model_fits(model, ctx.x, ctx.y, where=f"model {model_id}")
+    except Exception:  # a model that does not load or run is that model's recorded failure
         return
     from pgen.features import resolve_layers
 
@@ -354,6 +373,8 @@ def _score_zoo(zoo, out, s, device, workers, angle_matrix_out, progress, limit, 
     store = ResultsStore(out / "results.sqlite")
     try:
         run_settings = {"zoo": zoo.identity(), **s.identity()}
+        if _kind_of(zoo, s) == "unknown" and not s.data_kind:  # was "color" before 2026-12-07: values differ
+            run_settings["data_kind"] = "unknown"
         per_measure = {name: measure_settings(run_settings, name) for name in s.measures}
         ctx = _Context(zoo, s)
         info = {"zoo": zoo.describe(), "zoo_table": zoo.to_frame().to_dict("records"),
@@ -447,31 +468,50 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_meas
 
 def score_models(models, data, *, metrics=None, hparams=None, test_data=None, initial_models=None,
                  measures=("pvector_angle",), out=None, n_samples: int | None = 1000, seed: int = 0,
-                 device: str = "cpu", batch_size: int = 256, name: str = "models", progress: bool = False):
-    """Score models held in Python; one row per model as a pandas DataFrame.
+                 device: str = "cpu", batch_size: int = 256, name: str = "models", data_kind: str | None = None,
+                 progress: bool = False) -> ScoreRun:
+    """Score models held in Python; the same :class:`~pgen.results.ScoreRun` as
+    :func:`score_zoo` (``.table``: one row per model; ``.errors``: the models and measures
+    that failed).
 
     ``models`` maps ids to ``nn.Module`` or to callables returning one (so that a large
     zoo is never held in memory at once); ``data`` is a torch Dataset, an ``(x, y)`` pair
     of tensors or arrays, or a dataset spec (``"digits"``, ``"npz:PATH"``, ...): the
     training samples, of which the first ``n_samples`` are scored. ``metrics`` maps ids
     to recorded metrics (``{"test_acc": 0.91}``); ``test_data`` gives pgen's own test
-    accuracy. With ``out`` the results go to ``out/results.sqlite`` and a rerun resumes,
-    as ``pgen score``; without it, to a temporary folder.
+    accuracy. ``data_kind`` names the pseudo-test policy (:data:`pgen.augment.POLICIES`;
+    default: the dataset's, else one without geometric flips). A model that fails (its
+    loader raises, it does not take the data, a measure fails) is recorded in ``.errors``
+    and said in a note, and the others are scored. With ``out`` the results go to
+    ``out/results.sqlite`` and a rerun resumes, as ``pgen score``; without it, to a
+    temporary folder removed when the call returns or raises.
 
-    The frame has ``model_id`` (the mapping's keys), ``train_acc``, ``pseudo_test_acc``
+    ``.table`` has ``model_id`` (the mapping's keys), ``train_acc``, ``pseudo_test_acc``
     (image inputs), ``test_acc`` (given or measured), ``gap``, each measure and its extra
     values (``pvector_angle.sigma_ratio``, ...).
 
     >>> import torch                                           # doctest: +SKIP
     >>> nets = {f"m{i}": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for i in range(3)}
-    >>> score_models(nets, "digits")[["model_id", "pvector_angle", "train_acc"]]
+    >>> score_models(nets, "digits").table[["model_id", "pvector_angle", "train_acc"]]
     """
     import tempfile
+    import warnings
 
     from pgen.zoo.memory import ModelsZoo
 
     zoo = ModelsZoo(models, data, metrics=metrics, hparams=hparams, test_data=test_data,
                     initial_models=initial_models, name=name)
-    settings = ScoreSettings(measures=tuple(measures), n_samples=n_samples, seed=seed, batch_size=batch_size)
-    folder = out if out is not None else tempfile.mkdtemp(prefix="pgen-score-models-")
-    return score_zoo(zoo, folder, settings=settings, device=device, progress=progress).table
+    settings = ScoreSettings(measures=tuple(measures), n_samples=n_samples, seed=seed, batch_size=batch_size,
+                             data_kind=data_kind)
+    if out is not None:
+        run = score_zoo(zoo, out, settings=settings, device=device, progress=progress)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pgen-score-models-") as folder:
+            run = score_zoo(zoo, folder, settings=settings, device=device, progress=progress)
+    if len(run.errors):
+        first = run.errors.iloc[0]
+        what = f"measure {first['measure']} of model {first['model_id']}" if first["measure"] else \
+            f"model {first['model_id']}"
+        warnings.warn(f"{len(run.errors)} failure(s) among {len(zoo)} models, in .errors; the first, {what}: "
+                      f"{first['error']}", PgenNotice, stacklevel=2)
+    return run

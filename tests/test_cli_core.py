@@ -118,3 +118,80 @@ def test_version_and_help_load_no_numeric_stack():
     import pgen
 
     assert pgen.p_vector is pgen.pvector.p_vector  # the lazy names resolve to the real functions
+
+
+# ----------------------------------------------------------------------------- #32 item 8: what a user meets
+
+def test_help_shows_no_doubled_percent_signs(capsys):
+    for path, _ in subcommands(build_parser()):
+        with pytest.raises(SystemExit):
+            main(path + ["--help"])
+        assert "%%" not in capsys.readouterr().out, path
+
+
+def test_measures_fit_a_100_column_terminal_and_say_which_read_no_samples(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    main(["measures"])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100 and "sum_squared_weights" in out
+    main(["measures", "ww_alpha", "sum_squared_weights", "--long"])
+    long = capsys.readouterr().out
+    assert long.count("samples: none: the weights alone") == 2
+
+
+def test_zoo_info_on_an_embedded_zoo_not_built_yet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PGEN_CACHE", str(tmp_path / "cache"))
+    assert main(["zoo", "info", "mnist5k"]) == 2
+    assert "the embedded zoo mnist5k is not built yet: `pgen zoo build mnist5k`" in capsys.readouterr().err
+
+
+def test_checkpoints_and_training_data_share_the_umask(tiny_zoo):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    ckpts = sorted((tiny_zoo / "checkpoints").glob("*.safetensors"))
+    npz = sorted((tiny_zoo / "checkpoints").glob("*-train.npz"))
+    assert ckpts and npz
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in ckpts + npz}
+    assert modes == {0o666 & ~umask}
+
+
+def test_a_whole_pickled_model_is_refused_with_what_to_save_instead(tmp_path):
+    import torch
+
+    from pgen.zoo.native import load_state_dict
+    from pgen.zoo import ZooError
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    with pytest.raises(ZooError, match=r"pickled Python objects .* save model.state_dict\(\) instead") as exc:
+        load_state_dict(tmp_path / "whole.pt")
+    assert "weights_only" not in str(exc.value) and "add_safe_globals" not in str(exc.value)
+
+
+def test_score_writes_what_it_says_and_a_constant_measure_says_why(tiny_zoo, tmp_path, capsys):
+    assert main(["score", str(tiny_zoo), "--out", str(tmp_path / "o"), "--samples", "100", "--bootstrap", "50",
+                 "--measures", "pvector_angle,num_params"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("also in ")[1]
+    for name in ("models.csv", "correlations.csv", "summary.json", "num_params_histogram.png"):
+        assert name in listed and (tmp_path / "o" / name).is_file()
+    # a measure constant over the zoo (one architecture: num_params) says why it has no correlation
+    import torch
+
+    from pgen.report import write_report
+    from pgen.score import ScoreSettings, score_zoo
+    from pgen.zoo import Zoo
+
+    nets = {}
+    for i in range(4):
+        torch.manual_seed(i)
+        nets[f"m{i}"] = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    zoo = Zoo.from_models(nets, "digits", metrics={k: {"test_acc": 0.5 + 0.1 * i} for i, k in enumerate(nets)})
+    run = score_zoo(zoo, tmp_path / "c", settings=ScoreSettings(n_samples=100, measures=("num_params",)),
+                    progress=False)
+    write_report(run, tmp_path / "c", n_boot=20)
+    md = (tmp_path / "c" / "report.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith("> **num_params**"))
+    assert "No rank correlation: num\\_params is constant over the 4 models" in line  # markdown-escaped

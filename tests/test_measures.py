@@ -130,7 +130,8 @@ def test_cli_lists_measures_with_the_sign_convention(capsys):
     out = capsys.readouterr().out
     assert "sign +1: larger value predicts worse generalization" in out
     assert "kit_sharpness" in out and "-1" in out
-    assert "pip install 'pgen-pvector[weightwatcher]'" in out and "seeded" in out  # what each needs
+    assert "extra [weightwatcher]" in out and "pip install 'pgen-pvector[NAME]'" in out  # what each needs
+    assert "seeded" in out
     assert "pgen's own" in out and "inspired by" in out  # and how faithful it is
 
     assert main(["measures", "--long", "pvector_angle_uncentered", "augmentation_robustness"]) == 0

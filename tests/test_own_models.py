@@ -3,6 +3,7 @@ reference, and `pgen.score_models`."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,7 @@ def test_imported_zoo_scores_the_same_from_the_cli_and_from_python(tmp_path, cap
     assert main(["score", str(tmp_path / "zoo"), "--out", str(tmp_path / "out"), "--samples", "300"]) == 0
     cli = pd.read_csv(tmp_path / "out" / "models.csv").set_index("model_id").sort_index()
     frame = pgen.score_models({k: (lambda k=k: nets[k]) for k in nets}, "digits", n_samples=300,
-                              metrics={k: {"test_acc": 0.5} for k in nets}).set_index("model_id").sort_index()
+                              metrics={k: {"test_acc": 0.5} for k in nets}).table.set_index("model_id").sort_index()
     np.testing.assert_allclose(frame["pvector_angle"], cli["pvector_angle"], atol=1e-9)
     np.testing.assert_allclose(frame["train_acc"], cli["train_acc"], atol=0)
     assert list(frame.index) == sorted(nets) and (frame["test_acc"] == 0.5).all()
@@ -187,9 +188,136 @@ def test_imported_zoo_scores_the_same_from_the_cli_and_from_python(tmp_path, cap
 def test_score_models_accepts_tensors_and_refuses_strangers():
     nets = {"a": small_cnn(1), "b": small_cnn(2)}
     x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 10
-    frame = pgen.score_models(nets, (x, y.numpy()), n_samples=None)
+    frame = pgen.score_models(nets, (x, y.numpy()), n_samples=None).table
     assert list(frame["model_id"]) == ["a", "b"] and frame["pvector_angle"].between(0, 90).all()
     with pytest.raises(InputError, match="must be a torch Dataset"):
         pgen.score_models(nets, 42)
     with pytest.raises(InputError, match="unknown model id"):
         pgen.score_models(nets, (x, y), metrics={"c": {"test_acc": 1.0}})
+
+
+# ----------------------------------------------------------------------------- #32: the user's journey
+
+def test_score_models_records_a_failing_model_and_scores_the_others(tmp_path):
+    """A model of the wrong input size, one that returns a tuple and a loader that raises,
+    first or last: each is its model's recorded error, the others are scored, a note says so,
+    and no temporary folder is left behind."""
+    import tempfile
+
+    from pgen.errors import PgenNotice
+
+    def loader_that_raises():
+        raise RuntimeError("checkpoint server down")
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn(9)
+
+        def forward(self, x):
+            return self.net(x), x
+
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(100, 10))
+    before = set(Path(tempfile.gettempdir()).glob("pgen-score-models-*"))
+    for order in (["bad", "ok", "pair", "raises"], ["ok", "raises", "pair", "bad"]):
+        nets = {"ok": small_cnn(1), "bad": wide, "pair": Pair(), "raises": loader_that_raises}
+        with pytest.warns(PgenNotice, match="3 failure"):
+            run = pgen.score_models({k: nets[k] for k in order}, "digits", n_samples=100)
+        assert list(run.table["model_id"]) == ["ok"]
+        errors = run.errors.set_index("model_id")["error"]
+        assert "a forward pass of one sample of shape (1, 8, 8) failed" in errors["bad"]
+        assert "forward returns tuple, not a logits tensor" in errors["pair"]
+        assert "checkpoint server down" in errors["raises"]
+    assert set(Path(tempfile.gettempdir()).glob("pgen-score-models-*")) == before
+    with pytest.raises(InputError):
+        pgen.score_models({"a": small_cnn(1)}, 42)
+    assert set(Path(tempfile.gettempdir()).glob("pgen-score-models-*")) == before
+
+
+def test_a_model_and_data_that_do_not_fit_are_one_line_at_import_and_at_score(tmp_path, capsys):
+    """The issue's 3-channel ResNet on 1-channel digits, and labels beyond the model's classes."""
+    from pgen.errors import DatasetError
+
+    resnet = build_model("torchvision:resnet18", input_shape=(3, 8, 8), num_classes=10, small_input=True)
+    torch.save(resnet.state_dict(), tmp_path / "r.pt")
+    pd.DataFrame({"checkpoint": ["r.pt"], "test_acc": [0.5]}).to_csv(tmp_path / "m.csv", index=False)
+    assert main(["zoo", "import", str(tmp_path / "r.pt"), "--arch", "torchvision:resnet18", "--model-kwargs",
+                 '{"small_input": true}', "--dataset", "digits", "--metrics", str(tmp_path / "m.csv"),
+                 "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "a forward pass of one sample of shape (1, 8, 8) failed" in err and "channels" in err
+    assert err.count("\n") == 1
+    five = build_model("cnn", input_shape=(1, 8, 8), num_classes=5, **CNN_KW)
+    with pytest.warns(pgen.errors.PgenNotice):
+        run = pgen.score_models({"five": five, "ten": small_cnn(0)}, "digits", n_samples=100)
+    assert "the data's labels go up to 9, but the model has 5 outputs" in run.errors["error"].iloc[0]
+    for x, y, complaint in ((torch.rand(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), "hold no samples"),
+                            (torch.rand(6, 1, 8, 8), torch.zeros(6, dtype=torch.long), "hold a single class")):
+        with pytest.raises((DatasetError, InputError), match=complaint):
+            pgen.score_models({"a": small_cnn(0)}, (x, y))
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 8, 8), "f4"), y=np.zeros(0, "i8"))
+    with pytest.raises(DatasetError, match="holds no training samples"):
+        import_zoo([tmp_path / "r.pt"], arch="cnn", model_kwargs=CNN_KW, dataset=f"npz:{tmp_path / 'empty.npz'}",
+                   metrics=tmp_path / "m.csv", out=tmp_path / "z2")
+
+
+def test_kwargs_factories_get_num_classes_and_a_csv_row_its_own_width(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "my_factories.py").write_text(textwrap.dedent("""
+        import torch
+        def make(**kwargs):  # timm's create_model takes everything through **kwargs
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, kwargs["width"]), torch.nn.ReLU(),
+                                       torch.nn.Linear(kwargs["width"], kwargs["num_classes"]))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_factories", None)
+    for width in (4, 16):
+        torch.manual_seed(width)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+        torch.save(net.state_dict(), tmp_path / f"w{width}.pt")
+    pd.DataFrame({"checkpoint": ["w4.pt", "w16.pt"], "test_acc": [0.4, 0.6],
+                  "model_kwargs": ['{"width": 4}', '{"width": 16}']}).to_csv(tmp_path / "m.csv", index=False)
+    zoo = import_zoo([tmp_path / "w4.pt", tmp_path / "w16.pt"], arch="my_factories:make",
+                     model_kwargs={}, dataset="digits", metrics=tmp_path / "m.csv",
+                     out=tmp_path / "sweep", trust_code=True)
+    assert [zoo[i].load_model()[1].out_features for i in ("w4", "w16")] == [4, 16]
+    assert zoo["w16"].load_model()[3].out_features == 10  # num_classes reached make(**kwargs) (a KeyError before)
+
+
+@pytest.mark.parametrize("rows, complaint", [
+    ({"checkpoint": ["a.pt", "zz.pt"], "test_acc": [0.5, 0.6]}, "1 row\\(s\\) name no checkpoint given"),
+    ({"checkpoint": ["a.pt"], "test_acc": ["abc"]}, "metric test_acc must be a finite number; got 'abc'"),
+    ({"checkpoint": ["a.pt"], "test_acc": [float("nan")]}, "checkpoint a.pt has no test_acc"),
+    ({"checkpoint": ["a.pt"], "test_acc": [1e400]}, "metric test_acc must be a finite number"),
+    ({"checkpoint": ["a.pt"], "test_acc": [0.5], "model_kwargs": ["{width"]}, "model_kwargs is not JSON"),
+])
+def test_zoo_import_validates_metrics_csv(tmp_path, rows, complaint):
+    torch.save(small_cnn(0).state_dict(), tmp_path / "a.pt")
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises((InputError, ZooError), match=complaint):
+        import_zoo([tmp_path / "a.pt"], arch="cnn", model_kwargs=CNN_KW, dataset="digits", metrics=tmp_path / "m.csv",
+                   out=tmp_path / "z")
+    assert not (tmp_path / "z" / "zoo.json").exists()
+
+
+def test_the_pseudo_test_policy_is_never_silently_wrong(tmp_path, tiny_zoo):
+    """npz data of no declared kind get a policy without flips; --data-kind picks one; the
+    report's answer names the policy used."""
+    from pgen.data import dataset_arrays, load_dataset
+
+    x, y = dataset_arrays(load_dataset("digits", "train"))
+    x, y = x[:200].numpy(), y[:200].numpy()
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x, y_test=y)
+    nets = {"a": small_cnn(0), "b": small_cnn(1)}
+    run = pgen.score_models(nets, f"npz:{tmp_path / 'd.npz'}", n_samples=100)
+    assert run.info["pseudo_test_policy"].startswith("unknown:") and "hflip no" in run.info["pseudo_test_policy"]
+    run = pgen.score_models(nets, f"npz:{tmp_path / 'd.npz'}", n_samples=100, data_kind="color-digits")
+    assert run.info["pseudo_test_policy"].startswith("color-digits:")
+    with pytest.raises(pgen.errors.UnknownNameError, match="no pseudo-test policy for data kind 'digitz'"):
+        pgen.score_models(nets, "digits", data_kind="digitz")
+    out = tmp_path / "rep"
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "100", "--data-kind", "grayscale"]) == 0
+    assert "Pseudo-test accuracy: policy grayscale" in (out / "report.md").read_text()
+    assert main(["score", str(tiny_zoo), "--out", str(out), "--samples", "100"]) == 0  # the zoo's own kind
+    assert "Pseudo-test accuracy: policy grayscale-digits" in (out / "report.md").read_text()  # digits' kind

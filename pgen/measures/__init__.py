@@ -145,7 +145,7 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
     closely (one of :data:`FIDELITY`), ``sign_reason`` why the sign is what it is.
     ``version`` goes up whenever the definition changes, so that result stores do not
     reuse values computed by an earlier one. ``samples`` says which samples the measure
-    sees (module docstring): "own" or "shared".
+    sees (module docstring): "own", "shared", or "none" for measures of the weights alone.
     """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
@@ -157,8 +157,8 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
         raise ValueError(f"measure {name}: fidelity must be one of {FIDELITY}")
     if size_term not in ("", "sqrt", "log"):
         raise ValueError(f"measure {name}: size_term must be 'sqrt', 'log' or ''")
-    if samples not in ("own", "shared"):
-        raise ValueError(f"measure {name}: samples must be 'own' or 'shared'")
+    if samples not in ("own", "shared", "none"):
+        raise ValueError(f"measure {name}: samples must be 'own', 'shared' or 'none'")
 
     def deco(fn):
         if name in REGISTRY:

@@ -4,7 +4,7 @@ from pgen.measures import register
 from pgen.measures._util import paired_weights
 
 
-@register("distance_from_init", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap (Nagarajan & Kolter 2019: distance from init grows with the gap)",
+@register("distance_from_init", samples="none", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap (Nagarajan & Kolter 2019: distance from init grows with the gap)",
           sign=1, needs_init=True, family="distance",
           description="squared Euclidean distance of all weights from their initial values (PGDL kit baseline)",
           reference="PGDL starting kit; Jiang et al. 2020")

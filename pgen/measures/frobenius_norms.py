@@ -18,14 +18,14 @@ def _fro2(model) -> list[float]:
     return [float(w.square().sum()) for w in weight_matrices(model)]
 
 
-@register("log_prod_of_fro", sign_reason=BOUND_SIGN,
+@register("log_prod_of_fro", samples="none", sign_reason=BOUND_SIGN,
           size_term='log', sign=1, family="frobenius", description="sum of log squared Frobenius norms",
           reference="Jiang et al., ICLR 2020 (eq. 37)")
 def log_prod_of_fro(model, init_model, data, settings) -> float:
     return sum(math.log(f) for f in _fro2(model))
 
 
-@register("log_sum_of_fro", sign_reason=BOUND_SIGN,
+@register("log_sum_of_fro", samples="none", sign_reason=BOUND_SIGN,
           size_term='log', sign=1, family="frobenius", description="log d + mean log squared Frobenius norm",
           reference="Jiang et al., ICLR 2020 (eq. 39)")
 def log_sum_of_fro(model, init_model, data, settings) -> float:
@@ -52,7 +52,7 @@ def log_sum_of_fro_over_margin(model, init_model, data, settings) -> MeasureValu
                         {"margin_10th": signed})
 
 
-@register("dist_fro_init", sign_reason=BOUND_SIGN,
+@register("dist_fro_init", samples="none", sign_reason=BOUND_SIGN,
           size_term='sqrt', sign=1, needs_init=True, family="distance",
           description="sum of squared Frobenius norms of (W - W_init), layer weights only",
           reference="Jiang et al., ICLR 2020 (eq. 40)")
@@ -60,7 +60,7 @@ def dist_fro_init(model, init_model, data, settings) -> float:
     return sum(float((w - w0).square().sum()) for w, w0 in zip(weight_matrices(model), weight_matrices(init_model)))
 
 
-@register("param_norm", sign_reason=BOUND_SIGN,
+@register("param_norm", samples="none", sign_reason=BOUND_SIGN,
           size_term='sqrt', sign=1, family="frobenius", description="sum of squared Frobenius norms of the layer weights",
           reference="Jiang et al., ICLR 2020 (eq. 42)")
 def param_norm(model, init_model, data, settings) -> float:

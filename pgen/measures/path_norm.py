@@ -15,7 +15,7 @@ from pgen.measures import MeasureError, register
 from pgen.measures._util import BOUND_SIGN, fold_batchnorm, has_batchnorm
 
 
-@register("path_norm", sign_reason=BOUND_SIGN,
+@register("path_norm", samples="none", sign_reason=BOUND_SIGN,
           size_term='sqrt', sign=1, family="path",
           description="sum over paths of the product of squared weights (all-ones input, squared parameters)",
           reference="Neyshabur et al. 2015; Jiang et al., ICLR 2020 (eq. 44)")

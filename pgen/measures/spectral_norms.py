@@ -25,14 +25,14 @@ def _log_prod(model) -> tuple[float, int]:
     return sum(math.log(spectral_norm(w) ** 2) for w in mats), len(mats)
 
 
-@register("log_prod_of_spec", sign_reason=BOUND_SIGN,
+@register("log_prod_of_spec", samples="none", sign_reason=BOUND_SIGN,
           size_term='log', sign=1, family="spectral", description="sum of log squared spectral norms",
           reference="Jiang et al., ICLR 2020 (eq. 32)")
 def log_prod_of_spec(model, init_model, data, settings) -> float:
     return _log_prod(model)[0]
 
 
-@register("log_sum_of_spec", sign_reason=BOUND_SIGN,
+@register("log_sum_of_spec", samples="none", sign_reason=BOUND_SIGN,
           size_term='log', sign=1, family="spectral",
           description="log d + mean log squared spectral norm (log of the sum bound)",
           reference="Jiang et al., ICLR 2020 (eq. 35)")
@@ -59,7 +59,7 @@ def log_sum_of_spec_over_margin(model, init_model, data, settings) -> float:
     return MeasureValue(math.log(d) + (lp - 2 * math.log(gamma)) / d, {"margin_10th": signed})
 
 
-@register("dist_spec_init", sign_reason=BOUND_SIGN,
+@register("dist_spec_init", samples="none", sign_reason=BOUND_SIGN,
           size_term='sqrt', sign=1, needs_init=True, family="distance",
           description="sum of squared spectral norms of (W - W_init)", reference="Jiang et al., ICLR 2020 (eq. 41)")
 def dist_spec_init(model, init_model, data, settings) -> float:

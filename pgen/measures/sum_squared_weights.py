@@ -8,7 +8,7 @@ from pgen.measures import register
 from pgen.measures._util import all_weights
 
 
-@register("sum_squared_weights", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap",
+@register("sum_squared_weights", samples="none", sign_reason="the PGDL starting kit's baseline, which returns it as a complexity: larger predicts a larger gap",
           sign=1, family="norm",
           description="sum of squared weights incl. BN statistics (PGDL kit baseline)",
           reference="PGDL starting kit")

@@ -32,8 +32,13 @@ def _summary(model, data) -> dict:
     import io
     import logging
 
+    import warnings
+
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints fit diagnostics
+    # it prints fit diagnostics and warns (powerlaw's RuntimeWarnings) on stdout, stderr and warnings
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         details = ww.WeightWatcher(model=model).analyze()  # the package's default min_evals
     summary = {c: float(details[c].mean()) for c in COLUMNS if c in details}
     data.cache["weightwatcher"] = (model, summary)
@@ -65,7 +70,7 @@ def _make(column: str, description: str, sign_reason: str):
             raise MeasureError(f"WeightWatcher returned no finite {column} for this model")
         return value
 
-    register(f"ww_{column}", sign=1, family="weightwatcher", description=description + " (WeightWatcher)",
+    register(f"ww_{column}", samples="none", sign=1, family="weightwatcher", description=description + " (WeightWatcher)",
              requires="weightwatcher", sign_reason=sign_reason,
              reference="Martin, Peng & Mahoney 2021, Nat. Commun. 12:4122; code: the weightwatcher package "
                        "(WeightWatcher.analyze, its default min_evals)")(measure)

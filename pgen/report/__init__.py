@@ -71,6 +71,9 @@ def answer_sentences(stats: MeasureStatistics, holm_p: Mapping[str, float] | Non
         verdict = _verdict(row["value"], row["ci_low"], row["ci_high"], expected, (holm_p or {}).get(target), family)
         out.append(f"Kendall tau with {label} {row['value']:+.2f} [95% CI {row['ci_low']:+.2f}, {row['ci_high']:+.2f}; "
                    f"{unit}], bootstrap p = {row['p_boot']:.2g} ({null}): {verdict}.")
+    if not out:  # e.g. a measure constant over the zoo: say why there is nothing, not an empty line
+        why = stats.notes[0].split(": ", 1)[-1] if stats.notes else "no target column to compare with"
+        out.append(f"No rank correlation: {Document.text(why)}.")
     if stats.cmi is not None:
         text = f"PGDL CMI against the gap {stats.cmi:.3f}"
         if stats.cmi_null:
@@ -91,6 +94,30 @@ def _holm_over_measures(stats: Mapping[str, MeasureStatistics]) -> dict[str, dic
         for m, p in zip(names, adjusted):
             out[m][target] = float(p)
     return out
+
+
+def _targets_sentence(run: ScoreRun) -> str:
+    """Where the targets come from: which test accuracy (pgen's, recomputed, with the zoo's
+    recorded one beside it, or the zoo's) and which pseudo-test policy."""
+    import scipy.stats
+
+    table = run.table
+    parts = []
+    if "test_acc" in table and "zoo.test_acc" in table:
+        both = table[["test_acc", "zoo.test_acc"]].apply(pd.to_numeric, errors="coerce").dropna()
+        if len(both) and not (both["test_acc"] == both["zoo.test_acc"]).all():
+            agree = (f"; Kendall tau {scipy.stats.kendalltau(both['test_acc'], both['zoo.test_acc'])[0]:+.2f} between "
+                     "the two" if len(both) > 2 and both.nunique().min() > 1 else "")
+            parts.append("Test accuracy is pgen's, recomputed on the zoo's test split; the zoo's recorded one is "
+                         f"`zoo.test_acc` in models.csv (largest difference {(both['test_acc'] - both['zoo.test_acc']).abs().max():.3f}{agree}).")
+        else:
+            parts.append("Test accuracy: pgen's recomputed value equals the zoo's recorded one.")
+    elif "zoo.test_acc" in table:
+        parts.append("Test accuracy is the zoo's recorded one (no test data to recompute it).")
+    policy = run.info.get("pseudo_test_policy")
+    if policy and "pseudo_test_acc" in table:
+        parts.append(f"Pseudo-test accuracy: policy {Document.text(policy)}.")
+    return " ".join(parts)
 
 
 def color_column(columns, color_by: str | None, zoo_name: str) -> str | None:
@@ -165,6 +192,7 @@ def _write_report(run: ScoreRun, out: Path, into: Path, color_by, n_boot: int, c
         answers[m] = sentences
         doc.paragraph(f"**{m}** (sign {sign:+d}: {direction}; {stats[m].n} models). " + " ".join(sentences),
                       answer=True)
+    doc.paragraph(_targets_sentence(run), answer=True)
     doc.paragraph("Kendall tau is tau-b of sign x value (so a positive tau against the gap, a negative one against "
                   f"test accuracy, is the measure's intended direction); the CIs are percentile bootstraps ({n_boot} "
                   "resamples) over the design's unit: whole hyperparameter cells (every seed of a cell together) where "

@@ -49,6 +49,9 @@ def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, dat
             cached = default_cache_dir() / "zoos" / str(path)
             if build:
                 cached = build_zoo(str(path), cached, progress=progress)
+            elif not (cached / "zoo.json").is_file():
+                raise ZooError(f"the embedded zoo {path} is not built yet: `pgen zoo build {path}` builds it "
+                               f"(into {cached}), and `pgen score {path}` builds it first")
             p = cached
         else:
             raise ZooError(f"no zoo at {path!s}, and it is not an embedded zoo name ({sorted(embedded_recipes())})")

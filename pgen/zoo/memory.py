@@ -74,11 +74,10 @@ class ModelsZoo(Zoo):
         return False
 
     @property
-    def data_kind(self) -> str:
-        if self._data_kind:
-            return self._data_kind
-        x = self._train[0][0]
-        return "grayscale" if torch.as_tensor(x).dim() == 3 and x.shape[0] == 1 else "color"
+    def data_kind(self) -> str | None:
+        """The pseudo-test policy's kind when given or implied by a named dataset; else None
+        (pgen then uses one without flips)."""
+        return self._data_kind
 
     def _entries(self):
         return [ZooEntry(str(k), self._hparams.get(str(k), {}), self._metrics.get(str(k), {}), self, {"key": k})
@@ -109,7 +108,12 @@ class ModelsZoo(Zoo):
         if self._identity is None:
             h = hashlib.sha256(super().identity().encode())
             for e in self.entries:
-                for key, tensor in sorted(e.load_model().state_dict().items()):
+                try:
+                    state = e.load_model().state_dict()
+                except Exception as exc:  # that model's failure, recorded when it is scored; its text marks it here
+                    h.update(f"{e.id} failed to load: {type(exc).__name__}: {exc}".encode())
+                    continue
+                for key, tensor in sorted(state.items()):
                     h.update(key.encode())
                     h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._identity = f"{self.name}:{h.hexdigest()[:16]}"

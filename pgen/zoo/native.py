@@ -20,6 +20,7 @@ Checkpoint paths must stay inside the zoo folder.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -55,7 +56,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except ZooError:
         raise
     except Exception as exc:  # corrupt file, pickled objects refused by weights_only, ...
-        raise ZooError(f"checkpoint {path} cannot be read: {exc}") from exc
+        if "Weights only load failed" in str(exc):  # torch's advice (weights_only=False) would run the file's code
+            raise ZooError(f"checkpoint {path} holds pickled Python objects (a whole model, not its weights), which "
+                           "pgen never unpickles: save model.state_dict() instead (torch.save(model.state_dict(), "
+                           "path)) and give the architecture with --arch") from None
+        raise ZooError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
     state = _unwrap(state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ZooError(f"checkpoint {path} is not a state dict of tensors (nor one wrapped under "
@@ -112,7 +117,17 @@ def save_state_dict(model: nn.Module, path: Path) -> None:
     tmp = replace_link(path.with_name(path.name + ".tmp"))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
+    os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors writes 0600; the zoo's other files follow the umask
     tmp.replace(path)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once, at import (os.umask cannot be read without being set)
 
 
 def load_weights_into(model: nn.Module, state: dict, *, source: Path, model_id: str) -> nn.Module:
@@ -188,7 +203,8 @@ class NativeZoo(Zoo):
         self._train_labels = None  # the training split's labels, read once for training_data()
         # Every file a zoo names resolves inside its folder, or inside the folder the user
         # named as trusted (data_root, --data-root): a zoo.json is someone else's file.
-        self.allowed_roots = [self.root.resolve()] + ([Path(data_root).resolve()] if data_root is not None else [])
+        self.data_root = str(Path(data_root).resolve()) if data_root is not None else None  # workers reopen with it
+        self.allowed_roots = [self.root.resolve()] + ([Path(self.data_root)] if data_root is not None else [])
         # Checkpoint paths are relative to checkpoint_root (the zoo folder unless zoo.json says) and may not escape it.
         self.checkpoint_root = self.contained(self.root / self.meta.get("checkpoint_root", "."),
                                               what="zoo.json's checkpoint_root", directory=True)
