@@ -366,6 +366,7 @@ def _add_score(sub):
     p.add_argument("--bootstrap", type=_integer(0, MAX_RESAMPLES), default=1000,
                    help="bootstrap resamples for the report's CIs (default 1000)")
     p.add_argument("--no-report", action="store_true", help="skip the report")
+    _add_plugin_options(p)
     p.set_defaults(func=_cmd_score)
 
 
@@ -395,6 +396,7 @@ def _cmd_score(args):
     from pgen.score import ScoreSettings, score_zoo
     from pgen.zoo import load_zoo
 
+    _load_plugins(args)
     out = Path(args.out) if args.out else _default_out(args.zoo)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
@@ -501,6 +503,7 @@ def _add_pgdl(sub):
                                                       "recorded (the competition allowed 300)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda")
     pr.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed for measures that sample")
+    _add_plugin_options(pr)
     _add_executor_options(pr)
     pr.set_defaults(func=_cmd_pgdl_predict)
 
@@ -524,6 +527,7 @@ def _cmd_pgdl_predict(args):
     from pgen.measures import MeasureSettings
     from pgen.pgdl import predict_task
 
+    _load_plugins(args)
     settings = MeasureSettings(device=args.device, seed=args.seed)
     with _executor(args) as executor:
         table = predict_task(args.task_dir, args.measure, args.out, n_samples=args.samples or None,
@@ -544,8 +548,31 @@ def _add_measures(sub):
                                    "published source.")
     p.add_argument("--long", action="store_true",
                    help="one block per measure: source (paper and code), fidelity, sign and the reason for it")
-    p.add_argument("names", nargs="*", help="only these measures")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="only these measures; `pgen measures check TARGET` runs the measure contract on TARGET "
+                        "(a measure name, or a plugin file or module: every measure it registers), one verdict "
+                        "a line, exit 1 when one fails")
+    _add_plugin_options(p)
     p.set_defaults(func=_cmd_measures)
+
+
+def _add_plugin_options(p) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import your own measures (decorated with @pgen.measures.register) from this file or "
+                        "module before anything else; needs --trust-code, since importing runs it (repeatable)")
+    if not any("--trust-code" in a.option_strings for a in p._actions):
+        p.add_argument("--trust-code", action="store_true",
+                       help="allow your own code: --plugin files and package.module:callable architectures")
+
+
+def _load_plugins(args) -> list[str]:
+    """The user's measures, loaded before any name is looked up; the names they added."""
+    from pgen.measures import load_plugin
+
+    added = []
+    for spec in getattr(args, "plugin", []) or []:
+        added += load_plugin(spec, trust_code=args.trust_code)
+    return added
 
 
 SAMPLES_TEXT = {"own": "the model's own training samples and labels, where the zoo records them",
@@ -559,6 +586,9 @@ def _cmd_measures(args):
     from pgen import DISTRIBUTION
     from pgen.measures import list_measures
 
+    _load_plugins(args)
+    if args.names[:1] == ["check"]:
+        return _check_measures(args)
     table = list_measures()
     if args.names:
         unknown = sorted(set(args.names) - set(table["name"]))
@@ -601,6 +631,56 @@ def _fit_to_terminal(table, notes=None) -> str:
     return "\n".join(lines)
 
 
+def _check_measures(args) -> int:
+    from pgen.errors import InputError
+    from pgen.measures import REGISTRY, get_measure, load_plugin
+    from pgen.measures._contract import check_measure
+
+    targets = args.names[1:]
+    if not targets:
+        raise InputError("pgen measures check: name a measure, or a plugin file (FILE.py) or module")
+    names = []
+    for target in targets:
+        if target.endswith(".py") or (target not in REGISTRY and "." in target):
+            names += load_plugin(target, trust_code=args.trust_code)
+        else:
+            names.append(get_measure(target).name)
+    failed = 0
+    for name in dict.fromkeys(names):
+        print(f"{name}:")
+        for verdict in check_measure(name):
+            print("  " + verdict.line())
+            failed += not verdict.passed
+    print(f"{failed} check(s) failed" if failed else "every check passed")
+    return 1 if failed else 0
+
+
+def _run_suite(args) -> int:
+    import pandas as pd
+
+    from pgen.errors import InputError
+    from pgen.suites import load_suite, run_suite
+
+    if args.zoos or args.from_tables:
+        raise InputError("--suite names its own zoos; give no zoos (or --from-tables) with it")
+    if args.samples != 1000 or args.seed != 0 or args.bootstrap is not None or args.all_models or args.shared_samples:
+        raise InputError("a suite fixes its settings (samples, seed, bootstrap, converged models), so that its "
+                         "leaderboards compare; drop --samples/--seed/--bootstrap/--all-models/--shared-samples")
+    suite = load_suite(args.suite)
+    measures = [m.strip() for m in args.measures.split(",") if m.strip()] or None
+    out = args.out or f"reports/suite-{suite.name}"
+    with _executor(args) as executor:
+        res = run_suite(suite, out, measures=measures, workers=args.workers, device=args.device,
+                        learned=args.learned, executor=executor)
+    board = pd.read_csv(Path(out) / "leaderboard.csv")
+    cols = ["zoo", "measure", "tau_gap", "tau_gap_ci_low", "tau_gap_ci_high", "tau_gap_holm", "median_seconds"]
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(board[cols].round(3).to_string(index=False))
+    print(f"\nsuite {suite.name} v{suite.version}: {Path(out) / 'leaderboard.csv'}, "
+          f"{Path(out) / 'leaderboard.json'}, report {res['files'][0]}")
+    return 0
+
+
 def _add_benchmark(sub):
     p = sub.add_parser("benchmark", help="compare every generalization measure on one or more zoos",
                        description="Compute the selected measures (default: all but the optional "
@@ -616,6 +696,10 @@ def _add_benchmark(sub):
     p.add_argument("zoos", nargs="*", help="zoo folders or embedded zoo names (digits, mnist5k)")
     p.add_argument("--out", default=None, help="output folder (default reports/benchmark; with --from-tables, "
                                                "that folder)")
+    p.add_argument("--suite", metavar="NAME|FILE.toml", default=None,
+                   help="a named, versioned suite (embedded: standard; or a suite file): its zoos and settings, "
+                        "and a leaderboard (leaderboard.csv, .json) comparable with anyone's of the same suite "
+                        "version and settings hash")
     p.add_argument("--from-tables", metavar="DIR", default=None,
                    help="redo the statistics and the report of an earlier benchmark folder from its stored tables "
                         "(models_<zoo>.csv, errors_<zoo>.csv, benchmark_settings.json) alone, without zoos or "
@@ -635,6 +719,7 @@ def _add_benchmark(sub):
     p.add_argument("--shared-samples", action="store_true",
                    help="label-using measures see the shared samples, not each model's own training data")
     p.add_argument("--data-kind", help=DATA_KIND_HELP)
+    _add_plugin_options(p)
     p.add_argument("--learned", action="store_true",
                    help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
                         "cross-validated by hyperparameter cell)")
@@ -652,6 +737,9 @@ def _cmd_benchmark(args):
     from pgen.errors import InputError
     from pgen.score import ScoreSettings
 
+    _load_plugins(args)
+    if args.suite:
+        return _run_suite(args)
     if args.from_tables:
         if args.zoos:
             raise InputError("--from-tables redoes the statistics of stored tables; give no zoos with it")

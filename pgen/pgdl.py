@@ -53,9 +53,17 @@ def _measure_one(zoo: Zoo, model_id: str, measure: str, data: MeasureData, setti
     return model_id, value, time.perf_counter() - t, None
 
 
-def _worker(conn, task_dir, measure, n_samples, settings):
+def _load_plugins(plugins) -> None:
+    from pgen.measures import load_plugin
+
+    for spec in plugins:  # the parent loaded them under --trust-code; a spawned worker loads them again
+        load_plugin(spec, trust_code=True)
+
+
+def _worker(conn, task_dir, measure, n_samples, settings, plugins=()):
     import torch
 
+    _load_plugins(plugins)
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     zoo = load_zoo(task_dir, build=False, progress=False)
     data = measure_data_for(zoo, n_samples)
@@ -70,9 +78,10 @@ def _worker(conn, task_dir, measure, n_samples, settings):
 _WORKER: dict = {}
 
 
-def _ray_worker_init(task_dir, measure, n_samples, settings, threads):
+def _ray_worker_init(task_dir, measure, n_samples, settings, threads, plugins=()):
     import torch
 
+    _load_plugins(plugins)
     torch.set_num_threads(threads)
     zoo = load_zoo(task_dir, build=False, progress=False)
     _WORKER.update(zoo=zoo, measure=measure, settings=settings, data=measure_data_for(zoo, n_samples))
@@ -86,7 +95,9 @@ class _BudgetedRunner:
     """One worker process at a time; a model over budget kills it and the next model starts a new one."""
 
     def __init__(self, task_dir, measure, n_samples, settings, budget):
-        self.args = (str(task_dir), measure, n_samples, settings)
+        from pgen.measures import PLUGINS
+
+        self.args = (str(task_dir), measure, n_samples, settings, tuple(PLUGINS))
         self.budget = budget
         self.proc = self.conn = None
 
@@ -192,7 +203,9 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
     try:
         with open_executor(executor, device=settings.device) as executor:
             if isinstance(executor, RayExecutor) and todo:
-                initargs = (str(zoo.root), measure, n_samples, settings, executor.threads_per_job)
+                from pgen.measures import PLUGINS
+
+                initargs = (str(zoo.root), measure, n_samples, settings, executor.threads_per_job, tuple(PLUGINS))
                 executor.run([(mid,) for mid in todo], initializer=_ray_worker_init, initargs=initargs,
                              work=_ray_worker_measure, record=lambda r: record(*r),
                              failed=lambda job, message: record(job[0], None, None, message), budget=time_budget)

@@ -301,9 +301,14 @@ def scoring_environment(device: str, workers: int) -> dict:
 _WORKER: dict = {}
 
 
-def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx, device="cpu", threads=1):
-    """Prepares a worker process (a local pool's or a Ray node's) once: it reopens the zoo
-    from its folder and keeps the run's shared samples."""
+def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx, device="cpu", threads=1, plugins=()):
+    """Prepares a worker process (a local pool's or a Ray node's) once: it loads the user's
+    measure plugins the caller loaded, reopens the zoo from its folder and keeps the run's
+    shared samples."""
+    from pgen.measures import load_plugin
+
+    for spec in plugins:  # the caller trusted them (--trust-code) before loading them itself
+        load_plugin(spec, trust_code=True)
     torch.set_num_threads(threads)
     zoo = load_zoo(zoo_root, build=False, progress=False, data_root=data_root, trust_code=trust_code)
     zoo._identity = identity  # a view (e.g. final models) keeps its identity
@@ -451,8 +456,11 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_meas
             for mid, need_targets, missing in jobs:
                 record(_score_one(zoo, mid, ctx, s, device, need_targets, missing, angle_matrix_out))
         else:  # worker processes reopen the zoo from its folder
+            from pgen.measures import PLUGINS
+
             initargs = (str(zoo.root), getattr(zoo, "data_root", None),  # absolute: the path every node sees
-                        getattr(zoo, "trust_code", False), zoo.identity(), s, ctx, device, executor.threads_per_job)
+                        getattr(zoo, "trust_code", False), zoo.identity(), s, ctx, device, executor.threads_per_job,
+                        tuple(PLUGINS))
             executor.run(jobs, initializer=_worker_init, initargs=initargs, work=_worker_score, record=record,
                          failed=lambda job, message: record(_Outcome(job[0], error=message)))
     finally:

@@ -4,7 +4,6 @@ CNN is finite, reproducible from its seed, leaves the models exactly as it found
 and (when deterministic) does not depend on the batch size. With CUDA present, CPU and
 CUDA values agree with one model shared by all measures in several orders."""
 
-import copy
 import importlib.util
 
 import numpy as np
@@ -14,29 +13,10 @@ from torch import nn
 
 from pgen.measures import (REGISTRY, MeasureData, MeasureError, MeasureSettings, MeasureValue, compute_measure,
                            evaluate_measure, list_measures, register)
+from pgen.measures._contract import check_measure, tiny_models
 
 NAMES = list(list_measures()["name"])
 CUDA = torch.cuda.is_available()
-
-
-def tiny_models():
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(3)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3))
-    mlp0 = copy.deepcopy(mlp)
-    with torch.no_grad():  # "trained": moved away from the initial weights
-        for p in mlp.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    torch.manual_seed(4)
-    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
-    cnn0 = copy.deepcopy(cnn)
-    with torch.no_grad():
-        for p in cnn.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-        cnn[1].running_mean.uniform_(-0.1, 0.1, generator=g)
-    x = torch.rand(48, 1, 6, 6, generator=g)
-    y = torch.arange(48) % 3
-    return {"mlp": (mlp, mlp0), "cnn": (cnn, cnn0)}, (x, y)
 
 
 def available(name):
@@ -148,3 +128,12 @@ def test_cpu_and_cuda_agree_with_a_shared_model(order):
         for n in names:
             tol = 0.05 if REGISTRY[n].stochastic else 1e-3  # bisections may stop one step apart
             assert cuda[n] == pytest.approx(cpu[n], rel=tol, abs=1e-4), f"{arch} {n}: cpu {cpu[n]} cuda {cuda[n]}"
+
+
+@pytest.mark.parametrize("name", ["num_params", "pvector_angle", "jacobian_norm",
+                                  "augmentation_robustness", "distance_from_init"])
+def test_the_users_contract_check_passes_built_in_measures(name):
+    """`pgen measures check` runs the checks this module asserts; on built-in measures it passes."""
+    verdicts = check_measure(name)
+    assert verdicts and all(v.passed for v in verdicts), [v.line() for v in verdicts if not v.passed]
+

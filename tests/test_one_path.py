@@ -178,6 +178,8 @@ def test_a_non_editable_install_finds_the_embedded_recipes(tmp_path):
     assert "pgen = pgen.cli:main" in (dist_info / "entry_points.txt").read_text()
     assert (target / "pgen" / "recipes" / "digits.toml").is_file()
     assert not (target / "pgen" / "recipes" / "digits.toml").is_relative_to(ROOT)
+    assert (target / "pgen" / "suites" / "standard.toml").is_file()  # the suites travel too (model_zoos/suites)
+    assert not (target / "pgen" / "recipes").is_symlink()  # the wheel holds files, not the checkout's links
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -50,7 +50,7 @@ from pgen.errors import MeasureError, UnknownNameError
 
 __all__ = ["FIDELITY", "Measure", "MeasureData", "MeasureSettings", "MeasureValue", "MeasureResult", "MeasureError",
            "REGISTRY", "register", "get_measure", "list_measures", "compute_measure", "evaluate_measure",
-           "compute_for_entry", "model_device", "tf32_mode"]
+           "compute_for_entry", "load_plugin", "model_device", "tf32_mode"]
 
 
 @dataclass
@@ -180,13 +180,83 @@ def _load_all():
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def get_measure(name: str) -> Measure:
-    """The registered measure ``name``; an :class:`~pgen.errors.UnknownNameError` lists the known ones."""
+ENTRY_POINT_GROUP = "pgen.measures"  # installed packages expose measures here; each is loaded only when named
+PLUGINS: dict[str, list[str]] = {}  # plugins loaded in this process (absolute path or module name) -> their measures
+
+
+def load_plugin(spec: str, *, trust_code: bool = False) -> list[str]:
+    """Import a user's measures: ``spec`` is a ``.py`` file or an importable module name
+    whose ``@register(...)`` calls add measures to the registry. Importing runs the user's
+    code, so it needs ``trust_code`` (``--trust-code`` on the command line). Loading the
+    same plugin again imports nothing. Returns the names it registered.
+    """
+    import importlib
+    from pathlib import Path
+
+    from pgen.errors import InputError
+
+    if not trust_code:
+        raise InputError(f"plugin {spec!r} is your own code: importing it runs it. If you trust it, pass "
+                         "--trust-code (Python: trust_code=True)")
     _load_all()
+    path = Path(spec)
+    key = str(path.resolve()) if spec.endswith(".py") else spec
+    if key in PLUGINS:
+        return list(PLUGINS[key])
+    before = set(REGISTRY)
     try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown measure {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        if spec.endswith(".py"):
+            if not path.is_file():
+                raise InputError(f"plugin {spec}: no such file")
+            import hashlib
+            import sys
+
+            # a name derived from the path, the same in every process (workers load it again)
+            module_name = f"pgen_plugin_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(module_name, None)
+                raise
+        else:
+            importlib.import_module(spec)
+    except InputError:
+        raise
+    except ValueError as exc:  # register()'s own refusals: a duplicate name, a missing reference
+        raise InputError(f"plugin {spec}: {exc}") from None
+    except ImportError as exc:
+        raise InputError(f"plugin {spec}: cannot import it: {exc}") from None
+    added = sorted(set(REGISTRY) - before)
+    if not added:
+        raise InputError(f"plugin {spec} registered no measure (decorate its functions with "
+                         "@pgen.measures.register(...))")
+    PLUGINS[key] = added
+    return list(added)
+
+
+def _from_entry_point(name: str) -> bool:
+    """Load the installed package's measure ``name`` from the ``pgen.measures`` entry points."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            ep.load()  # importing the module registers the measure
+            return name in REGISTRY
+    return False
+
+
+def get_measure(name: str) -> Measure:
+    """The registered measure ``name`` (loading an installed package's ``pgen.measures``
+    entry point of that name if needed); an :class:`~pgen.errors.UnknownNameError` lists
+    the known ones."""
+    _load_all()
+    if name not in REGISTRY and not _from_entry_point(name):
+        raise UnknownNameError(f"unknown measure {name!r}; known: {', '.join(sorted(REGISTRY))} (your own: "
+                               "--plugin FILE.py --trust-code)")
+    return REGISTRY[name]
 
 
 def list_measures() -> pd.DataFrame:
