@@ -65,7 +65,7 @@ def test_measures_check_passes_the_example_and_names_what_a_broken_measure_gets_
             model.train()
             with torch.no_grad():
                 next(model.parameters()).add_(1.0)
-            d = sum(p.sum() for p in init_model.parameters())  # reads init without needs_init
+            d = sum(p.detach().sum() for p in init_model.parameters())  # reads init without needs_init
             return float(settings.batch_size + torch.rand(1) + 0 * d)
     """))
     assert main(["measures", "check", str(tmp_path / "broken.py"), "--trust-code"]) == 1
