@@ -155,7 +155,9 @@ class _Context:
         if self.x.dim() == 4 or (self.x.dim() == 3 and self.policy.name == "signal-1d"):
             self.x_pseudo, self.y_pseudo = pseudo_test_set(self.x, self.y, self.policy, seed=s.seed,
                                                            copies=s.pseudo_copies)
-        self.measure_data = MeasureData(self.x, self.y, num_classes=int(y.max()) + 1)
+        self.measure_data = MeasureData(self.x, self.y, num_classes=int(y.max()) + 1,
+                                        x_test=None if self.x_test is None else self.x_test[:n],
+                                        x_pseudo=None if self.x_pseudo is None else self.x_pseudo[:n])
 
 
 @dataclass
@@ -218,7 +220,7 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     if own is not None:  # the first n of the model's own training samples, with its labels
         n = len(ctx.x)
         own_data = MeasureData(ctx.x_train[own[0][:n]], own[1][:n], num_classes=ctx.measure_data.num_classes,
-                               train_size=m_train)
+                               train_size=m_train, own=True)
     for name in measures:
         try:
             m = get_measure(name)

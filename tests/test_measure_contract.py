@@ -13,7 +13,7 @@ from torch import nn
 
 from pgen.measures import (REGISTRY, MeasureData, MeasureError, MeasureSettings, MeasureValue, compute_measure,
                            evaluate_measure, list_measures, register)
-from pgen.measures._contract import check_measure, tiny_models
+from pgen.measures._contract import check_measure, tiny_data, tiny_models
 
 NAMES = list(list_measures()["name"])
 CUDA = torch.cuda.is_available()
@@ -47,7 +47,7 @@ def test_measure_contract(name, arch):
     model.train()  # the contract sets eval mode and restores these flags
     init.eval()
     before, before0 = snapshot(model), snapshot(init)
-    data = MeasureData(x, y, train_size=len(x))
+    data = tiny_data(x, y)
     try:
         first = evaluate_measure(name, model, init, data, MeasureSettings(seed=5))
     except MeasureError as exc:
@@ -57,13 +57,13 @@ def test_measure_contract(name, arch):
     assert_unchanged(model, before, "cpu", True, name)
     assert_unchanged(init, before0, "cpu", False, name)
     # same seed, same value (fresh data object: no cache shared with the first call)
-    again = compute_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5))
+    again = compute_measure(name, model, init, tiny_data(x, y), MeasureSettings(seed=5))
     assert again == first.value, name
     meta = REGISTRY[name]
     if not meta.stochastic:
-        other = compute_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5, batch_size=7))
+        other = compute_measure(name, model, init, tiny_data(x, y), MeasureSettings(seed=5, batch_size=7))
         assert other == pytest.approx(first.value, rel=1e-4, abs=1e-6), f"{name} depends on the batch size"
-        assert compute_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=6)) == pytest.approx(
+        assert compute_measure(name, model, init, tiny_data(x, y), MeasureSettings(seed=6)) == pytest.approx(
             first.value, rel=1e-4, abs=1e-6), f"{name} uses the seed but is not declared stochastic"
 
 
@@ -121,8 +121,8 @@ def test_cpu_and_cuda_agree_with_a_shared_model(order):
     elif order == "shuffled":
         names = list(np.random.default_rng(0).permutation(names))
     for arch, (model, init) in models.items():
-        cpu = {n: compute_measure(n, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5)) for n in names}
-        shared = MeasureData(x, y, train_size=len(x))  # one data object and one model through every measure, in this order
+        cpu = {n: compute_measure(n, model, init, tiny_data(x, y), MeasureSettings(seed=5)) for n in names}
+        shared = tiny_data(x, y)  # one data object and one model through every measure, in this order
         cuda = {n: compute_measure(n, model, init, shared, MeasureSettings(seed=5, device="cuda")) for n in names}
         assert next(model.parameters()).device.type == "cpu"
         for n in names:

@@ -62,6 +62,9 @@ class MeasureData:
     num_classes: int | None = None
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-zoo results, e.g. the data P-vector
     train_size: int | None = None  # samples the model was trained on (bounds' m); None: unknown
+    x_test: torch.Tensor | None = None  # the first inputs of the test split (no labels), where the zoo has one
+    x_pseudo: torch.Tensor | None = None  # pseudo-test copies of the shared samples, where a policy makes them
+    own: bool = False  # x, y are the model's own training samples (not the zoo's shared ones)
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
@@ -123,6 +126,7 @@ class Measure:
     size_term: str = ""  # Dziugaite et al.'s dataset-size term: "sqrt", "log" or "" (none)
     version: int = 1  # raised when the definition changes: values stored by an earlier one are not reused
     samples: str = "own"  # "own": the model's own training samples and labels; "shared": one set for the zoo
+    inputs_from: tuple[str, ...] = ()  # other input sets it reads: "test" (data.x_test), "pseudo-test" (x_pseudo)
 
     def __call__(self, model, init_model, data, settings=None) -> float:
         return compute_measure(self.name, model, init_model, data, settings)
@@ -138,14 +142,17 @@ FIDELITY = ("faithful", "inspired by", "pgen's own")
 
 def register(name: str, *, description: str, sign: int, reference: str, sign_reason: str, needs_init: bool = False,
              family: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = "",
-             fidelity: str = "faithful", size_term: str = "", version: int = 1, samples: str = "own"):
+             fidelity: str = "faithful", size_term: str = "", version: int = 1, samples: str = "own",
+             inputs_from: tuple[str, ...] = ()):
     """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``.
 
     ``reference`` names the paper and code whose definition it computes, ``fidelity`` how
     closely (one of :data:`FIDELITY`), ``sign_reason`` why the sign is what it is.
     ``version`` goes up whenever the definition changes, so that result stores do not
     reuse values computed by an earlier one. ``samples`` says which samples the measure
-    sees (module docstring): "own", "shared", or "none" for measures of the weights alone.
+    sees (module docstring): "own", "shared", or "none" for measures of the weights alone;
+    ``inputs_from`` the other input sets it reads ("test": ``data.x_test``, "pseudo-test":
+    ``data.x_pseudo``), refused where a zoo has none.
     """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
@@ -159,12 +166,15 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
         raise ValueError(f"measure {name}: size_term must be 'sqrt', 'log' or ''")
     if samples not in ("own", "shared", "none"):
         raise ValueError(f"measure {name}: samples must be 'own', 'shared' or 'none'")
+    if not set(inputs_from) <= {"test", "pseudo-test"}:
+        raise ValueError(f"measure {name}: inputs_from may name 'test' and 'pseudo-test'")
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"measure {name!r} is registered twice")
         REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference, needs_images,
-                                 stochastic, requires, fidelity, sign_reason, size_term, version, samples)
+                                 stochastic, requires, fidelity, sign_reason, size_term, version, samples,
+                                 tuple(inputs_from))
         return fn
 
     return deco
@@ -305,6 +315,9 @@ def evaluate_measure(name: str, model: nn.Module, init_model: nn.Module | None, 
         raise MeasureError(f"measure {name} needs the model's initial weights, which this zoo does not record")
     if m.needs_images and data.x.dim() != 4:
         raise MeasureError(f"measure {name} needs image inputs (N, C, H, W); got shape {tuple(data.x.shape)}")
+    for which, inputs in (("test", data.x_test), ("pseudo-test", data.x_pseudo)):
+        if which in m.inputs_from and inputs is None:
+            raise MeasureError(f"measure {name} reads {which} inputs, which this zoo (or its data kind) does not have")
     if m.requires and importlib.util.find_spec(m.requires) is None:
         raise MeasureError(f"measure {name} needs the optional package {m.requires!r}: "
                            f"pip install '{DISTRIBUTION}[{m.requires}]'")

@@ -20,7 +20,7 @@ from torch import nn
 
 from pgen.measures import MeasureData, MeasureSettings, MeasureValue, evaluate_measure, get_measure
 
-__all__ = ["Verdict", "tiny_models", "check_measure"]
+__all__ = ["Verdict", "tiny_models", "tiny_data", "check_measure"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,16 @@ def tiny_models():
     return {"mlp": (mlp, mlp0), "cnn": (cnn, cnn0)}, (x, y)
 
 
+def tiny_data(x, y, **kwargs) -> MeasureData:
+    """The tiny samples as a measure gets them, with test inputs and pseudo-test copies (other
+    draws of the same shape) for measures that read them."""
+    g = torch.Generator().manual_seed(1)
+    return MeasureData(x, y, train_size=len(x), x_test=torch.rand(x.shape, generator=g),
+                       x_pseudo=(x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1), **kwargs)
+
+
 def _value(name, model, init, x, y, **settings) -> float:
-    return evaluate_measure(name, model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(**settings)).value
+    return evaluate_measure(name, model, init, tiny_data(x, y), MeasureSettings(**settings)).value
 
 
 def _raw_call_changes(m, model, init, x, y) -> str:
@@ -65,7 +73,7 @@ def _raw_call_changes(m, model, init, x, y) -> str:
     changes on the model: weights, training flag or device; '' when nothing."""
     model.eval()
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    m.fn(model, init, MeasureData(x, y, train_size=len(x)), MeasureSettings(seed=5))
+    m.fn(model, init, tiny_data(x, y), MeasureSettings(seed=5))
     after = model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k].cpu())]
     problems = []
@@ -121,7 +129,7 @@ def _declarations(name, m, models, x, y) -> list[Verdict]:
     settings = MeasureSettings(seed=5)
     if not m.needs_init:  # it gets no initial weights: does it still run?
         try:
-            m.fn(mlp.eval(), None, MeasureData(x, y, train_size=len(x)), settings)
+            m.fn(mlp.eval(), None, tiny_data(x, y), settings)
             out.append(Verdict("runs without initial weights, as it declares (needs_init=False)", True))
         except Exception as exc:
             out.append(Verdict("runs without initial weights, as it declares (needs_init=False)", False,
@@ -129,8 +137,8 @@ def _declarations(name, m, models, x, y) -> list[Verdict]:
     if not m.needs_images:  # flat inputs, as an MLP on vectors gets them
         flat = nn.Sequential(nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
         try:
-            value = m.fn(flat, None if not m.needs_init else copy.deepcopy(flat),
-                         MeasureData(x.reshape(len(x), -1), y, train_size=len(x)), settings)
+            flat_data = tiny_data(x.reshape(len(x), -1), y)
+            value = m.fn(flat, None if not m.needs_init else copy.deepcopy(flat), flat_data, settings)
             ok = math.isfinite(value.value if isinstance(value, MeasureValue) else float(value))
             out.append(Verdict("runs on flat (non-image) inputs, as it declares (needs_images=False)", ok))
         except Exception as exc:
