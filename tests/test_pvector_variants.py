@@ -128,3 +128,21 @@ def test_a_zoo_scores_every_variant(tiny_zoo, tmp_path):
         values = run.table[name].dropna()
         assert len(values) >= 6 and values.between(0, 90).all(), name
     assert (run.table["pvector_angle_own_data.own_samples"] == 1).all()  # pgen's recipes record them
+
+
+def test_the_registered_judgement_reads_the_committed_benchmark():
+    """benchmarks/pvector_variants.py applies H1-H4 to the committed tables: its H1 is the
+    benchmark's own corrected decision, and every variant has a row on every zoo."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pv_judge", ROOT / "benchmarks" / "pvector_variants.py")
+    judge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(judge)
+    table = judge.judge(ROOT / "reports" / "pvector-variants", n_boot=200)
+    assert len(table) == 4 * 6 and table["scored"].all()
+    assert set(table.loc[table["role"] == "primary", "zoo"]) == {"fantastic-mnist5k"}
+    import pandas as pd
+
+    summary = pd.read_csv(ROOT / "reports" / "pvector-variants" / "summary_fantastic-mnist5k.csv").set_index("measure")
+    for _, row in table[table["zoo"] == "fantastic-mnist5k"].iterrows():
+        assert row["H1_intended"] == (summary.loc[row["variant"], "tau_gap_holm"] == "intended")
