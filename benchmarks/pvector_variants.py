@@ -18,7 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pgen.benchmark import _ranked
