@@ -29,6 +29,7 @@ from pgen.pvector import DEFAULT_MIN_GAP, PVectorResult, StreamingPVector
 __all__ = [
     "as_loader",
     "data_p_vector",
+    "evaluate_with_p_vectors",
     "extract_features",
     "iter_feature_batches",
     "model_p_vectors",
@@ -299,6 +300,51 @@ def model_p_vectors(
         if not accumulators:
             raise InputError("the data yielded no samples")
         return {layer: acc.result() for layer, acc in accumulators.items()}
+    finally:
+        for acc in accumulators.values():
+            acc.close()
+
+
+def evaluate_with_p_vectors(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    n: int,
+    layer: str = PENULTIMATE,
+    centers: Sequence[bool] = (True,),
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    k: int = 5,
+    min_gap: float = DEFAULT_MIN_GAP,
+    allow_tf32: bool = False,
+) -> tuple[float, float, dict[bool, PVectorResult]]:
+    """One forward pass for a model's accuracy and its P-vectors.
+
+    Returns the accuracy and mean cross-entropy over all of ``inputs`` (as
+    :func:`pgen.train.evaluate` computes them) and the P-vectors of ``layer`` over the first
+    ``n`` inputs, one per centering in ``centers`` (as :func:`model_p_vectors` computes them).
+    Scoring reads the training split for the accuracy and its first ``n`` samples for the
+    features; one pass instead of two costs the forward pass once.
+    """
+    n = min(n, len(inputs))
+    accumulators = {c: StreamingPVector(center=c, k=k, min_gap=min_gap) for c in dict.fromkeys(centers)}
+    correct, loss_sum, seen = 0, 0.0, 0
+    try:
+        for feats in iter_feature_batches(model, (inputs, labels), layers=[layer, LOGITS], batch_size=batch_size,
+                                          device=device, allow_tf32=allow_tf32):
+            logits = feats[LOGITS].float()
+            y = labels[seen:seen + len(logits)].to(logits.device)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            if seen < n:
+                rows = feats[layer][: n - seen]
+                for acc in accumulators.values():
+                    acc.update(rows)
+            seen += len(logits)
+        if seen == 0:
+            raise InputError("the data yielded no samples")
+        return correct / seen, loss_sum / seen, {c: acc.result() for c, acc in accumulators.items()}
     finally:
         for acc in accumulators.values():
             acc.close()

@@ -31,8 +31,10 @@ from pgen.augment import policy_for, pseudo_test_set
 from pgen.data import dataset_arrays, finite_inputs
 from pgen.devices import check_device
 from pgen.errors import DatasetError, InputError, PgenNotice, UnknownNameError, ZooError
+from pgen.features import evaluate_with_p_vectors
 from pgen.executors import ProcessPool, RayExecutor, open_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
+from pgen.measures.pvector_angle import centers_read
 from pgen.models import check_model_fits
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -185,6 +187,7 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     A failing measure does not fail the model; a model that cannot be loaded or evaluated does.
     """
     out = _Outcome(entry_id)
+    pvectors: dict = {}
     try:
         entry = zoo[entry_id]
         model = entry.load_model()
@@ -198,24 +201,26 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
                 v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train[own[0]], own[1])
                 v["train_samples"] = len(own[0])
             else:
-                v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train, ctx.y_train)
+                v["train_acc"], v["train_loss"], pvectors = _train_pass(model, ctx, s, measures, device)
             if ctx.x_test is not None:
-                v["test_acc"], v["test_loss"] = evaluate(model, ctx.x_test, ctx.y_test)
+                v["test_acc"], v["test_loss"] = evaluate(model, ctx.x_test, ctx.y_test, batch_size=s.batch_size)
             if ctx.x_pseudo is not None:
-                v["pseudo_test_acc"], _ = evaluate(model, ctx.x_pseudo, ctx.y_pseudo)
+                v["pseudo_test_acc"], _ = evaluate(model, ctx.x_pseudo, ctx.y_pseudo, batch_size=s.batch_size)
             out.targets, out.target_seconds = v, time.perf_counter() - t
         if keep_vector:
             from pgen.features import model_p_vectors
 
-            out.vector = model_p_vectors(model, (ctx.x, ctx.y), layers=s.layer, center=s.center,
-                                         batch_size=s.batch_size, device=device)[s.layer].vector
+            pv = pvectors.get((s.layer, s.center)) or model_p_vectors(
+                model, (ctx.x, ctx.y), layers=s.layer, center=s.center, batch_size=s.batch_size, device=device)[s.layer]
+            out.vector = pv.vector
     except Exception as exc:  # recorded with the model; the run goes on
         out.error = _error_text(exc)
         return out
     init = None
     settings = s.measure_settings(device)
     m_train = len(own[0]) if own is not None else train_size(entry, len(ctx.x_train))
-    shared = replace(ctx.measure_data, train_size=m_train)  # shares the zoo's cache
+    shared = replace(ctx.measure_data, train_size=m_train,  # shares the zoo's cache
+                     model_pvectors=(model, pvectors) if pvectors else None)
     own_data = shared
     if own is not None:  # the first n of the model's own training samples, with its labels
         n = len(ctx.x)
@@ -232,6 +237,26 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
         except Exception as exc:  # recorded with the measure; the model's other scores stand
             out.measures[name] = (None, {}, None, _error_text(exc))
     return out
+
+
+def _train_pass(model, ctx: _Context, s: ScoreSettings, measures, device: str):
+    """Training accuracy and loss over the whole training split, and, in the same forward
+    pass, the P-vectors that the angle measures among ``measures`` read from its first n
+    samples (the shared samples): ``(acc, loss, {(layer, center): PVectorResult})``.
+
+    A layer that does not run for this model leaves the P-vectors to the measures (each then
+    fails alone, as before), not the model."""
+    centers = centers_read(measures, s.measure_settings(device))
+    if centers:
+        try:
+            acc, loss, found = evaluate_with_p_vectors(
+                model, ctx.x_train, ctx.y_train, n=len(ctx.x), layer=s.layer, centers=centers,
+                batch_size=s.batch_size, device=device, allow_tf32=s.allow_tf32)
+            return acc, loss, {(s.layer, c): pv for c, pv in found.items()}
+        except (InputError, UnknownNameError):
+            pass
+    acc, loss = evaluate(model, ctx.x_train, ctx.y_train, batch_size=s.batch_size)
+    return acc, loss, {}
 
 
 def _own_training_data(entry, ctx: _Context, s: ScoreSettings):

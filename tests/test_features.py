@@ -104,3 +104,28 @@ def test_shuffled_loader_refused():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 3)), shuffle=True)
     with pytest.raises(ValueError, match="dataset order"):
         extract_features(nn.Linear(3, 2), loader)
+
+
+def _small_cnn():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(inplace=True), nn.Flatten(),
+                         nn.Linear(8 * 15 * 15, 16), nn.ReLU(inplace=True), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("n", [37, 21])
+def test_one_pass_gives_the_accuracy_and_the_p_vectors_of_separate_passes(images, n):
+    """evaluate_with_p_vectors == pgen.train.evaluate + model_p_vectors over the first n."""
+    from pgen.features import evaluate_with_p_vectors
+    from pgen.pvector import angle
+    from pgen.train import evaluate
+
+    x, y = images
+    model = _small_cnn()
+    acc, loss, pvs = evaluate_with_p_vectors(model, x, y, n=n, centers=(True, False), batch_size=8)
+    ref_acc, ref_loss = evaluate(model, x, y)
+    assert acc == ref_acc
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for center in (True, False):
+        ref = model_p_vectors(model, (x[:n], y[:n]), center=center, batch_size=8)["penultimate"]
+        assert angle(pvs[center].vector, ref.vector) < 1e-4
+        np.testing.assert_allclose(pvs[center].singular_values, ref.singular_values, rtol=1e-6)

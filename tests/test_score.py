@@ -9,7 +9,9 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
+import pgen
 from pgen.cli import main
 from pgen.errors import UnknownNameError
 from pgen.score import ScoreSettings, score_zoo
@@ -257,3 +259,41 @@ def test_a_fresh_tiny_build_reproduces_the_committed_numbers(tiny_zoo, tmp_path)
     for col in ("train_acc", "test_acc", "pseudo_test_acc", "gap", "zoo.test_acc", "zoo.train_acc"):
         assert (fresh[col] - committed[col]).abs().max() < 1e-12, col
     assert (fresh["pvector_angle"] - committed["pvector_angle"]).abs().max() < 1e-4
+
+
+class _CountingMLP(torch.nn.Module):
+    """An MLP that counts the samples it is run on."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                                        torch.nn.Linear(16, 10))
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        return self.body(x)
+
+
+def test_the_training_split_runs_once_for_targets_and_the_angles():
+    """The train accuracy and both P-vector angles come from one pass over the training split
+    (#37 item 2); the angles equal the measures run on their own."""
+    from pgen.data import dataset_arrays, load_dataset
+    from pgen.measures import MeasureData, MeasureSettings, evaluate_measure
+
+    x, y = dataset_arrays(load_dataset("digits", "train"))
+    x, y = x[:300], y[:300]
+    xt, yt = x[:50] + 0.01, y[:50]
+    seen: list[int] = []
+    torch.manual_seed(0)
+    model = _CountingMLP(seen)
+    run = pgen.score_models({"m": model}, (x, y), test_data=(xt, yt), n_samples=200,
+                            measures=("pvector_angle", "pvector_angle_uncentered"), data_kind="unknown")
+    pseudo = 200  # one pseudo-test copy of each shared sample
+    small = 8  # one-sample fit check and the 2-sample probe that finds the penultimate layer, a few times
+    assert sum(seen) <= 300 + 50 + pseudo + small, seen  # separate passes would add 200 more
+    row = run.table.iloc[0]
+    data = MeasureData(x[:200], y[:200])
+    for name in ("pvector_angle", "pvector_angle_uncentered"):
+        alone = evaluate_measure(name, model, None, data, MeasureSettings()).value
+        assert row[name] == pytest.approx(alone, abs=1e-4)

@@ -65,6 +65,9 @@ class MeasureData:
     x_test: torch.Tensor | None = None  # the first inputs of the test split (no labels), where the zoo has one
     x_pseudo: torch.Tensor | None = None  # pseudo-test copies of the shared samples, where a policy makes them
     own: bool = False  # x, y are the model's own training samples (not the zoo's shared ones)
+    # (model, {(layer, center): PVectorResult}) from scoring's accuracy pass over these samples, so
+    # that the P-vector measures of that model need no second pass; ignored for any other model
+    model_pvectors: tuple[Any, dict] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if len(self.x) != len(self.y):

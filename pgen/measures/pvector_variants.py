@@ -26,9 +26,10 @@ import math
 
 import numpy as np
 
-from pgen.features import data_p_vector, extract_features, model_p_vectors
+from pgen.features import extract_features, model_p_vectors
 from pgen.measures import MeasureError, MeasureValue, register
 from pgen.measures._util import ACTIVATIONS, is_conv, is_dense, keras_layers
+from pgen.measures.pvector_angle import data_vector
 from pgen.pvector import angle
 
 REFERENCE = ("docs/pvector-variants.md (registered 2026-12-07), after Liu et al., Machine Learning 111, 2022 "
@@ -38,9 +39,7 @@ SIGN_REASON = ("Liu et al. 2022 (sec. 5, A.8): a model whose principal subspace 
 
 
 def _data_vector(data, x, key):
-    if key not in data.cache:
-        data.cache[key] = data_p_vector((x, data.y[:len(x)]), center=True).vector
-    return data.cache[key]
+    return data_vector(data, x, key, center=True)
 
 
 def _model_angle(model, x, data, settings, key) -> float:
