@@ -412,3 +412,68 @@ def test_dataset_size_term_from_the_command_line(tiny_zoo, tmp_path):
     sized = pd.read_csv(tmp_path / "sized" / "models.csv").set_index("model_id")
     assert (sized["param_norm.without_size_term"] == plain).all()
     assert (sized["param_norm"] < plain).all()  # sqrt(v / m) with m the model's training-set size
+
+
+def test_settled_drop_takes_the_branch_of_the_exact_drop_and_stops_early():
+    """settled_drop returns the exact drop, or a bound on the same side of the band; far
+    from the target it stops before reading every batch (#37 item 1)."""
+    from pgen.measures._util import settled_drop
+
+    rng = np.random.default_rng(0)
+    target, tol, n, batch = 0.1, 0.01, 1000, 256
+    stopped_early = 0
+    for _ in range(300):
+        base = rng.uniform(0.5, 1.0)
+        runs_correct = []
+        draws = int(rng.choice([1, 10]))
+        level = rng.uniform(0.0, 1.0)
+        for _ in range(draws):
+            per_sample = rng.random(n) < np.clip(base - level * rng.uniform(0, 0.4), 0, 1)
+            runs_correct.append([int(per_sample[a:a + batch].sum()) for a in range(0, n, batch)])
+        read = []
+
+        def run(counts):
+            def batches():
+                for a, c in zip(range(0, n, batch), counts):
+                    read.append(1)
+                    yield c, min(batch, n - a)
+            return batches
+
+        exact = base - sum(sum(c) / n for c in runs_correct) / draws
+        value, started = settled_drop(base, [run(c) for c in runs_correct], n, target=target, tolerance=tol)
+        if abs(exact - target) < tol:
+            assert value == exact
+        else:
+            assert abs(value - target) >= tol and (value > target) == (exact > target)
+            assert (value >= target) == (exact >= target)
+        if len(read) < draws * len(runs_correct[0]):
+            stopped_early += 1
+    assert stopped_early > 50
+
+
+@pytest.mark.parametrize("name", ["sharpness", "mag_sharpness", "pacbayes_flatness", "pacbayes_mag_flatness"])
+def test_bisection_measures_equal_their_full_evaluation(data, monkeypatch, name):
+    """The settled early exit leaves every value as it was: the same measure with every
+    step evaluated in full (the accuracy function, draw by draw) gives the same number."""
+    import pgen.measures.pacbayes as pacbayes
+    import pgen.measures.sharpness as sharpness
+    from pgen.measures._util import accuracy, correct_counts
+
+    model = trained(tiny_mlp(13, hidden=16), data)
+    s = MeasureSettings(seed=2, batch_size=16)
+    fast = compute_measure(name, model, None, data, s)
+
+    def full(base, runs, n, *, target, tolerance):
+        accs = []
+        for run in runs:
+            counts = list(run())
+            accs.append(sum(c for c, _ in counts) / n)
+        return base - sum(accs) / len(accs), len(runs)
+
+    monkeypatch.setattr(sharpness, "settled_drop", full)
+    monkeypatch.setattr(pacbayes, "settled_drop", full)
+    data.cache.clear()
+    slow = compute_measure(name, model, None, data, s)
+    assert fast == slow
+    acc = accuracy(model, data.x, data.y, s)  # the counts are those of the one accuracy function
+    assert acc > 0.5 and sum(c for c, _ in correct_counts(model, data.x, data.y, 16)) / len(data.y) == acc

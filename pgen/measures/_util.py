@@ -149,6 +149,55 @@ def shuffled_stream(n: int, count: int, generator: torch.Generator) -> torch.Ten
     return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:count]
 
 
+@torch.inference_mode()
+def correct_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    """``(correct, samples)`` of each batch, in order: the counts behind :func:`accuracy`
+    (the same batches, eval mode, the model's training flag restored when exhausted)."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    try:
+        for a in range(0, len(y), batch_size):
+            xb = x[a:a + batch_size].to(device)
+            logits = model(xb if xb.is_floating_point() else xb.float()).float()
+            yield int((logits.argmax(1) == y[a:a + batch_size].to(device)).sum()), len(logits)
+    finally:
+        model.train(was_training)
+
+
+def settled_drop(base: float, runs, n: int, *, target: float, tolerance: float) -> tuple[float, int]:
+    """``base`` minus the mean accuracy of ``len(runs)`` evaluations on ``n`` samples, stopped
+    as soon as the samples not yet seen can no longer decide what :func:`bisect_scale` does.
+
+    ``runs`` are callables, each returning the batch counts of one evaluation
+    (:func:`correct_counts`), started only when needed. After every batch the drop is
+    bounded by counting every unseen sample as right (the least drop) or wrong (the most);
+    once the least is ``>= target + tolerance`` (the step is above the target and does not
+    end the search) or the most ``<= target - tolerance`` (below), that bound is returned: the bisection
+    takes the branch the exact drop would give it, and returns the same scale, exactly (the
+    bounds are summed in the exact value's order, and float rounding is monotone). Only
+    steps far from the target stop early, which are most of a bisection's first steps.
+
+    Returns the drop (exact, or the deciding bound) and the number of runs started.
+    """
+    count = len(runs)
+    done: list[float] = []  # accuracies of the finished runs, correct / n as accuracy() computes them
+    for j, run in enumerate(runs):
+        correct = seen = 0
+        for c, m in run():
+            correct, seen = correct + c, seen + m
+            if seen >= n:
+                break
+            least = base - sum(done + [(correct + n - seen) / n] + [1.0] * (count - j - 1)) / count
+            if least >= target + tolerance:
+                return least, j + 1
+            most = base - sum(done + [correct / n] + [0.0] * (count - j - 1)) / count
+            if most <= target - tolerance:
+                return most, j + 1
+        done.append(correct / n)
+    return base - sum(done) / count, count
+
+
 def bisect_scale(drop, *, target: float, tolerance: float, depth: int, upper: float = 1.0,
                  max_doublings: int = 10) -> float:
     """The perturbation scale whose accuracy ``drop(scale)`` is ``target`` (+- tolerance).

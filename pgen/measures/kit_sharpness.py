@@ -60,10 +60,12 @@ def kit_sharpness(model, init_model, data, settings) -> float:
                 total += (model(x[idx]).argmax(1) == y[idx]).float().mean().item()
         return total / batches
 
+    weights = all_weights(model)  # the model's own tensors: load_state_dict copies into them
     high, low, m = 0.5, 0.0, 0.25
     try:
         for _ in range(20):
             m = (high + low) / 2
+            boxes = {k: (orig[k] - orig[k].abs() * m, orig[k] + orig[k].abs() * m) for k in weights}
             min_acc = 10.0
             for _ in range(3):
                 if min_acc < 0.8:
@@ -76,9 +78,8 @@ def kit_sharpness(model, init_model, data, settings) -> float:
                         _kit_objective(model(x[idx]), y[idx], data.num_classes).backward()
                     opt.step()
                     with torch.no_grad():
-                        for k, w in all_weights(model).items():
-                            box = orig[k].abs() * m
-                            w.copy_(torch.minimum(torch.maximum(w, orig[k] - box), orig[k] + box))
+                        for k, w in weights.items():
+                            torch.clamp(w, *boxes[k], out=w)
                 min_acc = min(min_acc, accuracy(3 if min_acc < 0.8 else 10))
             deviate = 1.0 - min_acc
             if high - low < 1e-5 or abs(deviate - 0.1) < 1e-2:

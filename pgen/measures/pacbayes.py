@@ -29,7 +29,8 @@ import math
 import torch
 
 from pgen.measures import MeasureError, register
-from pgen.measures._util import BOUND_SIGN, FLATNESS_SIGN, accuracy, bisect_scale, weight_matrices
+from pgen.measures._util import (BOUND_SIGN, FLATNESS_SIGN, accuracy, bisect_scale, correct_counts, settled_drop,
+                                 weight_matrices)
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
@@ -59,15 +60,19 @@ def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) 
     originals = [p.detach().clone() for p in model.parameters()]
 
     def drop(sigma: float) -> float:
-        accs = []
-        for _ in range(DRAWS):
+        def draw():
             with torch.no_grad():
                 for p, w in zip(noisy.parameters(), originals):
                     z = torch.randn(w.shape, generator=g, dtype=w.dtype, device="cpu").to(w.device)
                     scale = torch.sqrt(sigma ** 2 * w ** 2 + MAG_EPS ** 2) if magnitude_aware else sigma
                     p.copy_(w + z * scale)
-            accs.append(accuracy(noisy, data.x, data.y, settings))
-        return base - sum(accs) / len(accs)
+            return correct_counts(noisy, data.x, data.y, settings.batch_size)
+
+        value, drawn = settled_drop(base, [draw] * DRAWS, len(data.x), target=TARGET_DROP, tolerance=TOLERANCE)
+        for _ in range(DRAWS - drawn):  # the draws a settled step skips still leave the generator, so every
+            for w in originals:        # later step sees the noise it would have seen (same result, exactly)
+                torch.randn(w.shape, generator=g, dtype=w.dtype, device="cpu")
+        return value
 
     return bisect_scale(drop, target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, upper=upper)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pgen.measures import model_device, register
-from pgen.measures._util import FLATNESS_SIGN, accuracy, bisect_scale
+from pgen.measures._util import FLATNESS_SIGN, accuracy, bisect_scale, correct_counts, settled_drop
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
@@ -49,7 +49,8 @@ def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.
                 if p.grad is not None:
                     p.add_(p.grad.sign() * b / 4)
                     p.copy_(torch.minimum(torch.maximum(p, w - b), w + b))
-    return base - accuracy(pert, data.x, data.y, settings)
+    run = lambda: correct_counts(pert, data.x, data.y, settings.batch_size)  # noqa: E731
+    return settled_drop(base, [run], len(data.x), target=TARGET_DROP, tolerance=TOLERANCE)[0]
 
 
 def _sharpness(model, data, settings, magnitude_aware: bool) -> float:
