@@ -4,7 +4,7 @@
 ``kit_sharpness`` make most of a full benchmark's time. This script computes them on the
 final models of the given zoos twice in one run, with the code of ``--baseline`` (a git
 revision, extracted to a temporary folder) and with this tree's, each in its own process
-with one thread, on the data that ``pgen score`` gives them (the first ``--n`` training
+with one thread, the two alternating measure by measure, on the data that ``pgen score`` gives them (the first ``--n`` training
 samples, or the model's own). It prints per measure and zoo the median and maximum
 seconds per model, old and new, their ratios, and the largest difference of the values
 (these measures are seeded: the changes are meant to leave every value equal).
@@ -36,30 +36,33 @@ import json, sys, time
 import torch
 torch.set_num_threads(1)
 from pgen.measures import MeasureData, evaluate_measure
-from pgen.score import ScoreSettings, _Context, _own_training_data, train_size
-from pgen.zoo import load_zoo
+from pgen.score import ScoreSettings, _Context, _own_training_data
 
-zoo_path, every, n, measures = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
+zoo_path, n = sys.argv[1], int(sys.argv[2])
+from pgen.zoo import load_zoo
 zoo = load_zoo(zoo_path).final_models()
 s = ScoreSettings(n_samples=n)
 ctx = _Context(zoo, s)
 settings = s.measure_settings("cpu")
-for entry in zoo.entries[::every]:
-    model = entry.load_model()
-    own = _own_training_data(entry, ctx, s)
-    if own is not None:
-        data = MeasureData(ctx.x_train[own[0][:n]], own[1][:n], num_classes=ctx.measure_data.num_classes,
-                           train_size=len(own[0]), own=True)
-    else:
-        data = ctx.measure_data
-    for name in measures:
-        t = time.perf_counter()
-        try:
-            value, error = evaluate_measure(name, model, None, data, settings).value, None
-        except Exception as exc:
-            value, error = None, f"{type(exc).__name__}: {exc}"
-        print(json.dumps({"model": entry.id, "measure": name, "value": value, "error": error,
-                          "seconds": time.perf_counter() - t}), flush=True)
+print(json.dumps({"ids": [e.id for e in zoo.entries]}), flush=True)
+loaded = {}
+for line in sys.stdin:  # "model_id measure": one measurement per request, so two codes can alternate
+    model_id, name = line.split()
+    if model_id not in loaded:
+        entry = zoo[model_id]
+        own = _own_training_data(entry, ctx, s)
+        data = ctx.measure_data if own is None else MeasureData(
+            ctx.x_train[own[0][:n]], own[1][:n], num_classes=ctx.measure_data.num_classes,
+            train_size=len(own[0]), own=True)
+        loaded = {model_id: (entry.load_model(), data)}
+    model, data = loaded[model_id]
+    t = time.perf_counter()
+    try:
+        value, error = evaluate_measure(name, model, None, data, settings).value, None
+    except Exception as exc:
+        value, error = None, f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"model": model_id, "measure": name, "value": value, "error": error,
+                      "seconds": time.perf_counter() - t}), flush=True)
 """
 
 
@@ -70,11 +73,31 @@ def _baseline_tree(rev: str, folder: Path) -> Path:
     return folder
 
 
-def _run(code_root: Path, zoo: str, every: int, n: int) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _WORKER, zoo, str(every), str(n), ",".join(MEASURES)],
-                         check=True, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+class _Worker:
+    """A process computing measures with the code under ``code_root``, one request at a time."""
+
+    def __init__(self, code_root: Path, zoo: str, n: int):
+        env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, zoo, str(n)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
+        self.ids = self._reply()["ids"]
+
+    def _reply(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"a measure worker ended (exit {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def measure(self, model_id: str, name: str) -> dict:
+        self.proc.stdin.write(f"{model_id} {name}\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main(argv=None):
@@ -92,9 +115,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="pgen-baseline-") as tmp:
         old_root = _baseline_tree(args.baseline, Path(tmp))
         for zoo in args.zoos:
-            for label, root in (("old", old_root), ("new", ROOT)):
-                for r in _run(root, zoo, args.every, args.n):
-                    rows.append(dict(r, zoo=Path(zoo).name, code=label))
+            workers = {"old": _Worker(old_root, zoo, args.n), "new": _Worker(ROOT, zoo, args.n)}
+            try:
+                for model_id in workers["new"].ids[::args.every]:
+                    for name in MEASURES:  # old and new alternate, measure by measure: drifts of a shared machine hit both
+                        for label, worker in workers.items():
+                            rows.append(dict(worker.measure(model_id, name), zoo=Path(zoo).name, code=label))
+            finally:
+                for worker in workers.values():
+                    worker.close()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"baseline {args.baseline} against this tree; one thread each; every {args.every}. final model; "

@@ -21,7 +21,9 @@
 # 2. pgen score on digits and mnist5k with the device against the CPU: angles within
 #    0.05 degrees, accuracies equal (benchmarks/device_agreement.py);
 # 3. forward + streaming P-vector against the bare forward pass (target ratio <= 1.10),
-#    TF32 off for both, then on for both (benchmarks/features.py).
+#    TF32 off for both, then on for both (benchmarks/features.py);
+# 4. pgen score's targets + angle against bare passes over the same splits + SVD
+#    (benchmarks/one_pass.py; target ratio <= 1.3 on CPU).
 set -uo pipefail  # not -e: one failing part must not hide the others' output
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -46,5 +48,7 @@ part agreement $PY benchmarks/device_agreement.py --device "$DEVICE" --zoos $ZOO
 echo "== 3. feature overhead on $DEVICE"
 part features $PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --repeat 7
 part features-tf32 $PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --repeat 7 --tf32
+echo "== 4. one pass per model and split on $DEVICE"
+part one-pass $PY benchmarks/one_pass.py --device "$DEVICE" --repeat 3
 if [ -n "$FAILED" ]; then echo "gpu_check: FAILED:$FAILED"; exit 1; fi
 echo "gpu_check: all parts passed"

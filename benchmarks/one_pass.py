@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/one_pass.py                    # 3 ResNet-18, 1000 train / 200 test samples, CPU
     python benchmarks/one_pass.py --models 5 --repeat 3
+    python benchmarks/one_pass.py --device cuda      # part of benchmarks/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -34,32 +35,42 @@ import pgen
 from pgen.augment import policy_for, pseudo_test_set
 
 
-def _floor(models, x, y, xt, xp, batch_size: int) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _floor(models, x, y, xt, xp, batch_size: int, device: str) -> float:
+    _sync(device)
     t = time.perf_counter()
     for model in models:
-        model.eval()
+        model.to(device).eval()
         feats = []
         hook = model.fc.register_forward_pre_hook(lambda m, i: feats.append(i[0]))
         with torch.inference_mode():
             for split in (x, xt, xp):
                 for a in range(0, len(split), batch_size):
-                    model(split[a:a + batch_size])
+                    model(split[a:a + batch_size].to(device))
         hook.remove()
         f = torch.cat(feats[: -(-len(x) // batch_size)]).double()
         torch.linalg.svd(f - f.mean(0), full_matrices=False)
+        model.cpu()
+    _sync(device)
     return time.perf_counter() - t
 
 
-def _score(models, x, y, xt, yt, n: int, batch_size: int, separate: bool) -> float:
+def _score(models, x, y, xt, yt, n: int, batch_size: int, separate: bool, device: str) -> float:
     nets = {f"resnet18-{i}": m for i, m in enumerate(models)}
+    _sync(device)
     t = time.perf_counter()
     if separate:
         with mock.patch("pgen.score.centers_read", lambda measures, settings: []):
             run = pgen.score_models(nets, (x, y), test_data=(xt, yt), n_samples=n, batch_size=batch_size,
-                                    measures=("pvector_angle",), data_kind="color")
+                                    measures=("pvector_angle",), data_kind="color", device=device)
     else:
         run = pgen.score_models(nets, (x, y), test_data=(xt, yt), n_samples=n, batch_size=batch_size,
-                                measures=("pvector_angle",), data_kind="color")
+                                measures=("pvector_angle",), data_kind="color", device=device)
+    _sync(device)
     seconds = time.perf_counter() - t
     if len(run.errors):
         raise SystemExit(f"scoring failed: {run.errors.iloc[0].to_dict()}")
@@ -73,6 +84,7 @@ def main(argv=None):
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     g = torch.Generator().manual_seed(0)
@@ -88,11 +100,11 @@ def main(argv=None):
 
     best = {"floor": float("inf"), "score": float("inf"), "separate": float("inf")}
     for _ in range(args.repeat):
-        best["floor"] = min(best["floor"], _floor(models, x, y, xt, xp, args.batch_size))
-        best["score"] = min(best["score"], _score(models, x, y, xt, yt, args.n, args.batch_size, separate=False))
-        best["separate"] = min(best["separate"], _score(models, x, y, xt, yt, args.n, args.batch_size, separate=True))
+        best["floor"] = min(best["floor"], _floor(models, x, y, xt, xp, args.batch_size, args.device))
+        for key, separate in (("score", False), ("separate", True)):
+            best[key] = min(best[key], _score(models, x, y, xt, yt, args.n, args.batch_size, separate, args.device))
     m = args.models
-    print(f"{m} ResNet-18, {args.n} train + {args.n_test} test + {len(xp)} pseudo-test samples, "
+    print(f"{m} ResNet-18 on {args.device}, {args.n} train + {args.n_test} test + {len(xp)} pseudo-test samples, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads, best of {args.repeat}")
     print(f"floor (bare passes + SVD)     {best['floor'] / m:6.3f} s/model")
     print(f"score, one pass per split     {best['score'] / m:6.3f} s/model   ratio to floor {best['score'] / best['floor']:.2f}")
