@@ -9,7 +9,7 @@ numpy's BLAS, which streams X once at the machine's memory speed).
 
 * pgen (``p_vector``, auto = Lanczos here): one cache-blocked pass per iteration
   (``B^T (B v)`` per row block of 2 MB, so each block comes from memory once), plus the
-  passes for the column mean, the energy and the final ``u = X v``; counted by handing
+  passes for the column sums, the energy and the final ``u = X v``; counted by handing
   the solver a matrix that counts the row blocks read.
 * svds (``scipy.sparse.linalg.svds(k=1)``, ARPACK) on the pre-centered matrix: ``X v`` and
   ``X^T y`` are separate reads; counted with a LinearOperator around the same matrix.
@@ -52,12 +52,12 @@ class _CountingRows(np.ndarray):
 
 
 def pgen_reads(x: np.ndarray) -> float:
-    """Reads of X by pgen's Lanczos: row blocks read / rows, plus one for the column mean
-    (one numpy reduction over the whole matrix)."""
+    """Reads of X by pgen's Lanczos: row blocks read / rows (every pass, the column sums
+    included, goes through row blocks)."""
     counted = x.view(_CountingRows)
     _CountingRows.rows_read, _CountingRows.last = 0, None
     solvers._lanczos(counted, True, 2, gap_only=True)
-    return _CountingRows.rows_read / x.shape[0] + 1
+    return _CountingRows.rows_read / x.shape[0]
 
 
 def svds_reads(xc: np.ndarray) -> float:

