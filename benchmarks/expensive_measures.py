@@ -12,6 +12,9 @@ seconds per model, old and new, their ratios, and the largest difference of the 
 Usage::
 
     python benchmarks/expensive_measures.py ZOO [ZOO ...] --baseline f796a2d [--every 4]
+    python benchmarks/expensive_measures.py fantastic-mnist5k mnist5k --baseline f796a2d --every 4
+
+A ZOO is a folder or the name of a zoo built with ``pgen zoo build``.
 
 ``--every K`` takes every K-th final model (the slowest zoos take an hour in full).
 """
@@ -104,7 +107,7 @@ def main(argv=None):
     import numpy as np
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("zoos", nargs="+", help="zoo folders (built with pgen zoo build)")
+    parser.add_argument("zoos", nargs="+", help="zoo folders, or names of zoos built with pgen zoo build")
     parser.add_argument("--baseline", required=True, help="git revision of the old code")
     parser.add_argument("--every", type=int, default=1, help="every K-th final model")
     parser.add_argument("--n", type=int, default=1000, help="samples, as pgen score --n-samples")
@@ -115,6 +118,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="pgen-baseline-") as tmp:
         old_root = _baseline_tree(args.baseline, Path(tmp))
         for zoo in args.zoos:
+            if Path(zoo).exists():  # the workers run elsewhere; a zoo name stays a name (the cache's zoo)
+                zoo = str(Path(zoo).resolve())
             workers = {"old": _Worker(old_root, zoo, args.n), "new": _Worker(ROOT, zoo, args.n)}
             try:
                 for model_id in workers["new"].ids[::args.every]:
