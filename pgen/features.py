@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from pgen.devices import model_device, tf32_mode
 from pgen.errors import InputError, UnknownNameError
 from pgen.pvector import DEFAULT_MIN_GAP, PVectorResult, StreamingPVector
+from pgen.train import batch_outcome
 
 __all__ = [
     "as_loader",
@@ -334,9 +335,8 @@ def evaluate_with_p_vectors(
         for feats in iter_feature_batches(model, (inputs, labels), layers=[layer, LOGITS], batch_size=batch_size,
                                           device=device, allow_tf32=allow_tf32):
             logits = feats[LOGITS].float()
-            y = labels[seen:seen + len(logits)].to(logits.device)
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+            c, loss = batch_outcome(logits, labels[seen:seen + len(logits)].to(logits.device))
+            correct, loss_sum = correct + c, loss_sum + loss
             if seen < n:
                 rows = feats[layer][: n - seen]
                 for acc in accumulators.values():

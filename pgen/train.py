@@ -73,22 +73,34 @@ class TrainConfig:
                              f"got {self.stop_at_chance_epochs}")
 
 
-@torch.inference_mode()
-@torch.no_grad()
-def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on tensors, in eval mode, batched on the
-    model's device. The one accuracy function: training, scoring and the measures use it."""
+@torch.inference_mode()  # on a generator: entered at each resume, left at each yield
+def batch_logits(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024):
+    """``(logits, labels)`` of each batch in order, float32 on the model's device, in eval
+    mode without autograd; the model's training flag comes back when the batches run out
+    (or the generator is closed). The batches behind every accuracy pgen computes."""
     was_training = model.training
     model.eval()
     device = model_device(model)
+    try:
+        for a in range(0, len(labels), batch_size):
+            x = inputs[a : a + batch_size].to(device)
+            yield model(x if x.is_floating_point() else x.float()).float(), labels[a : a + batch_size].to(device)
+    finally:
+        model.train(was_training)
+
+
+def batch_outcome(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, float]:
+    """(correct, summed cross-entropy) of one batch: what :func:`evaluate` adds up."""
+    return int((logits.argmax(1) == labels).sum()), float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+
+
+def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on tensors, in eval mode, batched on the
+    model's device. The one accuracy function: training, scoring and the measures use it."""
     correct, loss, n = 0, 0.0, len(labels)
-    for a in range(0, n, batch_size):
-        x = inputs[a : a + batch_size].to(device)
-        logits = model(x if x.is_floating_point() else x.float()).float()
-        y = labels[a : a + batch_size].to(device)
-        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    model.train(was_training)
+    for logits, y in batch_logits(model, inputs, labels, batch_size):
+        c, l = batch_outcome(logits, y)
+        correct, loss = correct + c, loss + l
     return correct / n, loss / n
 
 

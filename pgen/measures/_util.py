@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pgen.measures import MeasureError, model_device
+from pgen.train import batch_logits, evaluate
 
 BOUND_SIGN = ("a complexity term of a generalization bound: larger means a looser bound "
               "(Jiang et al. 2020, sec. 2 and app. C)")
@@ -85,8 +86,6 @@ def margin_10th_percentile(model: nn.Module, data, settings) -> tuple[float, flo
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings) -> float:
     """Top-1 accuracy through the one accuracy function pgen also trains and scores with."""
-    from pgen.train import evaluate
-
     return evaluate(model, x, y, batch_size=settings.batch_size)[0]
 
 
@@ -150,20 +149,11 @@ def shuffled_stream(n: int, count: int, generator: torch.Generator) -> torch.Ten
     return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:count]
 
 
-@torch.inference_mode()
 def correct_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int):
     """``(correct, samples)`` of each batch, in order: the counts behind :func:`accuracy`
-    (the same batches, eval mode, the model's training flag restored when exhausted)."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    try:
-        for a in range(0, len(y), batch_size):
-            xb = x[a:a + batch_size].to(device)
-            logits = model(xb if xb.is_floating_point() else xb.float()).float()
-            yield int((logits.argmax(1) == y[a:a + batch_size].to(device)).sum()), len(logits)
-    finally:
-        model.train(was_training)
+    (the same batches of :func:`pgen.train.batch_logits`)."""
+    for logits, labels in batch_logits(model, x, y, batch_size):
+        yield int((logits.argmax(1) == labels).sum()), len(logits)
 
 
 def settled_drop(base: float, runs, n: int, *, target: float, tolerance: float) -> tuple[float, int]:
