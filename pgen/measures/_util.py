@@ -52,7 +52,6 @@ def spectral_norm(w: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()  # callers read values only; a graph per batch cost memory and time
 def logits_of(model: nn.Module, x: torch.Tensor, settings) -> torch.Tensor:
     """The model's outputs on ``x``, batched on the model's device, back on CPU."""
     device = model_device(model)
