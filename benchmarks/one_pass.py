@@ -64,7 +64,7 @@ def _score(models, x, y, xt, yt, n: int, batch_size: int, separate: bool, device
     _sync(device)
     t = time.perf_counter()
     if separate:
-        with mock.patch("pgen.score.centers_read", lambda measures, settings: []):
+        with mock.patch("pgen.score.feature_reads", lambda measures, settings: {}):
             run = pgen.score_models(nets, (x, y), test_data=(xt, yt), n_samples=n, batch_size=batch_size,
                                     measures=("pvector_angle",), data_kind="color", device=device)
     else:

@@ -34,7 +34,7 @@ from pgen.errors import DatasetError, InputError, PgenNotice, UnknownNameError, 
 from pgen.features import evaluate_with_p_vectors
 from pgen.executors import ProcessPool, RayExecutor, open_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
-from pgen.measures.pvector_angle import centers_read
+from pgen.measures.pvector_angle import feature_reads
 from pgen.models import check_model_fits
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -187,30 +187,39 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     A failing measure does not fail the model; a model that cannot be loaded or evaluated does.
     """
     out = _Outcome(entry_id)
-    pvectors: dict = {}
+    pvectors: dict = {}  # (inputs, layer, center) -> PVectorResult of the shared samples' passes
+    own_pvectors: dict = {}  # the same for the model's own training samples
     try:
         entry = zoo[entry_id]
         model = entry.load_model()
         check_model_fits(model, ctx.x, ctx.y, where=f"model {entry.id}")
         model = model.to(device)
         own = _own_training_data(entry, ctx, s)
+        reads = _pass_reads(measures, s, device, own is not None)
         if need_targets:
             t = time.perf_counter()
             v = {}
-            if own is not None:  # the accuracy on what the model was trained on, labels as trained
-                v["train_acc"], v["train_loss"] = evaluate(model, ctx.x_train[own[0]], own[1])
+            # the training accuracy on what the model was trained on (labels as trained) where recorded
+            train = (ctx.x_train[own[0]], own[1]) if own is not None else (ctx.x_train, ctx.y_train)
+            for split, (x, y), (acc_name, loss_name) in (
+                    ("train", train, ("train_acc", "train_loss")),
+                    ("test", (ctx.x_test, ctx.y_test), ("test_acc", "test_loss")),
+                    ("pseudo", (ctx.x_pseudo, ctx.y_pseudo), ("pseudo_test_acc", None))):
+                if x is None:
+                    continue
+                owned = split == "train" and own is not None
+                v[acc_name], loss, found = _split_pass(model, x, y, reads["own" if owned else split], len(ctx.x),
+                                                       s, device)
+                if loss_name:
+                    v[loss_name] = loss
+                (own_pvectors if owned else pvectors).update({(split, *key): pv for key, pv in found.items()})
+            if own is not None:
                 v["train_samples"] = len(own[0])
-            else:
-                v["train_acc"], v["train_loss"], pvectors = _train_pass(model, ctx, s, measures, device)
-            if ctx.x_test is not None:
-                v["test_acc"], v["test_loss"] = evaluate(model, ctx.x_test, ctx.y_test, batch_size=s.batch_size)
-            if ctx.x_pseudo is not None:
-                v["pseudo_test_acc"], _ = evaluate(model, ctx.x_pseudo, ctx.y_pseudo, batch_size=s.batch_size)
             out.targets, out.target_seconds = v, time.perf_counter() - t
         if keep_vector:
             from pgen.features import model_p_vectors
 
-            pv = pvectors.get((s.layer, s.center)) or model_p_vectors(
+            pv = pvectors.get(("train", s.layer, s.center)) or model_p_vectors(
                 model, (ctx.x, ctx.y), layers=s.layer, center=s.center, batch_size=s.batch_size, device=device)[s.layer]
             out.vector = pv.vector
     except Exception as exc:  # recorded with the model; the run goes on
@@ -225,7 +234,8 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     if own is not None:  # the first n of the model's own training samples, with its labels
         n = len(ctx.x)
         own_data = MeasureData(ctx.x_train[own[0][:n]], own[1][:n], num_classes=ctx.measure_data.num_classes,
-                               train_size=m_train, own=True)
+                               train_size=m_train, own=True,
+                               model_pvectors=(model, own_pvectors) if own_pvectors else None)
     for name in measures:
         try:
             m = get_measure(name)
@@ -239,23 +249,36 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
     return out
 
 
-def _train_pass(model, ctx: _Context, s: ScoreSettings, measures, device: str):
-    """Training accuracy and loss over the whole training split, and, in the same forward
-    pass, the P-vectors that the angle measures among ``measures`` read from its first n
-    samples (the shared samples): ``(acc, loss, {(layer, center): PVectorResult})``.
+def _pass_reads(measures, s: ScoreSettings, device: str, own: bool) -> dict[str, list[bool]]:
+    """The centerings of P-vectors (at ``s.layer``) that the measures read from each split's
+    first n samples: ``train`` (the zoo's shared samples), ``own`` (the model's own training
+    samples, where the zoo records them), ``test`` and ``pseudo``. Measures given the shared
+    samples read the training split's pass only when the model has no own samples (the
+    shared samples then are that pass's first n)."""
+    wanted: dict[str, list[bool]] = {"train": [], "own": [], "test": [], "pseudo": []}
+    for name, reads in feature_reads(measures, s.measure_settings(device)).items():
+        for inputs, center in reads:
+            if inputs == "train":
+                inputs = "own" if own and get_measure(name).samples == "own" else ("train" if not own else None)
+            if inputs is not None and center not in wanted[inputs]:
+                wanted[inputs].append(center)
+    return wanted
 
-    A layer that does not run for this model leaves the P-vectors to the measures (each then
-    fails alone, as before), not the model."""
-    centers = centers_read(measures, s.measure_settings(device))
+
+def _split_pass(model, x, y, centers: list[bool], n: int, s: ScoreSettings, device: str):
+    """Accuracy and loss over one split and, in the same forward pass, the P-vectors of its
+    first ``n`` samples for each centering in ``centers``: ``(acc, loss, {(layer, center):
+    PVectorResult})``. A layer that does not run for this model leaves the P-vectors to the
+    measures (each then fails alone, as before), not the model."""
     if centers:
         try:
-            acc, loss, found = evaluate_with_p_vectors(
-                model, ctx.x_train, ctx.y_train, n=len(ctx.x), layer=s.layer, centers=centers,
-                batch_size=s.batch_size, device=device, allow_tf32=s.allow_tf32)
+            acc, loss, found = evaluate_with_p_vectors(model, x, y, n=n, layer=s.layer, centers=centers,
+                                                       batch_size=s.batch_size, device=device,
+                                                       allow_tf32=s.allow_tf32)
             return acc, loss, {(s.layer, c): pv for c, pv in found.items()}
         except (InputError, UnknownNameError):
             pass
-    acc, loss = evaluate(model, ctx.x_train, ctx.y_train, batch_size=s.batch_size)
+    acc, loss = evaluate(model, x, y, batch_size=s.batch_size)
     return acc, loss, {}
 
 

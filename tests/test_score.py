@@ -287,13 +287,48 @@ def test_the_training_split_runs_once_for_targets_and_the_angles():
     seen: list[int] = []
     torch.manual_seed(0)
     model = _CountingMLP(seen)
-    run = pgen.score_models({"m": model}, (x, y), test_data=(xt, yt), n_samples=200,
-                            measures=("pvector_angle", "pvector_angle_uncentered"), data_kind="unknown")
+    measures = ("pvector_angle", "pvector_angle_uncentered", "pvector_angle_test_inputs",
+                "pvector_angle_pseudo_test", "pvector_feature_shift", "pvector_angle_own_data")
+    run = pgen.score_models({"m": model}, (x, y), test_data=(xt, yt), n_samples=200, measures=measures,
+                            data_kind="unknown")
+    assert run.errors.empty
     pseudo = 200  # one pseudo-test copy of each shared sample
-    small = 8  # one-sample fit check and the 2-sample probe that finds the penultimate layer, a few times
-    assert sum(seen) <= 300 + 50 + pseudo + small, seen  # separate passes would add 200 more
+    small = 16  # one-sample fit checks and the 2-sample probes that find the penultimate layer
+    assert sum(seen) <= 300 + 50 + pseudo + small, seen  # a pass of each measure's own would add 200 each
     row = run.table.iloc[0]
-    data = MeasureData(x[:200], y[:200])
-    for name in ("pvector_angle", "pvector_angle_uncentered"):
+    from pgen.augment import policy_for, pseudo_test_set
+
+    xp, _ = pseudo_test_set(x[:200], y[:200], policy_for("unknown"), seed=0)
+    data = MeasureData(x[:200], y[:200], x_test=xt[:200], x_pseudo=xp[:200])
+    for name in measures:
         alone = evaluate_measure(name, model, None, data, MeasureSettings()).value
-        assert row[name] == pytest.approx(alone, abs=1e-4)
+        assert row[name] == pytest.approx(alone, abs=1e-4), name
+
+
+def test_own_training_samples_share_their_pass_with_the_own_data_angle(tiny_zoo, tmp_path, monkeypatch):
+    """Where the zoo records each model's training samples, the training accuracy runs over
+    them, and the own-data angle takes its P-vector from that pass (#37 item 2)."""
+    import pgen.measures.pvector_angle as pvector_angle
+    from pgen.measures import MeasureData, MeasureSettings, evaluate_measure
+    from pgen.score import _Context, _own_training_data
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("a P-vector pass of the measure's own")
+
+    settings = ScoreSettings(measures=("pvector_angle_own_data",), n_samples=40)
+    with monkeypatch.context() as m:
+        m.setattr(pvector_angle, "model_p_vectors", no_second_pass)
+        run = score_zoo(tiny_zoo, tmp_path / "out", settings=settings)
+    assert run.errors.empty, run.errors
+    zoo = load_zoo(tiny_zoo)
+    ctx = _Context(zoo, settings)
+    checked = 0
+    for entry in zoo.final_models():
+        own = _own_training_data(entry, ctx, settings)
+        assert own is not None
+        data = MeasureData(ctx.x_train[own[0][:40]], own[1][:40], own=True)
+        alone = evaluate_measure("pvector_angle_own_data", entry.load_model(), None, data, MeasureSettings()).value
+        value = run.table.set_index("model_id").loc[entry.id, "pvector_angle_own_data"]
+        assert value == pytest.approx(alone, abs=1e-4)
+        checked += 1
+    assert checked >= 2

@@ -21,11 +21,37 @@ from pgen.measures import MeasureValue, register
 from pgen.pvector import angle, p_vector
 
 
-def centers_read(measures, settings) -> list[bool]:
-    """The feature centerings that the angle measures among ``measures`` read at
-    ``settings.layer`` on the shared samples (scoring computes them in its accuracy pass)."""
-    wanted = {"pvector_angle": settings.center, "pvector_angle_uncentered": False}
-    return list(dict.fromkeys(wanted[m] for m in measures if m in wanted))
+# What each P-vector measure reads, as (inputs, center): "train" is the samples the measure
+# is given (data.x), "test" and "pseudo" the first n test inputs and pseudo-test copies.
+# Scoring computes these P-vectors in the forward pass it runs over that split for its
+# accuracies, and hands them over in MeasureData.model_pvectors.
+_READS = {
+    "pvector_angle": lambda s: [("train", s.center)],
+    "pvector_angle_uncentered": lambda s: [("train", False)],
+    "pvector_angle_test_inputs": lambda s: [("test", True)],
+    "pvector_angle_pseudo_test": lambda s: [("pseudo", True)],
+    "pvector_feature_shift": lambda s: [("train", True), ("test", True)],
+    "pvector_angle_own_data": lambda s: [("train", True)],
+}
+
+
+def feature_reads(measures, settings) -> dict[str, list[tuple[str, bool]]]:
+    """``{measure: [(inputs, center), ...]}`` for the measures among ``measures`` whose
+    P-vectors (at ``settings.layer``) scoring can compute in its accuracy passes."""
+    return {m: _READS[m](settings) for m in measures if m in _READS}
+
+
+def scored_p_vector(model, data, inputs: str, x, settings, center: bool):
+    """The P-vector of ``model`` at ``settings.layer`` over ``x`` (the ``inputs`` of ``data``):
+    the one scoring computed in its accuracy pass when there is one for this model, else a
+    pass of its own."""
+    done = data.model_pvectors[1] if data.model_pvectors and data.model_pvectors[0] is model else {}
+    pv = done.get((inputs, settings.layer, center))
+    if pv is None:
+        pv = model_p_vectors(model, (x, data.y[:len(x)]), layers=settings.layer, center=center,
+                             batch_size=settings.batch_size, device=settings.device,
+                             allow_tf32=settings.allow_tf32)[settings.layer]
+    return pv
 
 
 def data_vector(data, x, key, center: bool):
@@ -40,11 +66,7 @@ def data_vector(data, x, key, center: bool):
 def _angle(model, data, settings, center: bool) -> MeasureValue:
     key = ("data_pvector", center)
     data_vector(data, data.x, key, center)
-    done = data.model_pvectors[1] if data.model_pvectors and data.model_pvectors[0] is model else {}
-    pv = done.get((settings.layer, center))
-    if pv is None:
-        pv = model_p_vectors(model, (data.x, data.y), layers=settings.layer, center=center, batch_size=settings.batch_size,
-                             device=settings.device, allow_tf32=settings.allow_tf32)[settings.layer]
+    pv = scored_p_vector(model, data, "train", data.x, settings, center)
     extra = {"sigma_ratio": pv.gap, "relative_spectral_gap": pv.relative_gap, "explained_variance": float(pv.explained_variance_ratio[0]),
              "stable": float(pv.stable)}
     return MeasureValue(angle(pv.vector, data.cache[key]), extra)

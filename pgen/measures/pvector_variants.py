@@ -29,7 +29,7 @@ import numpy as np
 from pgen.features import extract_features, model_p_vectors
 from pgen.measures import MeasureError, MeasureValue, register
 from pgen.measures._util import ACTIVATIONS, is_conv, is_dense, keras_layers
-from pgen.measures.pvector_angle import data_vector
+from pgen.measures.pvector_angle import data_vector, scored_p_vector
 from pgen.pvector import angle
 
 REFERENCE = ("docs/pvector-variants.md (registered 2026-12-07), after Liu et al., Machine Learning 111, 2022 "
@@ -42,10 +42,8 @@ def _data_vector(data, x, key):
     return data_vector(data, x, key, center=True)
 
 
-def _model_angle(model, x, data, settings, key) -> float:
-    pv = model_p_vectors(model, (x, data.y[:len(x)]), layers=settings.layer, center=True,
-                         batch_size=settings.batch_size, device=settings.device,
-                         allow_tf32=settings.allow_tf32)[settings.layer]
+def _model_angle(model, inputs, x, data, settings, key) -> float:
+    pv = scored_p_vector(model, data, inputs, x, settings, center=True)
     return angle(pv.vector, _data_vector(data, x, key))
 
 
@@ -110,14 +108,14 @@ def pvector_subspace_k5(model, init_model, data, settings) -> MeasureValue:
           inputs_from=("test",), sign_reason=SIGN_REASON, reference=REFERENCE,
           description="the centered P-vector angle (deg) on the first test inputs (no labels)")
 def pvector_angle_test_inputs(model, init_model, data, settings) -> float:
-    return _model_angle(model, data.x_test, data, settings, ("data_pvector_test", True))
+    return _model_angle(model, "test", data.x_test, data, settings, ("data_pvector_test", True))
 
 
 @register("pvector_angle_pseudo_test", family="p-vector", sign=1, samples="shared", fidelity="pgen's own",
           inputs_from=("pseudo-test",), sign_reason=SIGN_REASON, reference=REFERENCE,
           description="the centered P-vector angle (deg) on pseudo-test copies of the shared samples")
 def pvector_angle_pseudo_test(model, init_model, data, settings) -> float:
-    return _model_angle(model, data.x_pseudo, data, settings, ("data_pvector_pseudo", True))
+    return _model_angle(model, "pseudo", data.x_pseudo, data, settings, ("data_pvector_pseudo", True))
 
 
 @register("pvector_feature_shift", family="p-vector", sign=1, samples="shared", fidelity="pgen's own",
@@ -128,10 +126,8 @@ def pvector_angle_pseudo_test(model, init_model, data, settings) -> float:
                       "inputs (penultimate, centered)")
 def pvector_feature_shift(model, init_model, data, settings) -> float:
     directions = []
-    for x in (data.x, data.x_test):
-        pv = model_p_vectors(model, (x, data.y[:len(x)]), layers=settings.layer, center=True,
-                             batch_size=settings.batch_size, device=settings.device,
-                             allow_tf32=settings.allow_tf32)[settings.layer]
+    for inputs, x in (("train", data.x), ("test", data.x_test)):
+        pv = scored_p_vector(model, data, inputs, x, settings, center=True)
         if pv.right_vector is None:
             raise MeasureError("the P-vector solver returned no right singular vector")
         directions.append(pv.right_vector)
@@ -147,7 +143,7 @@ def pvector_feature_shift(model, init_model, data, settings) -> float:
 def pvector_angle_own_data(model, init_model, data, settings) -> MeasureValue:
     # the data P-vector of these very inputs: per model when they are its own, cached when shared
     key = ("data_pvector", True) if not data.own else ("data_pvector_own", id(data))
-    value = _model_angle(model, data.x, data, settings, key)
+    value = _model_angle(model, "train", data.x, data, settings, key)
     if data.own:
         data.cache.pop(key, None)  # one model's own samples: nothing to share
     return MeasureValue(value, {"own_samples": float(data.own)})
