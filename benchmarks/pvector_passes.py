@@ -20,6 +20,7 @@ why: two BLAS thread pools on two cores).
 Usage::
 
     python benchmarks/pvector_passes.py             # the 2000x8192 small-gap members of pvector_spectra.py
+    python benchmarks/pvector_passes.py --families cluster-100 --repeat 3
 """
 
 from __future__ import annotations
