@@ -14,6 +14,9 @@ numpy's BLAS, which streams X once at the machine's memory speed).
 * svds (``scipy.sparse.linalg.svds(k=1)``, ARPACK) on the pre-centered matrix: ``X v`` and
   ``X^T y`` are separate reads; counted with a LinearOperator around the same matrix.
 
+It also times one blocked pass alone (the operator's shape) and the column means two ways:
+numpy's float64 reduction and the BLAS block sums the solver uses, with their difference.
+
 Times are medians of ``--repeat`` runs, each after a pause (see pvector_spectra.py on
 why: two BLAS thread pools on two cores).
 
@@ -77,6 +80,27 @@ def svds_reads(xc: np.ndarray) -> float:
     return counts["mv"] + counts["rmv"]
 
 
+def blocked_pass(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One pass of the shape pgen's Lanczos operator has: ``sum_B B^T (B v)`` over row blocks
+    of the solver's L2 size (without its implicit centering, which adds two vector ops)."""
+    step = max(1, solvers._L2_BLOCK_BYTES // (x.itemsize * x.shape[1]))
+    acc = np.zeros(x.shape[1])
+    for a in range(0, len(x), step):
+        block = x[a:a + step]
+        acc += block.T @ (block @ v)
+    return acc
+
+
+def block_column_sums(x: np.ndarray) -> np.ndarray:
+    """The column sums as the solver computes them: BLAS sums of row blocks added in float64."""
+    step = max(1, solvers._L2_BLOCK_BYTES // (x.itemsize * x.shape[1]))
+    ones = np.ones(step, dtype=x.dtype)
+    total = np.zeros(x.shape[1])
+    for a in range(0, len(x), step):
+        total += ones[: min(step, len(x) - a)] @ x[a:a + step]
+    return total
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", default="cluster-100,cluster-20,lowrank-0.1,lowrank-0.5,lowrank-2")
@@ -94,11 +118,16 @@ def main(argv=None):
         v = np.random.default_rng(1).standard_normal(d).astype(np.float32)
         reads = {"pgen": pgen_reads(x), "svds": svds_reads(xc)}
         times = {"pgen": [], "svds": []}
-        one_read = []
+        one_read, one_pass, sums64, sums_blas = [], [], [], []
         for _ in range(args.repeat):
             times["pgen"].append(quiet_call(lambda: pgen.p_vector(x), args.pause)[0])
             times["svds"].append(quiet_call(lambda: sla.svds(xc, k=1, random_state=0), args.pause)[0])
             one_read.append(quiet_call(lambda: xc @ v, args.pause)[0])
+            one_pass.append(quiet_call(lambda: blocked_pass(x, v), args.pause)[0])
+            sums64.append(quiet_call(lambda: x.mean(axis=0, dtype=np.float64), args.pause)[0])
+            sums_blas.append(quiet_call(lambda: block_column_sums(x), args.pause)[0])
+        mean64 = x.mean(axis=0, dtype=np.float64)
+        mean_error = np.abs(block_column_sums(x) / n - mean64).max() / np.abs(mean64).max()
         read = float(np.min(one_read))  # the fastest streaming read: the memory floor of one pass
         bandwidth = x.nbytes / read
         for solver in ("pgen", "svds"):
@@ -107,7 +136,10 @@ def main(argv=None):
             print(f"{name:<14} {solver:<6} {t * 1e3:6.1f} ms {reads[solver]:10.1f} {t / reads[solver] * 1e3:6.2f} ms "
                   f"{floor * 1e3:6.1f} ms {t / floor:10.2f}")
         print(f"{'':<14} one read of X ({x.nbytes / 2**20:.0f} MiB): {read * 1e3:.2f} ms = {bandwidth / 1e9:.1f} GB/s; "
+              f"one blocked pass B^T (B v): {np.median(one_pass) * 1e3:.2f} ms; "
               f"auto / svds {np.median(times['pgen']) / np.median(times['svds']):.2f}")
+        print(f"{'':<14} column means: numpy float64 {np.median(sums64) * 1e3:.1f} ms, BLAS block sums "
+              f"{np.median(sums_blas) * 1e3:.1f} ms, largest difference {mean_error:.1e} (relative)")
 
 
 if __name__ == "__main__":
