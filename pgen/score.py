@@ -258,9 +258,11 @@ def _pass_reads(measures, s: ScoreSettings, device: str, own: bool) -> dict[str,
     wanted: dict[str, list[bool]] = {"train": [], "own": [], "test": [], "pseudo": []}
     for name, reads in feature_reads(measures, s.measure_settings(device)).items():
         for inputs, center in reads:
-            if inputs == "train":
-                inputs = "own" if own and get_measure(name).samples == "own" else ("train" if not own else None)
-            if inputs is not None and center not in wanted[inputs]:
+            if inputs == "train" and own:
+                if get_measure(name).samples != "own":
+                    continue  # the shared samples are not the first n of this model's training pass
+                inputs = "own"
+            if center not in wanted[inputs]:
                 wanted[inputs].append(center)
     return wanted
 

@@ -64,12 +64,11 @@ def data_vector(data, x, key, center: bool):
 
 
 def _angle(model, data, settings, center: bool) -> MeasureValue:
-    key = ("data_pvector", center)
-    data_vector(data, data.x, key, center)
+    target = data_vector(data, data.x, ("data_pvector", center), center)
     pv = scored_p_vector(model, data, "train", data.x, settings, center)
     extra = {"sigma_ratio": pv.gap, "relative_spectral_gap": pv.relative_gap, "explained_variance": float(pv.explained_variance_ratio[0]),
              "stable": float(pv.stable)}
-    return MeasureValue(angle(pv.vector, data.cache[key]), extra)
+    return MeasureValue(angle(pv.vector, target), extra)
 
 
 @register("pvector_angle", sign_reason='Liu et al. 2022 (sec. 5, app. A.8): the angle to the data P-vector shrinks as training converges and a smaller angle goes with better test performance',

@@ -38,13 +38,9 @@ SIGN_REASON = ("Liu et al. 2022 (sec. 5, A.8): a model whose principal subspace 
                "generalizes worse; the registration keeps the angle's sign for every variant")
 
 
-def _data_vector(data, x, key):
-    return data_vector(data, x, key, center=True)
-
-
 def _model_angle(model, inputs, x, data, settings, key) -> float:
     pv = scored_p_vector(model, data, inputs, x, settings, center=True)
-    return angle(pv.vector, _data_vector(data, x, key))
+    return angle(pv.vector, data_vector(data, x, key, center=True))
 
 
 def hidden_layers(model) -> list[str]:
@@ -74,7 +70,7 @@ def pvector_angle_layer_mean(model, init_model, data, settings) -> MeasureValue:
         raise MeasureError("the model has no hidden convolution or Linear layer")
     pvs = model_p_vectors(model, (data.x, data.y), layers=layers, center=True, batch_size=settings.batch_size,
                           device=settings.device, allow_tf32=settings.allow_tf32)
-    target = _data_vector(data, data.x, ("data_pvector", True))
+    target = data_vector(data, data.x, ("data_pvector", True), center=True)
     angles = [angle(pvs[name].vector, target) for name in layers]
     return MeasureValue(float(np.mean(angles)), {"layers": float(len(angles)), "first": angles[0],
                                                  "last": angles[-1]})
