@@ -224,14 +224,18 @@ def _add_zoo(sub):
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zsub.required = True
     b = zsub.add_parser("build", help="train a zoo from a recipe (TOML)",
-                        description="Train every model of a recipe's grid into pgen's zoo format. "
-                                    "Resumes an interrupted build without retraining finished models.")
+                        description="Train every model of a recipe (a grid, or runs that draw their own "
+                                    "hyperparameters: a [sample] table, as smallcnn-mnist5k) into pgen's zoo "
+                                    "format. Resumes an interrupted build without retraining finished models.")
     b.add_argument("recipe", help="embedded recipe name (`pgen zoo list`) or a .toml file")
     b.add_argument("--out", help="zoo folder (default: the cache, $PGEN_CACHE or ~/.cache/pgen/zoos/NAME)")
     b.add_argument("--limit", type=_integer(1), help="train at most this many new models")
     b.add_argument("--workers", type=_integer(1), default=1,
                    help="parallel training processes, one CPU thread each (default 1; the models are "
                         "bit-identical whatever the number)")
+    b.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where sampled recipes train: local processes (default) or Ray tasks, one CPU each")
+    b.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     b.set_defaults(func=_cmd_zoo_build)
     ls = zsub.add_parser("list", help="list the embedded recipes", description="List the embedded recipes.")
     ls.set_defaults(func=_cmd_zoo_list)
@@ -299,16 +303,17 @@ def _cmd_zoo_import(args):
 def _cmd_zoo_build(args):
     from pgen.zoo.builder import build_zoo
 
-    out = build_zoo(args.recipe, args.out, limit=args.limit, workers=args.workers)
+    out = build_zoo(args.recipe, args.out, limit=args.limit, workers=args.workers, executor=args.executor,
+                    address=args.address)
     print(f"zoo at {out}")
 
 
 def _cmd_zoo_list(args):
-    from pgen.zoo.builder import Recipe, embedded_recipes
+    from pgen.zoo.builder import embedded_recipes, load_recipe
 
     for name, path in embedded_recipes().items():
-        r = Recipe.load(path)
-        print(f"{name:<10} {len(r.runs()):>4} models  {r.description}  ({path})")
+        r = load_recipe(path)
+        print(f"{name:<17} {len(r.runs()):>4} models  {r.description}  ({path})")
 
 
 def _cmd_zoo_info(args):

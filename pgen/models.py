@@ -5,6 +5,7 @@ An architecture is referenced by name plus keyword arguments, so a manifest row
 ``build_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=32, depth=2)``.
 
 * ``mlp``, ``cnn``: the small architectures pgen trains itself (study, zoo recipes);
+* ``smallcnn``: the Small CNN Zoo's network (:class:`SmallCNN`; recipe ``smallcnn-mnist5k``);
 * ``torchvision:NAME``: any torchvision classification model (``torchvision:resnet18``),
   built without pretrained weights from its keyword arguments (``num_classes`` defaults
   to the zoo's). Two keys adapt the input stem and are not passed to torchvision:
@@ -24,7 +25,7 @@ from torch import nn
 
 from pgen.errors import InputError, UnknownNameError
 
-__all__ = ["ARCHITECTURES", "MAX_PARAMETERS", "build_model", "model_arguments", "parameter_limit"]
+__all__ = ["ARCHITECTURES", "SmallCNN", "MAX_PARAMETERS", "build_model", "model_arguments", "parameter_limit"]
 
 MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights; zoo models hold 1e3 to 1e8
 
@@ -107,7 +108,32 @@ class CNN(nn.Sequential):
         super().__init__(*layers)
 
 
-ARCHITECTURES = {"mlp": MLP, "cnn": CNN}
+SMALLCNN_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "linear": nn.Identity}
+
+
+class SmallCNN(nn.Sequential):
+    """The Small CNN Zoo's network (Unterthiner et al. 2020, google-research
+    ``dnn_predict_accuracy/train_network.py`` ``build_cnn``): ``layers`` x (Conv2d(filters,
+    3x3, stride 2, no padding: TF's "valid") -> activation [-> Dropout when ``dropout`` > 0])
+    -> global average pooling -> Linear(num_classes). 4970 weights with the defaults on one
+    input channel. Only the channel count of ``input_shape`` matters."""
+
+    def __init__(self, input_shape, num_classes, filters=16, layers=3, activation="relu", dropout=0.0):
+        act = SMALLCNN_ACTIVATIONS.get(activation)
+        if act is None:
+            raise InputError(f"smallcnn: unsupported activation {activation!r}; known: {sorted(SMALLCNN_ACTIVATIONS)}")
+        mods: list[nn.Module] = []
+        channels = input_shape[0]
+        for _ in range(layers):
+            mods += [nn.Conv2d(channels, filters, 3, stride=2), act()]
+            if dropout > 0:
+                mods.append(nn.Dropout(dropout))
+            channels = filters
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+        super().__init__(*mods)
+
+
+ARCHITECTURES = {"mlp": MLP, "cnn": CNN, "smallcnn": SmallCNN}
 
 
 def build_model(arch: str, *, input_shape, num_classes: int, trust_code: bool = False, **hparams) -> nn.Module:
@@ -129,9 +155,13 @@ def build_model(arch: str, *, input_shape, num_classes: int, trust_code: bool = 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_shape", "num_classes"}
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     for k, v in kwargs.items():  # width, depth, hidden: whole numbers; dropout: a rate
+        if k == "activation":
+            if v not in SMALLCNN_ACTIVATIONS:
+                raise InputError(f"{arch}: activation={v!r} is not one of {', '.join(SMALLCNN_ACTIVATIONS)}")
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise InputError(f"{arch}: {k}={v!r} is not a valid value")
-        top = MAX_DEPTH if k == "depth" else 1 << 20
+        top = MAX_DEPTH if k in ("depth", "layers") else 1 << 20
         ok = (0 <= v < 1) if k == "dropout" else (isinstance(v, int) and 1 <= v <= top)
         if not ok:
             raise InputError(f"{arch}: {k}={v!r} is not a valid value" + (

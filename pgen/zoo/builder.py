@@ -58,7 +58,7 @@ from pgen.zoo.base import ZooError
 from pgen.zoo.native import FORMAT, save_state_dict
 from pgen.paths import replace_link, safe_filename
 
-__all__ = ["Recipe", "build_zoo", "default_cache_dir", "find_recipe", "embedded_recipes"]
+__all__ = ["Recipe", "build_zoo", "default_cache_dir", "find_recipe", "embedded_recipes", "load_recipe"]
 
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__) - {"seed", "checkpoint_epochs", "checkpoint_iterations"}
 
@@ -76,6 +76,19 @@ def embedded_recipes() -> dict[str, Traversable]:
     """
     folder = resources.files("pgen") / "recipes"
     return {p.name[:-5]: p for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
+
+
+def load_recipe(name_or_path) -> "Recipe | SampledRecipe":
+    """An embedded recipe by name, or a TOML file: a grid :class:`Recipe`, or a
+    :class:`~pgen.zoo.sampled.SampledRecipe` when it has a ``[sample]`` table."""
+    from pgen.zoo.sampled import SampledRecipe, is_sampled
+
+    path = find_recipe(str(name_or_path)) if not isinstance(name_or_path, Traversable) else name_or_path
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ZooError(f"recipe {path} is not valid TOML: {exc}") from exc
+    return SampledRecipe(data, str(path)) if is_sampled(data) else Recipe(data, str(path))
 
 
 def find_recipe(name_or_path: str) -> Path | Traversable:
@@ -171,8 +184,8 @@ def _finished_ids(manifest: Path) -> set[str]:
     return done
 
 
-def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, progress: bool = True,
-              limit: int | None = None, workers: int = 1) -> Path:
+def build_zoo(recipe, out: str | Path | None = None, *, progress: bool = True,
+              limit: int | None = None, workers: int = 1, executor: str = "local", address: str | None = None) -> Path:
     """Train every run of a recipe into a pgen zoo folder; resume if it exists.
 
     Every run trains on one CPU thread, so the same recipe and seed give bit-identical
@@ -182,10 +195,13 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
 
     Parameters
     ----------
-    recipe : name of an embedded recipe, path to a TOML file, or a Recipe
+    recipe : name of an embedded recipe, path to a TOML file, a Recipe or a SampledRecipe
+        (:mod:`pgen.zoo.sampled`: runs that draw their own hyperparameters)
     out : folder (default: ``default_cache_dir()/zoos/<name>``)
-    limit : train at most this many new runs (for smoke tests)
+    limit : train at most this many new runs (for smoke tests; a sampled recipe builds
+        whole stacks until at least this many)
     workers : parallel training processes (default 1)
+    executor : "local" (processes) or "ray" (sampled recipes; ``address`` of a cluster)
 
     Returns
     -------
@@ -195,9 +211,17 @@ def build_zoo(recipe: str | Path | Recipe, out: str | Path | None = None, *, pro
         raise InputError(f"limit must be at least 1 (or None for every run); got {limit}")
     if workers < 1:
         raise InputError(f"workers must be at least 1; got {workers}")
-    if not isinstance(recipe, Recipe):
-        recipe = Recipe.load(find_recipe(str(recipe)))
+    from pgen.zoo.sampled import SampledRecipe, build_sampled_zoo
+
+    if not isinstance(recipe, (Recipe, SampledRecipe)):
+        recipe = load_recipe(recipe)
     out = Path(out) if out else default_cache_dir() / "zoos" / recipe.name
+    if isinstance(recipe, SampledRecipe):
+        return build_sampled_zoo(recipe, out, progress=progress, limit=limit, workers=workers, executor=executor,
+                                 address=address)
+    if executor != "local":
+        raise InputError(f"--executor {executor} builds sampled recipes (a [sample] table) only; grid recipes "
+                         "train in local processes (--workers)")
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT,

@@ -34,28 +34,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pgen.errors import InputError
+from pgen.models import SmallCNN
 from pgen.zoo.base import Zoo, ZooEntry, ZooError, zoo_file
 
 __all__ = ["SmallCNNZoo", "SmallCNN"]
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "linear": nn.Identity}
 _DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "svhn_cropped": "svhn"}
-
-
-class SmallCNN(nn.Sequential):
-    def __init__(self, in_channels=1, filters=16, layers=3, num_classes=10, activation="relu", dropout=0.0):
-        act = _ACTIVATIONS.get(activation)
-        if act is None:
-            raise ZooError(f"unsupported activation {activation!r}; known: {sorted(_ACTIVATIONS)}")
-        mods: list[nn.Module] = []
-        c = in_channels
-        for _ in range(layers):
-            mods += [nn.Conv2d(c, filters, 3, stride=2), act()]
-            if dropout > 0:
-                mods.append(nn.Dropout(dropout))
-            c = filters
-        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
-        super().__init__(*mods)
 
 
 class SmallCNNZoo(Zoo):
@@ -152,8 +137,11 @@ class SmallCNNZoo(Zoo):
         dropout = entry.hparams.get("dropout", 0.0) or 0.0
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ZooError(f"model {entry.id}: config.dropout must be a rate in [0, 1), got {dropout!r}")
-        model = SmallCNN(in_channels, filters, len(kernels) - 1, kernels[-1][3][1],
-                         str(entry.hparams.get("activation", "relu")), float(dropout))
+        try:
+            model = SmallCNN((in_channels,), kernels[-1][3][1], filters, len(kernels) - 1,
+                             str(entry.hparams.get("activation", "relu")), float(dropout))
+        except InputError as exc:
+            raise ZooError(f"model {entry.id}: {exc}") from None
         params = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
         for module, (kn, ka, kb, ks), (bn, ba, bb, bs) in zip(params, kernels, biases):
             kernel = torch.from_numpy(flat[ka:kb].reshape(ks).copy())
