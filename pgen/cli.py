@@ -237,6 +237,17 @@ def _add_zoo(sub):
                    help="where sampled recipes train: local processes (default) or Ray tasks, one CPU each")
     b.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     b.set_defaults(func=_cmd_zoo_build)
+    ex = zsub.add_parser("export", help="write a zoo in another format (the Small CNN Zoo's)",
+                         description="Write a pgen zoo of smallcnn models (e.g. smallcnn-mnist5k) in the Small CNN "
+                                     "Zoo's published format: weights.npy (a flat row per checkpoint, bias before "
+                                     "kernel, TF layout), layout.csv and metrics.csv.gz with the authors' column "
+                                     "names, which their loaders and NFN's read.",
+                         epilog="example: pgen zoo export smallcnn-mnist5k --format smallcnn --out smallcnn-export")
+    ex.add_argument("zoo", help="zoo folder or embedded zoo name (built if missing)")
+    ex.add_argument("--format", choices=["smallcnn"], default="smallcnn", help="the format to write (smallcnn)")
+    ex.add_argument("--out", required=True, help="folder to write")
+    ex.add_argument("--final-only", action="store_true", help="only each run's last checkpoint (default: all)")
+    ex.set_defaults(func=_cmd_zoo_export)
     ls = zsub.add_parser("list", help="list the embedded recipes", description="List the embedded recipes.")
     ls.set_defaults(func=_cmd_zoo_list)
     info = zsub.add_parser("info", help="show a zoo's models, hparams and metrics",
@@ -306,6 +317,14 @@ def _cmd_zoo_build(args):
     out = build_zoo(args.recipe, args.out, limit=args.limit, workers=args.workers, executor=args.executor,
                     address=args.address)
     print(f"zoo at {out}")
+
+
+def _cmd_zoo_export(args):
+    from pgen.zoo import load_zoo
+    from pgen.zoo.export import export_smallcnn
+
+    out = export_smallcnn(load_zoo(args.zoo), args.out, final_only=args.final_only)
+    print(f"wrote {out / 'weights.npy'}, {out / 'layout.csv'} and {out / 'metrics.csv.gz'}")
 
 
 def _cmd_zoo_list(args):

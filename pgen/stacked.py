@@ -243,6 +243,11 @@ def _dropout_fn(gens: list[torch.Generator], rates: list[float]):
     return apply
 
 
+def _finite(value: float) -> float | None:
+    """A loss, or None where it is not finite (a diverged run's huge weights overflow it)."""
+    return value if math.isfinite(value) else None
+
+
 def _stack_inputs(x: torch.Tensor) -> torch.Tensor:
     """(R, B, C, H, W) -> (B, R*C, H, W)."""
     R, B, C, H, W = x.shape
@@ -320,8 +325,9 @@ def train_stack(specs: list[RunSpec], *, optimizer: str, activation: str, train_
             penalty = (l2 * torch.cat([_per_run(k, R).pow(2).sum(1, keepdim=True) for k in model.kernels], 1)
                        .sum(1, keepdim=True)).view(R).double().tolist()
         for r in range(R):
-            metrics = {"train_acc": tr_acc[r], "test_acc": te_acc[r], "train_loss": tr_loss[r],
-                       "test_loss": te_loss[r], "l2_penalty": penalty[r], "diverged": diverged_step[r] is not None}
+            metrics = {"train_acc": tr_acc[r], "test_acc": te_acc[r], "train_loss": _finite(tr_loss[r]),
+                       "test_loss": _finite(te_loss[r]), "l2_penalty": _finite(penalty[r]),
+                       "diverged": diverged_step[r] is not None}
             if diverged_step[r] is not None:
                 metrics["diverged_step"] = diverged_step[r]
             on_checkpoint(epoch, step, r, model.run_weights(r), metrics)

@@ -171,6 +171,17 @@ def _train_config(recipe: Recipe, hp: dict, seed: int) -> TrainConfig:
                        checkpoint_iterations=recipe.checkpoint_iterations)
 
 
+def drop_torn_tail(manifest: Path) -> None:
+    """Cut a last line left without its newline by a crash mid-write, so that the rows
+    appended next start on a line of their own (its run is redone)."""
+    if not manifest.exists():
+        return
+    data = manifest.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with manifest.open("r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 def _finished_ids(manifest: Path) -> set[str]:
     done = set()
     if manifest.exists():
@@ -244,6 +255,7 @@ def build_zoo(recipe, out: str | Path | None = None, *, progress: bool = True,
     manifest = out / "manifest.jsonl"
     if manifest.is_symlink():  # appending would write through it, outside the zoo folder
         raise ZooError(f"{manifest} is a symlink; pgen does not write through links: move it aside")
+    drop_torn_tail(manifest)
     done = _finished_ids(manifest)
     todo = [r for r in recipe.runs() if r["id"] not in done]
     if limit is not None:

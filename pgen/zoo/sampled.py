@@ -191,6 +191,7 @@ def build_sampled_zoo(recipe: SampledRecipe, out: Path, *, progress: bool = True
     """Train a sampled recipe's runs into ``out`` (resuming), stacks in parallel workers
     (``executor`` "local": processes; "ray": Ray tasks, one CPU each)."""
     from pgen.executors import open_executor
+    from pgen.zoo.builder import drop_torn_tail
 
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "zoo.json"
@@ -202,6 +203,7 @@ def build_sampled_zoo(recipe: SampledRecipe, out: Path, *, progress: bool = True
     manifest = out / "manifest.jsonl"
     if manifest.is_symlink():
         raise ZooError(f"{manifest} is a symlink; pgen does not write through links: move it aside")
+    drop_torn_tail(manifest)
     done = _finished_runs(manifest)
     todo = [st for st in recipe.stacks() if not all(r["id"] in done for r in st)]
     if limit is not None:

@@ -40,7 +40,9 @@ from pgen.zoo.base import Zoo, ZooEntry, ZooError, zoo_file
 
 __all__ = ["SmallCNNZoo", "SmallCNN"]
 
-_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "svhn_cropped": "svhn"}
+# config.dataset -> pgen's dataset name; mnist5k: pgen's own zoos exported (pgen zoo export --format smallcnn)
+_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "svhn_cropped": "svhn",
+             "mnist5k": "mnist5k"}
 
 
 class SmallCNNZoo(Zoo):
