@@ -289,6 +289,7 @@ def model_p_vectors(
         ``{layer name: PVectorResult}``.
     """
     accumulators: dict[str, StreamingPVector] = {}
+    rows = len(data[0]) if isinstance(data, (tuple, list)) else (len(data) if hasattr(data, "__len__") else None)
     try:
         for feats in iter_feature_batches(model, data, layers=layers, batch_size=batch_size, device=device,
                                           num_workers=num_workers, progress=progress, desc="P-vector",
@@ -296,7 +297,8 @@ def model_p_vectors(
             for layer, t in feats.items():
                 acc = accumulators.get(layer)
                 if acc is None:
-                    acc = accumulators[layer] = StreamingPVector(center=center, k=k, min_gap=min_gap, spill_dir=spill_dir)
+                    acc = accumulators[layer] = StreamingPVector(center=center, k=k, min_gap=min_gap,
+                                                                 spill_dir=spill_dir, expected_rows=rows)
                 acc.update(t)
         if not accumulators:
             raise InputError("the data yielded no samples")

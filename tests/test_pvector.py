@@ -132,6 +132,23 @@ def test_streaming_equals_one_shot():
         np.testing.assert_allclose(res.singular_values, one.singular_values, rtol=1e-5)
 
 
+def test_streaming_wide_features_solve_the_sample_gram():
+    """n < d (a convolutional layer on 300 samples): with expected_rows no d x d Gram is
+    accumulated, and either way the result is the float64 SVD's."""
+    x = relu_features(300, 900, seed=3)
+    for center in (True, False):
+        u_ref, s_ref = reference(x, center)
+        for expected in (300, None):
+            acc = StreamingPVector(center=center, expected_rows=expected)
+            for a in range(0, 300, 64):
+                acc.update(x[a : a + 64])
+            assert (acc._gram is None) == (expected is not None)
+            res = acc.result()
+            acc.close()
+            assert pgen.angle(res.vector, u_ref) < 1e-4
+            np.testing.assert_allclose(res.singular_values, s_ref[:5], rtol=1e-6)
+
+
 def test_streaming_without_gram_uses_spilled_matrix(tmp_path):
     x = relu_features(60, 300, seed=8)
     acc = StreamingPVector(center=True, max_gram_features=100, spill_dir=tmp_path, max_memory_bytes=20_000)

@@ -97,6 +97,25 @@ def test_cli_pgdl_predict_and_benchmark_on_ray(cluster, tiny_zoo, tmp_path, caps
     assert (tmp_path / "b" / "benchmark.md").is_file()
 
 
+def test_a_sampled_zoo_built_on_ray_equals_the_local_build(cluster, tmp_path):
+    """pgen zoo build --executor ray: the same checkpoints, byte for byte, as local processes
+    (the stacks are fixed by the recipe and every task trains on one thread)."""
+    import hashlib
+
+    from test_sampled_zoo import TINY
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY.replace("runs = 6", "runs = 4"))
+    assert main(["zoo", "build", str(recipe), "--out", str(tmp_path / "ray"), "--executor", "ray"]) in (0, None)
+    assert main(["zoo", "build", str(recipe), "--out", str(tmp_path / "local")]) in (0, None)
+
+    def digests(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "checkpoints").iterdir()}
+
+    assert len(digests(tmp_path / "ray")) == 16
+    assert digests(tmp_path / "ray") == digests(tmp_path / "local")
+
+
 def test_pgdl_predict_on_ray_equals_the_local_run(cluster, tmp_path):
     from pgen.pgdl import predict_task
 
