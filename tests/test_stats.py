@@ -374,6 +374,14 @@ def test_resampling_unit_follows_the_design():
     w = unit.weights(np.array([[0, 0, 2], [1, 2, 2]]))
     assert w.tolist() == [[2, 2, 0, 0, 1], [0, 0, 1, 1, 2]]
     assert sorted(unit.indices(np.array([1, 2, 2]))) == [2, 3, 4, 4]
+    # the vectorized rows of a resample: each drawn cell's members, in draw order
+    rng = np.random.default_rng(0)
+    big = resampling_unit(pd.DataFrame({"hp.lr": rng.integers(0, 30, 200), "hp.seed": range(200)}))
+    members = [np.flatnonzero(big.groups == c) for c in range(big.count)]
+    for _ in range(20):
+        draw = rng.integers(0, big.count, big.count)
+        assert unit.indices(np.empty(0, dtype=int)).size == 0
+        assert big.indices(draw).tolist() == np.concatenate([members[c] for c in draw]).tolist()
     assert resampling_unit(t[t["hp.seed"] == 0]).kind == "models"  # one model per cell
     assert resampling_unit(t.assign(**{"hp.lr": 0.1})).kind == "models"  # a single cell: its seeds are the units
     assert resampling_unit(pd.DataFrame({"m": range(4)})).describe() == "4 models"

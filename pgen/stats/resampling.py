@@ -77,7 +77,11 @@ class ResamplingUnit:
         groups = np.asarray(self.groups, dtype=np.int64)
         object.__setattr__(self, "groups", groups)
         order = np.argsort(groups, kind="stable")
-        object.__setattr__(self, "_members", np.split(order, np.cumsum(np.bincount(groups))[:-1]))
+        sizes = np.bincount(groups)
+        object.__setattr__(self, "_members", np.split(order, np.cumsum(sizes)[:-1]))
+        object.__setattr__(self, "_order", order)  # the units' members one after another
+        object.__setattr__(self, "_sizes", sizes)
+        object.__setattr__(self, "_starts", np.cumsum(sizes) - sizes)
 
     @property
     def n(self) -> int:
@@ -109,7 +113,14 @@ class ResamplingUnit:
 
     def indices(self, draw: np.ndarray) -> np.ndarray:
         """The rows of one resample (a unit's models together, repeated as often as it was drawn)."""
-        return np.concatenate([self._members[u] for u in draw]) if len(draw) else np.empty(0, dtype=np.int64)
+        # Vectorized (a list of 2000 arrays per resample took 2 of 3 seconds of a 2000-model
+        # summary): each drawn unit's slice of ``_order``, the slices laid end to end.
+        draw = np.asarray(draw, dtype=np.int64)
+        if len(draw) == 0:
+            return np.empty(0, dtype=np.int64)
+        sizes = self._sizes[draw]
+        ends = np.cumsum(sizes)
+        return self._order[np.repeat(self._starts[draw] - (ends - sizes), sizes) + np.arange(ends[-1])]
 
     def subset(self, keep: np.ndarray) -> ResamplingUnit:
         """The unit of the models where ``keep`` is true (cells renumbered; a zoo left with one
