@@ -307,7 +307,9 @@ def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boo
     """Redo the statistics and the report of a benchmark folder from its stored tables alone
     (``models_<zoo>.csv``, ``errors_<zoo>.csv`` where present, ``benchmark_settings.json``),
     without its zoos or results store: e.g. a committed benchmark, after the statistics
-    changed. The hyperparameter grid is every value each ``hp.*`` column takes; the learned
+    changed. The hyperparameter grid is every value each ``hp.*`` column takes, except in a
+    zoo whose runs drew their hyperparameters (a column other than the seed with a value per
+    model, 20 models or more): it has no grid, as when it was benchmarked; the learned
     baseline is summarized where its predictions are a column of the table.
 
     Returns the dict of :func:`run_benchmark` without ``runs`` and ``fixtures``.
@@ -330,6 +332,8 @@ def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boo
             pd.DataFrame(columns=["model_id", "measure", "error"])
         hp = [c for c in table.columns if c.startswith("hp.")]
         grids[name] = {c[3:]: sorted(table[c].dropna().unique().tolist()) for c in hp} or None
+        if grids[name] and len(table) >= 20 and any(table[c].nunique() == len(table) for c in hp if c != "hp.seed"):
+            grids[name] = None  # hyperparameters drawn per run (smallcnn-mnist5k): no grid for the CMI or the robust view
     if not tables:
         raise InputError(f"{folder}: no models_<zoo>.csv tables")
     out = Path(out) if out is not None else folder
