@@ -1,6 +1,7 @@
 """The registered P-vector variants (docs/pvector-variants.md) against float64 numpy and
 scipy, computed from their definitions by hand on small models."""
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from pgen.measures import MeasureData, MeasureSettings, compute_measure, evaluate_measure, get_measure
+from pgen.measures import MeasureData, MeasureError, MeasureSettings, compute_measure, evaluate_measure, get_measure
 from pgen.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,13 @@ def test_subspace_k5_is_the_mean_principal_angle(setup):
     ref = np.degrees(scipy.linalg.subspace_angles(ua, ub)).mean()
     value = compute_measure("pvector_subspace_k5", cnn, None, MeasureData(x, y), MeasureSettings())
     assert value == pytest.approx(ref, abs=1e-6)
+    # a dead network (constant features) has no top-5 subspace: refused, not an arbitrary basis's angle
+    dead = copy.deepcopy(cnn)
+    with torch.no_grad():
+        for p in dead.parameters():
+            p.zero_()
+    with pytest.raises(MeasureError, match="rank below 5"):
+        compute_measure("pvector_subspace_k5", dead, None, MeasureData(x, y), MeasureSettings())
 
 
 def test_test_input_and_pseudo_test_angles_are_the_angle_on_those_inputs(setup):

@@ -77,8 +77,14 @@ def pvector_angle_layer_mean(model, init_model, data, settings) -> MeasureValue:
 
 
 def _top_left(matrix: np.ndarray, k: int) -> np.ndarray:
+    """The top-k left singular vectors of the centered matrix; a MeasureError where they do
+    not span a unique k-dimensional subspace (rank below k, e.g. the constant features of a
+    network whose units all died: LAPACK would return an arbitrary basis, and an angle)."""
     centered = matrix - matrix.mean(axis=0, keepdims=True)
-    u, _, _ = np.linalg.svd(centered, full_matrices=False)
+    u, s, _ = np.linalg.svd(centered, full_matrices=False)
+    if s[0] == 0 or s[k - 1] <= 1e-12 * s[0]:
+        raise MeasureError(f"the centered features ({matrix.shape[0]} x {matrix.shape[1]}) have rank below {k}: "
+                           f"their top-{k} subspace is undefined")
     return u[:, :k]
 
 
