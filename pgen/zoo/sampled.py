@@ -173,25 +173,12 @@ def _meta(recipe: SampledRecipe) -> dict:
     }
 
 
-def _finished_runs(manifest: Path) -> set[str]:
-    done = set()
-    if manifest.exists():
-        for line in manifest.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: its stack is redone
-            if row.get("final"):
-                done.add(row["run"])
-    return done
-
-
 def build_sampled_zoo(recipe: SampledRecipe, out: Path, *, progress: bool = True, limit: int | None = None,
                       workers: int = 1, executor="local", address: str | None = None) -> Path:
     """Train a sampled recipe's runs into ``out`` (resuming), stacks in parallel workers
     (``executor`` "local": processes; "ray": Ray tasks, one CPU each)."""
     from pgen.executors import open_executor
-    from pgen.zoo.builder import drop_torn_tail
+    from pgen.zoo.builder import _finished_ids, drop_torn_tail
 
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "zoo.json"
@@ -204,7 +191,7 @@ def build_sampled_zoo(recipe: SampledRecipe, out: Path, *, progress: bool = True
     if manifest.is_symlink():
         raise ZooError(f"{manifest} is a symlink; pgen does not write through links: move it aside")
     drop_torn_tail(manifest)
-    done = _finished_runs(manifest)
+    done = _finished_ids(manifest)  # a torn last line's stack is redone
     todo = [st for st in recipe.stacks() if not all(r["id"] in done for r in st)]
     if limit is not None:
         picked, new = [], 0
