@@ -6,6 +6,7 @@ Times, on one thread, one epoch-slice of Adam steps at batch 32 on mnist5k's 28x
   forward+backward and the optimizer step, and the same forward+backward with 1/16 of the
   filters' arithmetic absent (a 1x1 input channel count does not shrink, so it compares
   batch 32 with batch 2: what is left is per-step overhead, not convolution work);
+* the stacked convolutions alone in the default layout and in channels-last;
 * R runs stacked (pgen.stacked.train_stack), for several R, with and without dropout.
 
 Prints milliseconds per run-step and the ratio to the baseline measured in the same run.
@@ -53,6 +54,28 @@ def _stacked(x, y, runs, steps, batch, dropout):
     return (time.perf_counter() - t0) / (steps * runs)
 
 
+def _layouts(runs=16, batch=32, steps=30):
+    """Forward+backward of the three stacked convolutions (groups = runs), in the default
+    layout and in channels-last: seconds per run-step each."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, runs, 28, 28, generator=g)
+    kernels = [torch.randn(runs * 16, c, 3, 3, generator=g).mul_(0.1).requires_grad_() for c in (1, 16, 16)]
+    out = {}
+    for name, fmt in (("default", torch.contiguous_format), ("channels-last", torch.channels_last)):
+        def step():
+            h = x.contiguous(memory_format=fmt)
+            for k in kernels:
+                h = torch.relu(F.conv2d(h, k.contiguous(memory_format=fmt), stride=2, groups=runs))
+            torch.autograd.grad(h.mean(), kernels)
+        for _ in range(3):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        out[name] = (time.perf_counter() - t0) / (steps * runs)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps per measurement")
@@ -67,6 +90,9 @@ def main(argv=None):
     print(f"one run at a time (nn.Module + torch.optim.Adam, batch 32): {base * 1e3:.2f} ms/step = "
           f"forward+backward {fb * 1e3:.2f} + optimizer {opt * 1e3:.2f}")
     print(f"  forward+backward at batch 2: {fb2 * 1e3:.2f} ms: {fb2 / fb:.0%} of batch 32's is per-step overhead")
+    lay = _layouts()
+    print(f"grouped convolutions alone (R=16): default layout {lay['default'] * 1e3:.2f} ms per run-step, "
+          f"channels-last {lay['channels-last'] * 1e3:.2f} ms: {lay['default'] / lay['channels-last']:.1f}x")
     for dropout in (0.0, 77 / 256):
         for r in args.stacks:
             t = _stacked(x, y, r, args.steps, 32, dropout)

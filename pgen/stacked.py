@@ -127,8 +127,8 @@ class StackedSmallCNN:
         """x: (B, R * in_channels, H, W), run r's inputs in channels r*in..; ``dropout``: one
         callable per hidden layer mapping its activations (B, R*filters, h, w) to the dropped
         ones, or None (eval mode). Returns logits (B, R, classes)."""
-        # channels-last: oneDNN's grouped convolution (backward above all) is 2.6x faster in it
-        # than in the default layout (benchmarks/stacked_training.py --layouts)
+        # channels-last: oneDNN's grouped convolution (backward above all) is 1.5x faster in it
+        # than in the default layout (benchmarks/stacked_training.py prints the ratio)
         cl = torch.channels_last
         h = x.contiguous(memory_format=cl)
         convs = len(self.params) // 2 - 1
