@@ -122,7 +122,8 @@ class SampledRecipe:
             return
         if not isinstance(spec, dict) or len(set(spec) & {"uniform", "log_uniform"}) != 1:
             raise ZooError(f"{where} must be a list of values or {{uniform = [lo, hi]}} / {{log_uniform = [lo, hi]}}")
-        if key == "dropout" and (spec.get("step", 0) * 256) % 1 or key == "dropout" and not spec.get("step"):
+        step = spec.get("step")
+        if key == "dropout" and not (step and (step * 256) % 1 == 0):
             raise ZooError(f"{where}: needs step = k/256 (0.00390625 or a multiple): pgen.stacked draws dropout "
                            "masks from random bytes")
         kind = "uniform" if "uniform" in spec else "log_uniform"
