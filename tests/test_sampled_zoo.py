@@ -87,7 +87,8 @@ def test_bad_sampled_recipes_are_refused(tmp_path):
     for change, match in [({"runs": 0}, "runs"), ({"sample": {"optimizer": ["lbfgs"]}}, "lbfgs"),
                           ({"sample": {"dropout": {"uniform": [0, 0.5]}}}, "k/256"),
                           ({"sample": {"momentum": [0.9]}}, "not known"),
-                          ({"sample": {"learning_rate": {"log_uniform": [0, 1]}}}, "range")]:
+                          ({"sample": {"learning_rate": {"log_uniform": [0, 1]}}}, "range"),
+                          ({"checkpoints": {"epochs": [1]}}, "must include 0")]:
         with pytest.raises(ZooError, match=match):
             SampledRecipe({"name": "x", "dataset": "mnist5k", "runs": 2, "sample": {}, **change}, "x.toml")
 

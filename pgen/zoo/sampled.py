@@ -102,6 +102,8 @@ class SampledRecipe:
         self.checkpoint_epochs = sorted(set(ck.get("epochs", [0])) | {self.epochs})
         if any(not isinstance(e, int) or not 0 <= e <= self.epochs for e in self.checkpoint_epochs):
             raise ZooError(f"recipe {source}: checkpoint epochs must be whole numbers from 0 to {self.epochs}")
+        if 0 not in self.checkpoint_epochs:  # the initial weights are every row's initial_checkpoint
+            raise ZooError(f"recipe {source}: checkpoints.epochs must include 0 (the initial weights)")
         self.info = dataset_info(self.dataset)
         for key, spec in self.sample.items():
             self._check_spec(key, spec)
@@ -263,6 +265,7 @@ def _init(raw: dict, source: str, out: str) -> None:
 
 def _train(stack: list[dict]) -> list[dict]:
     """Train one stack; write its checkpoints; return its manifest rows (each run's final last)."""
+    from pgen.zoo.builder import _save_training_data
     recipe: SampledRecipe = _STATE["recipe"]
     out: Path = _STATE["out"]
     (train_x, train_y), (test_x, test_y) = _STATE["train"], _STATE["test"]
@@ -289,21 +292,12 @@ def _train(stack: list[dict]) -> list[dict]:
                         "model_kwargs": model_kwargs(run), "hparams": run["hparams"], "epoch": epoch, "step": step,
                         "metrics": metrics, "final": final, "train_data": f"checkpoints/{run['id']}-train.npz"})
 
-    if 0 not in recipe.checkpoint_epochs:  # the initial weights are every row's initial_checkpoint
-        raise ZooError(f"recipe {recipe.source}: checkpoints.epochs must include 0 (the initial weights)")
     result = train_stack(specs, optimizer=shared["optimizer"], activation=shared["activation"],
                          train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, train_size=train_size,
                          epochs=recipe.epochs, checkpoint_epochs=recipe.checkpoint_epochs,
                          batch_size=recipe.batch_size, on_checkpoint=on_checkpoint, filters=recipe.filters,
                          layers=recipe.layers, num_classes=recipe.info.num_classes)
     for run, idx in zip(stack, result["indices"]):
-        _save_training_data(out / f"checkpoints/{run['id']}-train.npz", idx.numpy(), train_y[idx].numpy())
+        _save_training_data(out / f"checkpoints/{run['id']}-train.npz", idx, train_y[idx])
     return [row for run_rows in rows for row in run_rows]
-
-
-def _save_training_data(path: Path, indices: np.ndarray, labels: np.ndarray) -> None:
-    tmp = replace_link(path.with_name(path.name + ".tmp"))
-    with tmp.open("wb") as fh:
-        np.savez(fh, indices=indices.astype(np.int64), labels=labels.astype(np.int64))
-    tmp.replace(path)
 
