@@ -47,9 +47,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pgen.errors import InputError
+from pgen.errors import InputError, UnknownNameError
 from pgen.executors import open_executor
-from pgen.learned import learned_baseline
 from pgen.measures import get_measure, list_measures
 from pgen.paths import output_path, safe_filename
 from pgen.report import plots
@@ -75,7 +74,33 @@ def default_measures() -> list[str]:
 
 REFERENCE_MEASURE = "pvector_angle"  # pgen's own measure: every other is compared with it
 FIXTURE_MARKER = ".pgen-fixture"  # a file in a zoo folder: a format fixture, scored but never ranked
-LEARNED = "learned_statnn"  # the out-of-fold StatNN predictions' column (pgen.learned)
+LEARNED = "learned:statnn-gap"  # the out-of-fold StatNN predictions of the gap (pgen.learned)
+LEARNED_PREFIX = "learned:"  # out-of-fold predictions: learned:<predictor>-<target> (pgen.learned.protocol)
+LEGACY_LEARNED = {"learned_statnn": "gap"}  # the column's name before several predictors and targets
+LEARNED_TARGETS = ("test_acc", "gap")
+
+
+def learned_columns(table: pd.DataFrame) -> list[str]:
+    """The table's columns of learned predictions (out of fold, or a fitted predictor scored)."""
+    return [c for c in table.columns if (c.startswith(LEARNED_PREFIX) and "." not in c) or c in LEGACY_LEARNED]
+
+
+def learned_target(name: str) -> str:
+    """What a learned column predicts: ``learned:<predictor>-<target>``, else the gap."""
+    if name in LEGACY_LEARNED:
+        return LEGACY_LEARNED[name]
+    tail = name.rsplit("-", 1)[-1]
+    return tail if tail in LEARNED_TARGETS else "gap"
+
+
+def _measure_meta(name: str):
+    """The registered measure, or None for a learned column (scored elsewhere or read from a table)."""
+    try:
+        return get_measure(name)
+    except UnknownNameError:
+        if name in LEGACY_LEARNED or name.startswith(LEARNED_PREFIX):
+            return None
+        raise
 
 # The tests corrected for many measures: (p-value column, statistic column, decision column, words for +, -).
 TESTS = (("tau_gap_p", "tau_gap", "tau_gap_holm", "intended", "opposite"),
@@ -99,7 +124,8 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
     Dziugaite et al.'s robust view, cost, and Holm's correction over the rows of each test
     (:func:`adjust_for_many_measures`). Columns are described in the module docstring.
     ``full_grid=False`` lets the CMI run on a grid with cells left out (unconverged models)."""
-    names = [m for m in measures if m != LEARNED] + ([LEARNED] if LEARNED in table else [])
+    learned = learned_columns(table)
+    names = [m for m in measures if m not in learned] + learned
     n_perm = permutations_for(len(names), alpha)
     ref_oriented = None
     if reference in table and table[reference].notna().any():
@@ -109,8 +135,8 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
         if name not in table or table[name].notna().sum() == 0:
             rows.append({"measure": name, "models": 0})
             continue
-        meta = get_measure(name) if name != LEARNED else None
-        sign = meta.sign if meta else 1  # the learned baseline predicts the gap
+        meta = _measure_meta(name)
+        sign = meta.sign if meta else (-1 if learned_target(name) == "test_acc" else 1)
         st = measure_statistics(table, name, targets={t: t for t in ("test_acc", "gap") if t in table},
                                 hparam_grid=hparam_grid, n_boot=n_boot, cmi_permutations=n_perm, full_grid=full_grid,
                                 sign=sign, fits=meta is not None)
@@ -240,7 +266,8 @@ def is_fixture(zoo: Zoo) -> bool:
 def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: list[str] | None = None,
                   settings: ScoreSettings | None = None, device: str = "cpu", workers: int = 1,
                   final_only: bool = True, progress: bool = True, n_boot: int = N_BOOT,
-                  converged_only: bool = True, learned: bool = False, executor: str | object = "local") -> dict:
+                  converged_only: bool = True, learned: bool | str | list[str] = False,
+                  executor: str | object = "local", learned_settings: dict | None = None) -> dict:
     """Score every measure on every zoo, summarize, and write the report into ``out``.
 
     With ``final_only`` (the default) intermediate checkpoints are left out, so that every
@@ -249,8 +276,10 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
     training criterion (``converged`` false, pgen's protocol recipes) are left out of the
     statistics, as Jiang et al. and the PGDL competition do; a zoo that records no
     criterion is ranked whole, and the report says it has none. Format fixtures
-    (:func:`is_fixture`) are scored but never summarized or ranked. ``learned`` adds the
-    StatNN baseline (:mod:`pgen.learned`), cross-validated by hyperparameter cell.
+    (:func:`is_fixture`) are scored but never summarized or ranked. ``learned`` adds learned
+    predictors (``True``: StatNN; or names of :data:`pgen.learned.PREDICTORS`), each
+    predicting test accuracy and the gap out of fold (:func:`add_learned_predictions`;
+    ``learned_settings``: its keyword arguments, e.g. ``epochs``, ``workers``).
     ``executor`` runs the scoring (see :func:`pgen.score.score_zoo`); one Ray connection
     serves every zoo. Besides the report, ``out`` holds per zoo ``models_<zoo>.csv`` (the
     learned predictions included), ``errors_<zoo>.csv`` and ``summary_<zoo>.csv``, and
@@ -282,35 +311,36 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
                 continue
             table = run.table
             if learned:
-                try:
-                    res = learned_baseline(zoo, _ranked(table, converged_only)[0])
-                except ValueError as exc:  # e.g. a zoo without hyperparameter cells: said in the report
-                    learned_results[run.name] = {"error": str(exc)}
-                else:
-                    learned_results[run.name] = res
-                    table = table.assign(**{LEARNED: table["model_id"].map(res["predictions"])})
+                table, learned_results[run.name] = add_learned_predictions(
+                    zoo, table, learned, converged_only=converged_only, device=device, progress=progress,
+                    **(learned_settings or {}))
             tables[run.name], errors[run.name], runs[run.name] = table, run.errors, run
             name = safe_filename(run.name)  # a zoo's name comes from its files: never a path
             table.to_csv(output_path(out, f"models_{name}.csv"), index=False)
             run.errors.to_csv(output_path(out, f"errors_{name}.csv"), index=False)
     record = {"settings": settings.identity(), "measures": list(measures), "zoos": list(tables),
               "converged_only": converged_only,
-              "n_boot": n_boot, "learned": {k: {f: v for f, v in r.items() if f != "predictions"}
-                                            for k, r in learned_results.items()}}
+              "n_boot": n_boot, "learned": learned_results,
+              "zoo_roots": {name: str(r.zoo.get("root", "")) for name, r in runs.items() if r.zoo.get("root")}}
     output_path(out, "benchmark_settings.json").write_text(json.dumps(record, indent=1, default=str))
     result = _summarize_and_report(tables, errors, out, record, {n: r.hparam_grid for n, r in runs.items()},
                                    fixtures)
     return {**result, "runs": runs, "fixtures": fixtures}
 
 
-def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boot: int | None = None) -> dict:
+def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boot: int | None = None,
+                     learned: bool | str | list[str] = False, learned_settings: dict | None = None,
+                     progress: bool = True) -> dict:
     """Redo the statistics and the report of a benchmark folder from its stored tables alone
     (``models_<zoo>.csv``, ``errors_<zoo>.csv`` where present, ``benchmark_settings.json``),
     without its zoos or results store: e.g. a committed benchmark, after the statistics
     changed. The hyperparameter grid is every value each ``hp.*`` column takes, except in a
     zoo whose runs drew their hyperparameters (a column other than the seed with a value per
     model, 20 models or more): it has no grid, as when it was benchmarked; the learned
-    baseline is summarized where its predictions are a column of the table.
+    predictions are summarized where they are columns of the table. ``learned`` computes
+    learned predictors' out-of-fold predictions now (:func:`add_learned_predictions`), which
+    needs the zoos (their folders as recorded, or the embedded zoos by name); the tables and
+    ``benchmark_settings.json`` are rewritten with them.
 
     Returns the dict of :func:`run_benchmark` without ``runs`` and ``fixtures``.
     """
@@ -338,6 +368,20 @@ def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boo
         raise InputError(f"{folder}: no models_<zoo>.csv tables")
     out = Path(out) if out is not None else folder
     out.mkdir(parents=True, exist_ok=True)
+    if learned:
+        record["learned"] = {z: r for z, r in record.get("learned", {}).items()
+                             if isinstance(r, dict) and "kendall_tau" not in r and "error" not in r}  # legacy form
+        for name, table in tables.items():
+            zoo = load_zoo(record.get("zoo_roots", {}).get(name) or name, build=False, progress=progress)
+
+            def save(table, results, name=name):  # each finished predictor and target, as it finishes
+                record.setdefault("learned", {}).setdefault(name, {}).update(results)
+                table.to_csv(output_path(out, f"models_{safe_filename(name)}.csv"), index=False)
+                output_path(out, "benchmark_settings.json").write_text(json.dumps(record, indent=1, default=str))
+
+            tables[name], _ = add_learned_predictions(zoo, table, learned,
+                                                      converged_only=record.get("converged_only", True),
+                                                      progress=progress, save=save, **(learned_settings or {}))
     return _summarize_and_report(tables, errors, out, record, grids, {})
 
 
@@ -350,6 +394,66 @@ def _ranked(table: pd.DataFrame, converged_only: bool) -> tuple[pd.DataFrame, li
     if not converged_only:
         return table, []
     return table[~missed].reset_index(drop=True), table.loc[missed, "model_id"].tolist()
+
+
+def _predictor_names(learned: bool | str | list[str]) -> list[str]:
+    from pgen.learned import PREDICTORS
+
+    names = ["statnn"] if learned is True else ([] if not learned else
+                                                 [n.strip() for n in (learned.split(",") if isinstance(learned, str)
+                                                                      else learned) if n.strip()])
+    unknown = [n for n in names if n not in PREDICTORS]
+    if unknown:
+        raise InputError(f"unknown learned predictor(s) {', '.join(unknown)}; known: {', '.join(PREDICTORS)}")
+    return list(dict.fromkeys(names))
+
+
+def add_learned_predictions(zoo: Zoo, table: pd.DataFrame, learned: bool | str | list[str], *,
+                            converged_only: bool = True, targets=LEARNED_TARGETS, folds: int = 5, seed: int = 0,
+                            workers: int = 1, device: str = "cpu", progress: bool = True, save=None,
+                            **settings) -> tuple[pd.DataFrame, dict]:
+    """``table`` with a column ``learned:<predictor>-<target>`` of out-of-fold predictions per
+    predictor and target (:func:`pgen.learned.cross_validate` on the models the statistics
+    rank), and per column what the protocol recorded (tau, R^2 with its interval, folds,
+    their seeds, fit and prediction time) or the error that stopped it. ``save(table,
+    results)`` is called after each column, so that a long run keeps what it finished."""
+    from pgen.learned import cross_validate
+
+    ranked = _ranked(table, converged_only)[0]
+    results = {}
+    for predictor in _predictor_names(learned):
+        for target in targets:
+            column = f"{LEARNED_PREFIX}{predictor}-{target}"
+            if target not in ranked:
+                results[column] = {"error": f"the table has no {target} column"}
+                continue
+            try:
+                res = cross_validate(zoo, ranked, predictor=predictor, target=target, folds=folds, seed=seed,
+                                     workers=workers, device=device, progress=progress, **settings)
+            except (InputError, ValueError) as exc:  # e.g. one cell only, or layouts an NFN cannot read
+                results[column] = {"error": str(exc)}
+                continue
+            table = table.assign(**{column: table["model_id"].map(res["predictions"])})
+            if "learned_fold" not in table:
+                table = table.assign(learned_fold=table["model_id"].map(res["fold"]))
+            results[column] = {k: v for k, v in res.items() if k not in ("predictions", "fold")}
+            if save is not None:
+                save(table, results)
+    return table, results
+
+
+def _learned_text(column: str, r: dict) -> str:
+    if "error" in r:
+        return f"{column}: not computed: {Document.text(r['error'])}."
+    lo, hi = r.get("r2_ci", (math.nan, math.nan))
+    unit = {"cells": "hyperparameter cells", "models": "models"}.get(r.get("unit"), r.get("unit", "units"))
+    epochs = r.get("settings", {}).get("epochs")
+    return (f"{column}: out of fold over {r['folds']} folds of {r['groups']} {unit} (seed {r['seed']}; fold "
+            f"seeds {', '.join(map(str, r.get('fold_seeds', [])))}), Kendall tau {r['kendall_tau']:.3f} and R^2 "
+            f"{r['r2']:.3f} [{lo:.3f}, {hi:.3f}] against {learned_target(column)} "
+            f"({'shuffled' if r.get('shuffled') else 'as measured'}); fitting took {r['fit_seconds']:.0f} s in all"
+            + (f" ({epochs} epochs per fold)" if epochs else "")
+            + f", predicting {1000 * r['predict_seconds_per_model']:.2g} ms per model.")
 
 
 def _summarize_and_report(tables, errors, out: Path, record: dict, grids: dict, fixtures: dict) -> dict:
@@ -505,12 +609,15 @@ def _write_report(summaries, tables, errors, out: Path, record: dict, excluded, 
         for sentence in resolved_findings(s):
             doc.paragraph(sentence)
         lr = learned_results.get(zname)
-        if lr and "error" in lr:
-            doc.paragraph(f"Learned baseline ({LEARNED}): not computed: {Document.text(lr['error'])}.")
-        elif lr:
-            doc.paragraph(f"Learned baseline ({LEARNED}, Unterthiner et al. 2020's StatNN features, gradient-boosted "
-                          f"trees): out-of-fold over {lr['folds']} folds grouped by {lr['groups']} hyperparameter "
-                          f"cells, Kendall tau {lr['kendall_tau']:.2f} and R^2 {lr['r2']:.2f} against the gap.")
+        if lr and ("error" in lr or "kendall_tau" in lr):  # a benchmark from before several predictors
+            lr = {"learned_statnn": {**lr, "fit_seconds": math.nan, "predict_seconds_per_model": math.nan,
+                                     "seed": 0, "r2_ci": (math.nan, math.nan)}}
+        if lr:
+            doc.paragraph("Learned predictors (pgen.learned: StatNN, Unterthiner et al. 2020; NFN, Zhou et al. 2023), "
+                          "each fit on the other folds and scored out of fold; their rows in the table are those "
+                          "predictions, oriented like every measure (sign -1 for predicted test accuracy).")
+            for column, r in lr.items():
+                doc.paragraph(_learned_text(column, r))
         if grids.get(zname):
             doc.paragraph(_references_text(references.get(zname)))
         doc.table(headline_table(s))

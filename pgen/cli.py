@@ -390,8 +390,19 @@ def _add_score(sub):
     p.add_argument("--bootstrap", type=_integer(0, MAX_RESAMPLES), default=1000,
                    help="bootstrap resamples for the report's CIs (default 1000)")
     p.add_argument("--no-report", action="store_true", help="skip the report")
+    p.add_argument("--predictor", action="append", default=[], metavar="FOLDER",
+                   help="score a learned predictor saved by `pgen learned fit` as the measure learned:<name> "
+                        "(repeatable); a model of another weight-space layout fails alone, naming its first "
+                        "mismatching layer")
     _add_plugin_options(p)
     p.set_defaults(func=_cmd_score)
+
+
+def _load_predictors(folders) -> tuple[str, ...]:
+    """Register each saved predictor as the measure learned:<name>; their names."""
+    from pgen.learned import load
+
+    return tuple(load(folder).register() for folder in folders)
 
 
 def _print_files(files, out) -> None:
@@ -422,10 +433,11 @@ def _cmd_score(args):
 
     _load_plugins(args)
     out = Path(args.out) if args.out else _default_out(args.zoo)
+    measures = _measure_names(args.measures) + _load_predictors(args.predictor)
     settings = ScoreSettings(split=args.split, n_samples=args.samples or None, layer=args.layer,
                              center=not args.no_center, seed=args.seed, allow_tf32=args.tf32,
                              dataset_size_term=args.dataset_size_term, own_training_data=not args.shared_samples,
-                             measures=_measure_names(args.measures), data_kind=args.data_kind)
+                             measures=measures, data_kind=args.data_kind)
     executor = _executor(args)
     zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
     color_column(zoo.to_frame().columns, args.color_by, zoo.name)  # checked before scoring, not after
@@ -695,7 +707,7 @@ def _run_suite(args) -> int:
     out = args.out or f"reports/suite-{suite.name}"
     with _executor(args) as executor:
         res = run_suite(suite, out, measures=measures, workers=args.workers, device=args.device,
-                        learned=args.learned, executor=executor)
+                        learned=args.learned, learned_settings=_learned_settings(args), executor=executor)
     board = pd.read_csv(Path(out) / "leaderboard.csv")
     cols = ["zoo", "measure", "tau_gap", "tau_gap_ci_low", "tau_gap_ci_high", "tau_gap_holm", "median_seconds"]
     with pd.option_context("display.width", 200, "display.max_rows", 200):
@@ -744,9 +756,14 @@ def _add_benchmark(sub):
                    help="label-using measures see the shared samples, not each model's own training data")
     p.add_argument("--data-kind", help=DATA_KIND_HELP)
     _add_plugin_options(p)
-    p.add_argument("--learned", action="store_true",
-                   help="add the learned StatNN baseline (weight statistics + gradient-boosted trees, "
-                        "cross-validated by hyperparameter cell)")
+    p.add_argument("--learned", nargs="?", const="statnn", default=None, metavar="NAMES",
+                   help="add learned predictors' out-of-fold predictions of test accuracy and the gap "
+                        "(statnn, nfn, nfn_np; comma-separated; bare --learned: statnn), folds by hyperparameter "
+                        "cell; with --from-tables they are computed now on the recorded zoos")
+    p.add_argument("--learned-epochs", type=_integer(1), default=None,
+                   help="NFN training epochs per fold (default 50, the authors')")
+    p.add_argument("--learned-workers", type=_integer(1), default=1,
+                   help="folds fit in parallel processes (one thread each)")
     p.add_argument("--bootstrap", type=_integer(0, MAX_RESAMPLES), default=None,
                    help="bootstrap resamples for the CIs and p-values (default 10000: Holm's correction over m "
                         "measures needs p-values down to 0.05/m, and the smallest bootstrap p is 2/(B+1))")
@@ -767,7 +784,8 @@ def _cmd_benchmark(args):
     if args.from_tables:
         if args.zoos:
             raise InputError("--from-tables redoes the statistics of stored tables; give no zoos with it")
-        res = summarize_tables(args.from_tables, args.out, n_boot=args.bootstrap)
+        res = summarize_tables(args.from_tables, args.out, n_boot=args.bootstrap, learned=args.learned or False,
+                               learned_settings=_learned_settings(args))
         res["fixtures"] = {}
     else:
         if not args.zoos:
@@ -778,7 +796,8 @@ def _cmd_benchmark(args):
         with _executor(args) as executor:
             res = run_benchmark(args.zoos, args.out or "reports/benchmark", measures=measures, settings=settings,
                                 device=args.device, workers=args.workers, final_only=not args.with_checkpoints,
-                                converged_only=not args.all_models, learned=args.learned,
+                                converged_only=not args.all_models, learned=args.learned or False,
+                                learned_settings=_learned_settings(args),
                                 n_boot=N_BOOT if args.bootstrap is None else args.bootstrap, executor=executor)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
         for name, summary in res["summaries"].items():
@@ -789,6 +808,108 @@ def _cmd_benchmark(args):
     for name in res["fixtures"]:
         print(f"\n{name}: a format fixture, scored but not ranked")
     print("\nreport: " + ", ".join(str(f) for f in res["files"][:2]))
+
+
+def _learned_settings(args) -> dict:
+    return {"workers": args.learned_workers, **({"epochs": args.learned_epochs} if args.learned_epochs else {})}
+
+
+def _add_learned(sub):
+    p = sub.add_parser("learned", help="learned predictors (StatNN, NFN): evaluate out of fold, fit, save",
+                       description="Predict test accuracy or the generalization gap from a network's weights: "
+                                   "StatNN (Unterthiner et al. 2020) or an NFN (Zhou et al. 2023; nfn: HNP, "
+                                   "nfn_np: NP). `evaluate` gives out-of-fold predictions under pgen's one "
+                                   "protocol; `fit` trains on a whole zoo and saves the predictor, which "
+                                   "`pgen score ZOO --predictor FOLDER` scores on other models.")
+    lsub = p.add_subparsers(dest="learned_command", metavar="ACTION")
+    lsub.required = True
+    for name, helptext in (("fit", "fit a predictor on every model of a zoo and save it (safetensors + JSON)"),
+                           ("evaluate", "out-of-fold predictions, Kendall tau and R^2 (with a CI) on a zoo")):
+        q = lsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        q.add_argument("zoo", help="zoo folder, or an embedded zoo name")
+        q.add_argument("--predictor", default="nfn", help="statnn, nfn (HNP) or nfn_np (default nfn)")
+        q.add_argument("--target", default="test_acc", choices=["test_acc", "gap"],
+                       help="what it learns (default test_acc)")
+        q.add_argument("--scores", metavar="DIR", default=None,
+                       help="take the targets from a `pgen score` output folder (results.sqlite) instead of the "
+                            "zoo's records")
+        q.add_argument("--final-only", action="store_true", help="only the final model of each run")
+        q.add_argument("--epochs", type=_integer(1), default=None, help="NFN training epochs (default 50)")
+        q.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of every random choice")
+        q.add_argument("--device", default="cpu", help="cpu or cuda")
+        q.add_argument("--data-root", help="where a public zoo's data live (see `pgen score --help`)")
+        q.add_argument("--trust-code", action="store_true", help="allow architectures from your own code")
+        if name == "fit":
+            q.add_argument("--out", required=True, help="folder for the predictor (weights.safetensors, "
+                                                        "predictor.json)")
+            q.add_argument("--name", default=None, help="its name (default <predictor>-<target>); scored as "
+                                                        "learned:<name>")
+            q.set_defaults(func=_cmd_learned_fit)
+        else:
+            q.add_argument("--folds", type=_integer(2), default=5, help="folds (default 5)")
+            q.add_argument("--workers", type=_integer(1), default=1, help="folds fit in parallel processes")
+            q.add_argument("--shuffle-target", action="store_true",
+                           help="the control: permute the target across models first (tau should fall in its null)")
+            q.add_argument("--out", default=None, help="write the out-of-fold predictions here (CSV)")
+            q.set_defaults(func=_cmd_learned_evaluate)
+
+
+def _learned_inputs(args):
+    from pgen.errors import InputError
+    from pgen.zoo import load_zoo
+
+    zoo = load_zoo(args.zoo, data_root=args.data_root, trust_code=args.trust_code)
+    if args.final_only:
+        zoo = zoo.final_models()
+    table = None
+    if args.scores:
+        from pgen.results import load_runs
+
+        runs = [r for r in load_runs(args.scores) if r.name == zoo.name]
+        if not runs:
+            raise InputError(f"{args.scores}: no scoring run of zoo {zoo.name}")
+        ids = set(e.id for e in zoo)
+        table = runs[-1].table  # the latest run of this zoo
+        table = table[table["model_id"].isin(ids)].reset_index(drop=True)
+    return zoo, table
+
+
+def _cmd_learned_fit(args):
+    from pgen.learned import fit
+
+    zoo, table = _learned_inputs(args)
+    pred = fit(zoo, predictor=args.predictor, target=args.target, table=table, name=args.name, seed=args.seed,
+               device=args.device, epochs=args.epochs)
+    folder = pred.save(args.out)
+    tr = pred.training
+    print(f"{pred.predictor} -> {pred.target}: fit on {tr['models']} models of {zoo.name} in "
+          f"{tr['fit_seconds']:.1f} s; saved to {folder} (score it: pgen score ZOO --predictor {args.out})")
+
+
+def _cmd_learned_evaluate(args):
+    import pandas as pd
+
+    from pgen.learned import cross_validate
+
+    zoo, table = _learned_inputs(args)
+    r = cross_validate(zoo, table, predictor=args.predictor, target=args.target, folds=args.folds, seed=args.seed,
+                       device=args.device, workers=args.workers, shuffle_target=args.shuffle_target,
+                       epochs=args.epochs)
+    lo, hi = r["r2_ci"]
+    print(f"{args.predictor} -> {args.target}{' (target shuffled)' if r['shuffled'] else ''} on {zoo.name}: "
+          f"{r['models']} models, {r['folds']} folds of {r['groups']} {r['unit']}, fold seeds "
+          f"{', '.join(map(str, r['fold_seeds']))}")
+    print(f"Kendall tau {r['kendall_tau']:.3f} (random rankings: sd {r['tau_null_sd']:.3f}); R^2 {r['r2']:.3f} "
+          f"[{lo:.3f}, {hi:.3f}]; fit {r['fit_seconds']:.1f} s in all, predict "
+          f"{1000 * r['predict_seconds_per_model']:.2f} ms per model")
+    if args.out:
+        from pgen.paths import output_path
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"model_id": r["predictions"].index, "prediction": r["predictions"].to_numpy(),
+                      "fold": r["fold"].to_numpy()}).to_csv(output_path(out.parent, out.name), index=False)
+        print(f"predictions: {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -808,7 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_score, _add_report, _add_benchmark, _add_zoo, _add_pgdl, _add_measures, _add_data, _add_study, _add_paper, _add_pvector]
+_SUBCOMMANDS = [_add_score, _add_report, _add_benchmark, _add_learned, _add_zoo, _add_pgdl, _add_measures, _add_data, _add_study, _add_paper, _add_pvector]
 
 
 def main(argv=None) -> int:

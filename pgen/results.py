@@ -24,12 +24,15 @@ __all__ = ["ScoreRun", "load_run", "load_runs", "run_from_store", "measure_setti
 def measure_settings(run_settings: dict, measure: str) -> dict:
     """The settings one measure's stored values depend on: the run's plus the measure's name
     (so each measure resumes on its own) and, once its definition has changed, its version
-    (so values stored by an earlier definition are not reused)."""
+    (so values stored by an earlier definition are not reused), and a learned predictor's
+    digest."""
     from pgen.measures import REGISTRY, _load_all
 
     _load_all()
     version = REGISTRY[measure].version if measure in REGISTRY else 1
-    return {**run_settings, "measure": measure, **({"measure_version": version} if version > 1 else {})}
+    identity = REGISTRY[measure].identity if measure in REGISTRY else ""
+    return {**run_settings, "measure": measure, **({"measure_version": version} if version > 1 else {}),
+            **({"measure_identity": identity} if identity else {})}
 
 
 @dataclass
@@ -138,10 +141,10 @@ def run_from_store(store: ResultsStore, db: Path, run_id: str, computed: int = 0
     zoo_table = pd.DataFrame.from_records(info.pop("zoo_table"))
     zoo_table["model_id"] = zoo_table["model_id"].astype(str)
     measures = list(info.pop("measures", []))
-    for m in measures:  # a measure's name becomes file names and report text: pgen's names are plain
-        if not (isinstance(m, str) and m and all(ch.isascii() and (ch.isalnum() or ch in "_.-") for ch in m)):
+    for m in measures:  # a measure's name becomes report text (file names pass safe_filename): pgen's are plain
+        if not (isinstance(m, str) and m and all(ch.isascii() and (ch.isalnum() or ch in "_.-:") for ch in m)):
             raise ResultsError(f"{db}: run {run_id} names a measure {m!r}, which is not a measure name "
-                               "(letters, digits, _ . -); this store was not written by pgen")
+                               "(letters, digits, _ . - and : of learned:<name>); this store was not written by pgen")
     per_measure = {m: measure_settings(settings, m) for m in measures}
     targets = store.wide_frame(zoo_name, settings)
     extra = store.measure_frame(zoo_name, per_measure)

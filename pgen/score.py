@@ -353,15 +353,23 @@ def scoring_environment(device: str, workers: int) -> dict:
 _WORKER: dict = {}
 
 
-def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx, device="cpu", threads=1, plugins=()):
+def _worker_init(zoo_root, data_root, trust_code, identity, settings, ctx, device="cpu", threads=1, plugins=(),
+                 predictors=()):
     """Prepares a worker process (a local pool's or a Ray node's) once: it loads the user's
-    measure plugins the caller loaded, reopens the zoo from its folder and keeps the run's
-    shared samples."""
+    measure plugins and the learned predictors the caller loaded, reopens the zoo from its
+    folder and keeps the run's shared samples."""
     from pgen.measures import load_plugin
 
+    # First: a forked worker whose parent ran multithreaded torch (fit a predictor, say) hangs
+    # in its first parallel region unless the thread count is set before any torch work.
+    torch.set_num_threads(threads)
     for spec in plugins:  # the caller trusted them (--trust-code) before loading them itself
         load_plugin(spec, trust_code=True)
-    torch.set_num_threads(threads)
+    if predictors:
+        from pgen.learned import load
+
+        for folder in predictors:  # data, not code: safetensors and JSON
+            load(folder).register()
     zoo = load_zoo(zoo_root, build=False, progress=False, data_root=data_root, trust_code=trust_code)
     zoo._identity = identity  # a view (e.g. final models) keeps its identity
     _WORKER.update(zoo=zoo, settings=settings, ctx=ctx, device=device)
@@ -508,11 +516,12 @@ def _run_jobs(zoo, store, jobs, ctx, s, device, executor, run_settings, per_meas
             for mid, need_targets, missing in jobs:
                 record(_score_one(zoo, mid, ctx, s, device, need_targets, missing, angle_matrix_out))
         else:  # worker processes reopen the zoo from its folder
+            from pgen.learned.predictor import loaded_predictors
             from pgen.measures import PLUGINS
 
             initargs = (str(zoo.root), getattr(zoo, "data_root", None),  # absolute: the path every node sees
                         getattr(zoo, "trust_code", False), zoo.identity(), s, ctx, device, executor.threads_per_job,
-                        tuple(PLUGINS))
+                        tuple(PLUGINS), loaded_predictors())
             executor.run(jobs, initializer=_worker_init, initargs=initargs, work=_worker_score, record=record,
                          failed=lambda job, message: record(_Outcome(job[0], error=message)))
     finally:

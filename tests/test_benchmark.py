@@ -213,7 +213,9 @@ initial = false
     # 15 models in 8 cells: no pooled environment keeps 10 pairs, and the report says so
     assert (s["robust_environments"] == 0).all() and "robust_mean" not in s
     assert "Robust view: no environment of this zoo has 10 model pairs" in (tmp_path / "out" / "benchmark.md").read_text()
-    assert LEARNED in s.index and res["learned"]["mini"]["groups"] == 8
+    assert LEARNED in s.index and res["learned"]["mini"][LEARNED]["groups"] == 8
+    assert res["learned"]["mini"][LEARNED]["unit"] == "cells" and len(res["learned"]["mini"][LEARNED]["fold_seeds"]) == 5
+    assert s.loc["learned:statnn-test_acc", "sign"] == -1 and s.loc[LEARNED, "sign"] == 1
     assert list(res["summaries"]) == ["mini"] and "kit_toy" in res["fixtures"]
     # StatNN features: first/last/hidden statistics, independent of depth in length
     from pgen.models import build_model
@@ -249,17 +251,24 @@ def test_cmi_on_a_grid_with_a_cell_left_out_equals_the_mean_over_filled_bins():
         cmi_from_table(part_ab, "m", {"a": [0, 1, 2], "b": [0, 1]}, full_grid=False), abs=1e-12)
 
 
-def test_learned_baseline_on_a_single_cell_is_reported_not_fatal(tmp_path):
+def test_a_learned_predictor_that_cannot_read_a_zoo_is_reported_not_fatal(tmp_path):
+    """An NFN reads one weight-space layout: on a zoo of two depths it is reported as not
+    computed (naming the model and layer), while StatNN, which reads any depth, is summarized."""
     import torch
 
     from pgen.benchmark import LEARNED, run_benchmark
+    from pgen.models import MLP
     from pgen.score import ScoreSettings
     from pgen.zoo import Zoo
 
     torch.manual_seed(0)
-    nets = {f"m{i}": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for i in range(4)}
-    zoo = Zoo.from_models(nets, "digits", test_data="digits", name="own", hparams={k: {"a": 1} for k in nets})
-    res = run_benchmark([zoo], tmp_path, measures=["param_norm"], learned=True, progress=False, n_boot=20,
-                        settings=ScoreSettings(n_samples=100))
-    assert "error" in res["learned"]["own"] and LEARNED not in set(res["summaries"]["own"]["measure"])
-    assert "Learned baseline (learned_statnn): not computed" in (tmp_path / "benchmark.md").read_text()
+    nets = {f"m{i}": MLP((1, 8, 8), 10, width=8, depth=1 + i % 2) for i in range(8)}
+    zoo = Zoo.from_models(nets, "digits", test_data="digits", name="own", hparams={k: {"a": i} for i, k in enumerate(nets)})
+    res = run_benchmark([zoo], tmp_path, measures=["param_norm"], learned="statnn,nfn", progress=False, n_boot=20,
+                        settings=ScoreSettings(n_samples=100), learned_settings={"epochs": 1})
+    nfn = res["learned"]["own"]["learned:nfn-gap"]
+    assert "error" in nfn and "model m1 has another weight-space layout" in nfn["error"]
+    measures = set(res["summaries"]["own"]["measure"])
+    assert LEARNED in measures and "learned:nfn-gap" not in measures
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "learned:nfn-test_acc: not computed: zoo own, model m1 has another weight-space layout" in text

@@ -262,9 +262,9 @@ def test_benchmark_cli_protocol_options(tiny_zoo, tmp_path, capsys):
             "pvector_angle,sum_squared_weights", "--learned", "--bootstrap", "20", "--all-models", "--shared-samples"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "learned_statnn" in out and "Direction not resolved" in out
+    assert "learned:statnn-gap" in out and "learned:statnn-test_acc" in out and "Direction not resolved" in out
     summary = __import__("pandas").read_csv(tmp_path / "b" / "summary_tiny.csv").set_index("measure")
-    assert "learned_statnn" in summary.index and "tau_gap_minus_angle" in summary.columns
+    assert "learned:statnn-gap" in summary.index and "tau_gap_minus_angle" in summary.columns
 
 
 def test_score_cli_shared_samples(noisy_zoo, tmp_path):

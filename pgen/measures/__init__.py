@@ -130,6 +130,7 @@ class Measure:
     version: int = 1  # raised when the definition changes: values stored by an earlier one are not reused
     samples: str = "own"  # "own": the model's own training samples and labels; "shared": one set for the zoo
     inputs_from: tuple[str, ...] = ()  # other input sets it reads: "test" (data.x_test), "pseudo-test" (x_pseudo)
+    identity: str = ""  # a digest of what it computes beyond its code (a learned predictor's parameters)
 
     def __call__(self, model, init_model, data, settings=None) -> float:
         return compute_measure(self.name, model, init_model, data, settings)
@@ -146,7 +147,7 @@ FIDELITY = ("faithful", "inspired by", "pgen's own")
 def register(name: str, *, description: str, sign: int, reference: str, sign_reason: str, needs_init: bool = False,
              family: str = "", needs_images: bool = False, stochastic: bool = False, requires: str = "",
              fidelity: str = "faithful", size_term: str = "", version: int = 1, samples: str = "own",
-             inputs_from: tuple[str, ...] = ()):
+             inputs_from: tuple[str, ...] = (), identity: str = ""):
     """Decorator: register ``fn(model, init_model, data, settings) -> float | MeasureValue`` under ``name``.
 
     ``reference`` names the paper and code whose definition it computes, ``fidelity`` how
@@ -155,7 +156,8 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
     reuse values computed by an earlier one. ``samples`` says which samples the measure
     sees (module docstring): "own", "shared", or "none" for measures of the weights alone;
     ``inputs_from`` the other input sets it reads ("test": ``data.x_test``, "pseudo-test":
-    ``data.x_pseudo``), refused where a zoo has none.
+    ``data.x_pseudo``), refused where a zoo has none. ``identity`` (a learned predictor's
+    digest) is stored with its values, so that another predictor of that name recomputes them.
     """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
@@ -177,7 +179,7 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
             raise ValueError(f"measure {name!r} is registered twice")
         REGISTRY[name] = Measure(name, fn, description, sign, needs_init, family, reference, needs_images,
                                  stochastic, requires, fidelity, sign_reason, size_term, version, samples,
-                                 tuple(inputs_from))
+                                 tuple(inputs_from), identity)
         return fn
 
     return deco
