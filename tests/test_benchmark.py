@@ -272,3 +272,27 @@ def test_a_learned_predictor_that_cannot_read_a_zoo_is_reported_not_fatal(tmp_pa
     assert LEARNED in measures and "learned:nfn-gap" not in measures
     text = (tmp_path / "benchmark.md").read_text()
     assert "learned:nfn-test_acc: not computed: zoo own, model m1 has another weight-space layout" in text
+
+
+def test_learned_predictions_added_to_a_finished_benchmark_from_its_tables(tiny_zoo, tmp_path, monkeypatch):
+    """`pgen benchmark --from-tables DIR --learned statnn` fits on the zoo recorded in DIR,
+    adds the out-of-fold columns and their records (folds, seeds) to DIR's tables, and a
+    later --from-tables without --learned keeps them."""
+    import json
+
+    from pgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", str(tiny_zoo), "--out", "b", "--samples", "50", "--measures", "num_params",
+                 "--bootstrap", "20"]) == 0
+    assert "learned:statnn-gap" not in pd.read_csv("b/models_tiny.csv")
+    assert main(["benchmark", "--from-tables", "b", "--learned", "statnn", "--bootstrap", "20"]) == 0
+    table = pd.read_csv("b/models_tiny.csv")
+    assert {"learned:statnn-gap", "learned:statnn-test_acc", "learned_fold"} <= set(table.columns)
+    assert table["learned:statnn-gap"].notna().all()
+    record = json.loads(open("b/benchmark_settings.json").read())["learned"]["tiny"]
+    assert record["learned:statnn-gap"]["folds"] == record["learned:statnn-gap"]["groups"] == 4
+    assert len(record["learned:statnn-test_acc"]["fold_seeds"]) == 4
+    assert main(["benchmark", "--from-tables", "b", "--bootstrap", "20"]) == 0
+    assert "learned:statnn-gap: out of fold over 4 folds" in open("b/benchmark.md").read()
+    assert "learned:statnn-gap" in set(pd.read_csv("b/summary_tiny.csv")["measure"])

@@ -111,7 +111,7 @@ def predict_nfn(net: InvariantNFN, weights, biases, *, batch_size: int = 256, de
 def train_nfn(weights, biases, y: np.ndarray, *, mode: str = "HNP", seed: int = 0, device: str = "cpu",
               epochs: int = NFN_DEFAULTS["epochs"], batch_size: int = NFN_DEFAULTS["batch_size"],
               lr: float = NFN_DEFAULTS["lr"], validation_fraction: float = NFN_DEFAULTS["validation_fraction"],
-              groups: np.ndarray | None = None) -> tuple[InvariantNFN, dict]:
+              groups: np.ndarray | None = None, progress: bool = False) -> tuple[InvariantNFN, dict]:
     """Train an NFN on the models given as batched weight-space tensors, ``y`` in [0, 1].
 
     A ``validation_fraction`` of them (whole ``groups`` where given, drawn by ``seed``) picks
@@ -138,7 +138,12 @@ def train_nfn(weights, biases, y: np.ndarray, *, mode: str = "HNP", seed: int = 
     order_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     best = (-np.inf, -1, None)
     history = []
-    for epoch in range(epochs):
+    epochs_iter = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs_iter = tqdm(epochs_iter, desc=f"NFN ({mode}) on {len(train_idx)} models", unit="epoch")
+    for epoch in epochs_iter:
         net.train()
         perm = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=order_gen)]
         for s in range(0, len(perm), batch_size):
@@ -154,6 +159,8 @@ def train_nfn(weights, biases, y: np.ndarray, *, mode: str = "HNP", seed: int = 
         else:  # too few models to hold some out: the last epoch
             tau = float(epoch)
         history.append(tau)
+        if progress and len(val_idx):
+            epochs_iter.set_postfix(validation_tau=f"{tau:.3f}")
         if tau > best[0]:
             best = (tau, epoch, {k: v.detach().clone() for k, v in net.state_dict().items()})
     net.load_state_dict(best[2])

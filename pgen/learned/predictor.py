@@ -89,7 +89,8 @@ def _scale_for(y: np.ndarray, kind: str):
     return (lo, hi if hi > lo else lo + 1.0)
 
 
-def _train(kind: str, mode, inputs, y: np.ndarray, groups, *, seed: int, settings: dict, device: str):
+def _train(kind: str, mode, inputs, y: np.ndarray, groups, *, seed: int, settings: dict, device: str,
+           progress: bool = False):
     """The fitted state and a record of the fit."""
     if kind == "statnn":
         from pgen.learned.statnn import fit_trees, trees_to_arrays
@@ -100,7 +101,7 @@ def _train(kind: str, mode, inputs, y: np.ndarray, groups, *, seed: int, setting
 
     scale = _scale_for(y, kind)
     yy = y if scale is None else (y - scale[0]) / (scale[1] - scale[0])
-    net, record = train_nfn(*inputs, yy, mode=mode, seed=seed, device=device, groups=groups,
+    net, record = train_nfn(*inputs, yy, mode=mode, seed=seed, device=device, groups=groups, progress=progress,
                             **{k: settings[k] for k in ("epochs", "batch_size", "lr", "validation_fraction")
                                if k in settings})
     return (net.cpu(), scale), record
@@ -248,7 +249,7 @@ def check_one_layout(models, labels) -> tuple[LayerSpec, ...]:
 
 def fit_on_models(models, y, *, predictor: str = "nfn", target: str = "test_acc", name: str | None = None,
                   groups=None, seed: int = 0, device: str = "cpu", training: dict | None = None,
-                  labels=None, **settings) -> LearnedPredictor:
+                  labels=None, progress: bool = False, **settings) -> LearnedPredictor:
     """Fit a predictor on a list of models and their ``target`` values (``y``); ``labels``
     name the models in errors (default "model 0", "model 1", ...)."""
     _check_choice(predictor, target)
@@ -271,7 +272,8 @@ def fit_on_models(models, y, *, predictor: str = "nfn", target: str = "test_acc"
                                   else [f"model {i}" for i in range(len(models))])
     t0 = time.perf_counter()
     inputs = _inputs(kind, models, layout)
-    state, record = _train(kind, mode, inputs, y, groups, seed=seed, settings=settings, device=device)
+    state, record = _train(kind, mode, inputs, y, groups, seed=seed, settings=settings, device=device,
+                           progress=progress)
     training = {**(training or {}), "models": len(models), "seed": int(seed), "fit": record,
                 "target_range": [float(y.min()), float(y.max())], "fit_seconds": time.perf_counter() - t0,
                 "device": str(device), "torch": torch.__version__}
@@ -308,7 +310,8 @@ def fit(zoo, *, predictor: str = "nfn", target: str = "test_acc", table: pd.Data
                 "model_ids_sha256": hashlib.sha256(ids.encode()).hexdigest()}
     return fit_on_models(models, t[target].to_numpy(float), predictor=predictor, target=target, name=name,
                          groups=resampling_unit(t).groups, seed=seed, device=device, training=training,
-                         labels=[f"zoo {zoo.name}, model {mid}" for mid in t["model_id"]], **settings)
+                         labels=[f"zoo {zoo.name}, model {mid}" for mid in t["model_id"]], progress=progress,
+                         **settings)
 
 
 def _zoo_identity(zoo):
