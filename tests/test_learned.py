@@ -141,6 +141,28 @@ def test_nfn_flattened_linear_keeps_the_channel_symmetry():
     assert abs(float(out[0] - out[2])) > 1e-6
 
 
+def test_nfn_reads_mlps_with_the_same_symmetry():
+    from pgen.learned.nfn import InvariantNFN, network_spec
+
+    torch.manual_seed(5)
+    m = MLP((1, 8, 8), 10, width=6, depth=2).eval()
+    import copy
+
+    same = copy.deepcopy(m)
+    perm = torch.tensor([5, 3, 0, 1, 4, 2])
+    with torch.no_grad():  # the second hidden layer's units permuted
+        same[3].weight.copy_(m[3].weight[perm])
+        same[3].bias.copy_(m[3].bias[perm])
+        same[5].weight.copy_(m[5].weight[:, perm])
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.allclose(m(x), same(x), atol=1e-6)
+    w, b = weight_space([m, same, MLP((1, 8, 8), 10, width=6, depth=2)], weight_layout(m))
+    for mode in ("HNP", "NP"):
+        with torch.no_grad():
+            out = InvariantNFN(network_spec(w, b), mode=mode).eval()(w, b)
+        assert out[0] == pytest.approx(float(out[1]), abs=1e-5) and abs(float(out[0] - out[2])) > 1e-5
+
+
 # ------------------------------------------------------------------ StatNN stored as arrays
 
 def test_statnn_trees_as_arrays_predict_what_sklearn_predicts():
@@ -299,3 +321,11 @@ def test_pgen_score_with_a_predictor_as_users_type_it(tmp_path, monkeypatch, cap
                  "--out", "scored2", "--no-report", "--workers", "2"]) == 0
     t2 = load_run(tmp_path / "work" / "scored2").table.set_index("model_id")
     np.testing.assert_allclose(t2["learned:nfn-test_acc"].drop("odd").to_numpy(), direct, rtol=1e-6)
+    # targets from a scored run (--scores): StatNN reads any layout, so the odd model stays in
+    capsys.readouterr()
+    assert main(["learned", "evaluate", "mine", "--predictor", "statnn", "--target", "gap", "--scores", "scored",
+                 "--folds", "3", "--out", "oof/predictions.csv"]) == 0
+    printed = capsys.readouterr().out
+    assert "statnn -> gap on mine: 17 models, 3 folds of 17 models" in printed and "Kendall tau" in printed
+    oof = pd.read_csv(tmp_path / "work" / "oof" / "predictions.csv")
+    assert len(oof) == 17 and set(oof["fold"]) == {0, 1, 2} and oof["prediction"].notna().all()
