@@ -456,6 +456,23 @@ def _learned_text(column: str, r: dict) -> str:
             + f", predicting {1000 * r['predict_seconds_per_model']:.2g} ms per model.")
 
 
+def learned_comparisons(table: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Paired bootstrap differences of Kendall tau (prediction vs the target it predicts)
+    between each learned predictor and StatNN, the published baseline, for each target both
+    predict: one row per pair (``diff``, CI, p-value, unit). Resampling as every statistic:
+    whole cells where cells repeat."""
+    rows = []
+    columns = learned_columns(table)
+    for target in LEARNED_TARGETS:
+        base = f"{LEARNED_PREFIX}statnn-{target}"
+        if target not in table or base not in columns:
+            continue
+        for other in (c for c in columns if learned_target(c) == target and c != base and c.startswith(LEARNED_PREFIX)):
+            d = paired_tau_difference(table[other], table[base], table[target], n_boot=n_boot, groups=_cells(table))
+            rows.append({"target": target, "predictor": other, "baseline": base, **d})
+    return pd.DataFrame(rows)
+
+
 def _summarize_and_report(tables, errors, out: Path, record: dict, grids: dict, fixtures: dict) -> dict:
     n_boot = int(record["n_boot"])
     summaries, excluded, references = {}, {}, {}
@@ -470,6 +487,10 @@ def _summarize_and_report(tables, errors, out: Path, record: dict, grids: dict, 
             references[zname] = robust_references(ranked, grids[zname])
         name = safe_filename(zname)
         summary.to_csv(output_path(out, f"summary_{name}.csv"), index=False)
+        pairs = learned_comparisons(ranked, n_boot)
+        if len(pairs):
+            pairs.to_csv(output_path(out, f"learned_pairs_{name}.csv"), index=False)
+            record.setdefault("learned_pairs", {})[zname] = pairs.to_dict("records")
         if references.get(zname):
             _references_frame(references[zname]).to_csv(output_path(out, f"robust_references_{name}.csv"),
                                                         index=False)
@@ -618,6 +639,12 @@ def _write_report(summaries, tables, errors, out: Path, record: dict, excluded, 
                           "predictions, oriented like every measure (sign -1 for predicted test accuracy).")
             for column, r in lr.items():
                 doc.paragraph(_learned_text(column, r))
+            for p in record.get("learned_pairs", {}).get(zname, []):
+                verdict = ("resolved: higher" if p["ci_low"] > 0 else "resolved: lower" if p["ci_high"] < 0
+                           else "not resolved")
+                doc.paragraph(f"{p['predictor']} minus {p['baseline']}, Kendall tau against {p['target']}: "
+                              f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] (paired bootstrap over "
+                              f"{p['units']} {p['unit']}, p {p['p_value']:.2g}): {verdict}.")
         if grids.get(zname):
             doc.paragraph(_references_text(references.get(zname)))
         doc.table(headline_table(s))

@@ -296,3 +296,25 @@ def test_learned_predictions_added_to_a_finished_benchmark_from_its_tables(tiny_
     assert main(["benchmark", "--from-tables", "b", "--bootstrap", "20"]) == 0
     assert "learned:statnn-gap: out of fold over 4 folds" in open("b/benchmark.md").read()
     assert "learned:statnn-gap" in set(pd.read_csv("b/summary_tiny.csv")["measure"])
+
+
+def test_learned_predictors_are_compared_with_statnn_on_the_same_resamples():
+    import numpy as np
+
+    from pgen.benchmark import learned_comparisons
+
+    rng = np.random.default_rng(0)
+    n = 120
+    test_acc = rng.random(n)
+    table = pd.DataFrame({"model_id": [f"m{i}" for i in range(n)], "hp.lr": np.repeat(np.arange(40), 3),
+                          "hp.seed": np.tile(np.arange(3), 40), "test_acc": test_acc,
+                          "learned:statnn-test_acc": test_acc + rng.normal(0, 0.5, n),
+                          "learned:nfn-test_acc": test_acc + rng.normal(0, 0.05, n)})
+    pairs = learned_comparisons(table, n_boot=400)
+    assert len(pairs) == 1
+    row = pairs.iloc[0]
+    assert row["predictor"] == "learned:nfn-test_acc" and row["unit"] == "cells" and row["units"] == 40
+    assert row["ci_low"] > 0.2  # the nearly exact predictor ranks test accuracy far better
+    swapped = table.rename(columns={"learned:statnn-test_acc": "learned:nfn-test_acc",
+                                    "learned:nfn-test_acc": "learned:statnn-test_acc"})
+    assert learned_comparisons(swapped, n_boot=400).iloc[0]["ci_high"] < 0
