@@ -459,8 +459,8 @@ def _learned_text(column: str, r: dict) -> str:
 def learned_comparisons(table: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """Paired bootstrap differences of Kendall tau (prediction vs the target it predicts)
     between each learned predictor and StatNN, the published baseline, for each target both
-    predict: one row per pair (``diff``, CI, p-value, unit). Resampling as every statistic:
-    whole cells where cells repeat."""
+    predict: one row per pair (``diff``, CI, p-value, unit), with Holm's adjustment over the
+    pairs (``p_holm``). Resampling as every statistic: whole cells where cells repeat."""
     rows = []
     columns = learned_columns(table)
     for target in LEARNED_TARGETS:
@@ -470,7 +470,10 @@ def learned_comparisons(table: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFra
         for other in (c for c in columns if learned_target(c) == target and c != base and c.startswith(LEARNED_PREFIX)):
             d = paired_tau_difference(table[other], table[base], table[target], n_boot=n_boot, groups=_cells(table))
             rows.append({"target": target, "predictor": other, "baseline": base, **d})
-    return pd.DataFrame(rows)
+    pairs = pd.DataFrame(rows)
+    if len(pairs):
+        pairs["p_holm"] = holm(pairs["p_value"].to_numpy(float))
+    return pairs
 
 
 def _summarize_and_report(tables, errors, out: Path, record: dict, grids: dict, fixtures: dict) -> dict:
@@ -640,11 +643,12 @@ def _write_report(summaries, tables, errors, out: Path, record: dict, excluded, 
             for column, r in lr.items():
                 doc.paragraph(_learned_text(column, r))
             for p in record.get("learned_pairs", {}).get(zname, []):
-                verdict = ("resolved: higher" if p["ci_low"] > 0 else "resolved: lower" if p["ci_high"] < 0
-                           else "not resolved")
+                resolved = p.get("p_holm", math.nan) <= ALPHA
+                verdict = ("higher" if p["diff"] > 0 else "lower") if resolved else "not resolved"
                 doc.paragraph(f"{p['predictor']} minus {p['baseline']}, Kendall tau against {p['target']}: "
                               f"{p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] (paired bootstrap over "
-                              f"{p['units']} {p['unit']}, p {p['p_value']:.2g}): {verdict}.")
+                              f"{p['units']} {p['unit']}, p {p['p_value']:.2g}, Holm over the {len(record['learned_pairs'][zname])} "
+                              f"pairs {p.get('p_holm', math.nan):.2g}): {verdict}.")
         if grids.get(zname):
             doc.paragraph(_references_text(references.get(zname)))
         doc.table(headline_table(s))
