@@ -64,6 +64,29 @@ def target_table(zoo, table: pd.DataFrame | None = None) -> pd.DataFrame:
     return t
 
 
+def models_to_learn(zoo, table: pd.DataFrame | None, predictor: str, target: str, *, progress: bool = True):
+    """The opened zoo and the rows of :func:`target_table` with a finite ``target``: what
+    :func:`fit` and the out-of-fold protocol both learn from."""
+    from pgen.zoo import Zoo, load_zoo
+
+    _check_choice(predictor, target)
+    if not isinstance(zoo, Zoo):
+        zoo = load_zoo(zoo, progress=progress)
+    t = target_table(zoo, table)
+    if target not in t:
+        raise InputError(f"zoo {zoo.name}: no {target} values to learn from (its records have "
+                         f"{', '.join(c for c in t.columns if not c.startswith('hp.'))}); pass a scored table")
+    return zoo, t[np.isfinite(t[target].to_numpy(float))].reset_index(drop=True)
+
+
+def nfn_settings(settings: dict) -> dict:
+    """The NFN's training settings: the authors' (NFN_DEFAULTS) with the given ones over them."""
+    from pgen.learned.nfn import NFN_DEFAULTS
+
+    return {**{k: v for k, v in NFN_DEFAULTS.items() if k not in ("hchannels", "head_hidden")},
+            **{k: v for k, v in settings.items() if v is not None}}
+
+
 def _inputs(kind: str, models, layout):
     if kind == "statnn":
         from pgen.learned.statnn import statnn_features
@@ -263,10 +286,7 @@ def fit_on_models(models, y, *, predictor: str = "nfn", target: str = "test_acc"
         raise InputError(f"{int((~np.isfinite(y)).sum())} of the {target} values are not finite")
     layout = None
     if kind == "nfn":
-        from pgen.learned.nfn import NFN_DEFAULTS
-
-        settings = {**{k: v for k, v in NFN_DEFAULTS.items() if k not in ("hchannels", "head_hidden")},
-                    **{k: v for k, v in settings.items() if v is not None}, "mode": mode}
+        settings = {**nfn_settings(settings), "mode": mode}
         layout = check_one_layout(models, list(labels) if labels is not None
                                   else [f"model {i}" for i in range(len(models))])
     t0 = time.perf_counter()
@@ -293,16 +313,8 @@ def fit(zoo, *, predictor: str = "nfn", target: str = "test_acc", table: pd.Data
     >>> pred.save("predictors/statnn-gap")                          # doctest: +SKIP
     """
     from pgen.stats import resampling_unit
-    from pgen.zoo import Zoo, load_zoo
 
-    _check_choice(predictor, target)
-    if not isinstance(zoo, Zoo):
-        zoo = load_zoo(zoo, progress=progress)
-    t = target_table(zoo, table)
-    if target not in t:
-        raise InputError(f"zoo {zoo.name}: no {target} values to learn from (its records have "
-                         f"{', '.join(c for c in t.columns if not c.startswith('hp.'))}); pass a scored table")
-    t = t[np.isfinite(t[target].to_numpy(float))].reset_index(drop=True)
+    zoo, t = models_to_learn(zoo, table, predictor, target, progress=progress)
     models = _load_models(zoo, t["model_id"], progress)
     ids = "\n".join(map(str, t["model_id"]))
     training = {"zoo": zoo.name, "zoo_identity": _zoo_identity(zoo),

@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from pgen.errors import InputError
-from pgen.learned.predictor import (PREDICTORS, _check_choice, _inputs, _load_models, _predict, _subset, _train,
-                                    check_one_layout, target_table)
+from pgen.learned.predictor import (PREDICTORS, _inputs, _load_models, _predict, _subset, _train, check_one_layout,
+                                    models_to_learn, nfn_settings)
 
 __all__ = ["fold_assignment", "fold_seed", "cross_validate", "r2_interval"]
 
@@ -111,17 +111,10 @@ def cross_validate(zoo, table: pd.DataFrame | None = None, *, predictor: str = "
     from sklearn.metrics import r2_score
 
     from pgen.executors import ProcessPool
-    from pgen.stats import resampling_unit
-    from pgen.zoo import Zoo, load_zoo
+    from pgen.stats import kendall_null_sd, resampling_unit
 
-    _check_choice(predictor, target)
+    zoo, t = models_to_learn(zoo, table, predictor, target, progress=progress)
     kind, mode = PREDICTORS[predictor]
-    if not isinstance(zoo, Zoo):
-        zoo = load_zoo(zoo, progress=progress)
-    t = target_table(zoo, table)
-    if target not in t:
-        raise InputError(f"zoo {zoo.name}: no {target} values to learn from")
-    t = t[np.isfinite(t[target].to_numpy(float))].reset_index(drop=True)
     unit = resampling_unit(t)
     groups = unit.groups
     folds_of = fold_assignment(groups, folds, seed)
@@ -130,10 +123,7 @@ def cross_validate(zoo, table: pd.DataFrame | None = None, *, predictor: str = "
     models = _load_models(zoo, t["model_id"], progress)
     layout = None
     if kind == "nfn":
-        from pgen.learned.nfn import NFN_DEFAULTS
-
-        settings = {**{k: v for k, v in NFN_DEFAULTS.items() if k not in ("hchannels", "head_hidden")},
-                    **{k: v for k, v in settings.items() if v is not None}}
+        settings = nfn_settings(settings)
         layout = check_one_layout(models, [f"zoo {zoo.name}, model {mid}" for mid in t["model_id"]])
     inputs = _inputs(kind, models, layout)
     del models
@@ -182,9 +172,4 @@ def cross_validate(zoo, table: pd.DataFrame | None = None, *, predictor: str = "
             "fold_records": records, "settings": settings if kind == "nfn" else {},
             "fit_seconds": float(sum(r["fit_seconds"] for r in records)), "wall_seconds": wall,
             "predict_seconds_per_model": float(sum(r["predict_seconds"] for r in records) / len(y)),
-            "models": int(len(y)), "tau_null_sd": _tau_null_sd(len(y))}
-
-
-def _tau_null_sd(n: int) -> float:
-    """Kendall tau's deviation under independence (no ties): sqrt(2(2n+5) / (9n(n-1)))."""
-    return math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1))) if n > 1 else math.nan
+            "models": int(len(y)), "tau_null_sd": kendall_null_sd(len(y))}
