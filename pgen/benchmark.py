@@ -424,20 +424,19 @@ def add_learned_predictions(zoo: Zoo, table: pd.DataFrame, learned: bool | str |
     for predictor in _predictor_names(learned):
         for target in targets:
             column = f"{LEARNED_PREFIX}{predictor}-{target}"
-            if target not in ranked:
-                results[column] = {"error": f"the table has no {target} column"}
-                continue
             try:
+                if target not in ranked:
+                    raise InputError(f"the table has no {target} column")
                 res = cross_validate(zoo, ranked, predictor=predictor, target=target, folds=folds, seed=seed,
                                      workers=workers, device=device, progress=progress, **settings)
             except (InputError, ValueError) as exc:  # e.g. one cell only, or layouts an NFN cannot read
                 results[column] = {"error": str(exc)}
-                continue
-            table = table.assign(**{column: table["model_id"].map(res["predictions"])})
-            if "learned_fold" not in table:
-                table = table.assign(learned_fold=table["model_id"].map(res["fold"]))
-            results[column] = {k: v for k, v in res.items() if k not in ("predictions", "fold")}
-            if save is not None:
+            else:
+                table = table.assign(**{column: table["model_id"].map(res["predictions"])})
+                if "learned_fold" not in table:
+                    table = table.assign(learned_fold=table["model_id"].map(res["fold"]))
+                results[column] = {k: v for k, v in res.items() if k not in ("predictions", "fold")}
+            if save is not None:  # what failed is kept too: the report says why a column is missing
                 save(table, results)
     return table, results
 

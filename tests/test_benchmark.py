@@ -286,13 +286,16 @@ def test_learned_predictions_added_to_a_finished_benchmark_from_its_tables(tiny_
     assert main(["benchmark", str(tiny_zoo), "--out", "b", "--samples", "50", "--measures", "num_params",
                  "--bootstrap", "20"]) == 0
     assert "learned:statnn-gap" not in pd.read_csv("b/models_tiny.csv")
-    assert main(["benchmark", "--from-tables", "b", "--learned", "statnn", "--bootstrap", "20"]) == 0
+    assert main(["benchmark", "--from-tables", "b", "--learned", "statnn,nfn", "--learned-epochs", "1",
+                 "--learned-workers", "2", "--bootstrap", "20"]) == 0
     table = pd.read_csv("b/models_tiny.csv")
     assert {"learned:statnn-gap", "learned:statnn-test_acc", "learned_fold"} <= set(table.columns)
     assert table["learned:statnn-gap"].notna().all()
     record = json.loads(open("b/benchmark_settings.json").read())["learned"]["tiny"]
     assert record["learned:statnn-gap"]["folds"] == record["learned:statnn-gap"]["groups"] == 4
     assert len(record["learned:statnn-test_acc"]["fold_seeds"]) == 4
+    # the tiny zoo mixes MLPs and CNNs: the NFN is recorded as not computed, naming the layout
+    assert "another weight-space layout" in record["learned:nfn-gap"]["error"]
     assert main(["benchmark", "--from-tables", "b", "--bootstrap", "20"]) == 0
     assert "learned:statnn-gap: out of fold over 4 folds" in open("b/benchmark.md").read()
     assert "learned:statnn-gap" in set(pd.read_csv("b/summary_tiny.csv")["measure"])
