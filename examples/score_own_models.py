@@ -1,5 +1,5 @@
 """Score your own models: 4 torchvision ResNet-18s, trained briefly on the digits, saved
-the way people save them, imported into a pgen zoo and scored (README, "Score your own
+the way people save them, imported into a pgen zoo and scored (docs/guide/own-models.md, "Score your own
 models"). Runs in about a minute on 2 CPU cores:
 
     python examples/score_own_models.py [WORKDIR]

@@ -16,6 +16,12 @@ __all__ = [
     "angle_matrix",
     "p_vector",
     "p_vector_spectrum",
+    "Zoo",
+    "load_zoo",
+    "score_models",
+    "model_p_vectors",
+    "extract_features",
+    "data_p_vector",
     "__version__",
 ]
 

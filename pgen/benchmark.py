@@ -270,25 +270,62 @@ def run_benchmark(zoos: list[str | Path | Zoo], out: str | Path, *, measures: li
                   executor: str | object = "local", learned_settings: dict | None = None) -> dict:
     """Score every measure on every zoo, summarize, and write the report into ``out``.
 
-    With ``final_only`` (the default) intermediate checkpoints are left out, so that every
-    hparam combination is one model and Psi / CMI keep their meaning. With
-    ``converged_only`` (the default), models that a zoo records as not having met its
-    training criterion (``converged`` false, pgen's protocol recipes) are left out of the
-    statistics, as Jiang et al. and the PGDL competition do; a zoo that records no
-    criterion is ranked whole, and the report says it has none. Format fixtures
-    (:func:`is_fixture`) are scored but never summarized or ranked. ``learned`` adds learned
-    predictors (``True``: StatNN; or names of :data:`pgen.learned.PREDICTORS`), each
-    predicting test accuracy and the gap out of fold (:func:`add_learned_predictions`;
-    ``learned_settings``: its keyword arguments, e.g. ``epochs``, ``workers``).
-    ``executor`` runs the scoring (see :func:`pgen.score.score_zoo`); one Ray connection
-    serves every zoo. Besides the report, ``out`` holds per zoo ``models_<zoo>.csv`` (the
-    learned predictions included), ``errors_<zoo>.csv`` and ``summary_<zoo>.csv``, and
-    ``benchmark_settings.json``: all :func:`summarize_tables` needs to redo the statistics.
+    Parameters
+    ----------
+    zoos : list of str, Path or Zoo
+        Zoo folders, embedded names or Zoos. Format fixtures (:func:`is_fixture`) are
+        scored but never summarized or ranked.
+    out : str or Path
+        The benchmark folder: ``results.sqlite`` (a rerun resumes), per zoo
+        ``models_<zoo>.csv``, ``errors_<zoo>.csv`` and ``summary_<zoo>.csv``,
+        ``benchmark_settings.json`` (all :func:`summarize_tables` needs to redo the
+        statistics), ``benchmark.html``, ``benchmark.md`` and ``ranking.png``.
+    measures : list of str, optional
+        Registered measures (default: :func:`default_measures`, all but the optional ones).
+    settings : ScoreSettings, optional
+        Scoring settings (samples, seed, layer...); its ``measures`` are replaced.
+    device : str, default="cpu"
+        ``"cpu"`` or ``"cuda"``.
+    workers : int, default=1
+        Local worker processes.
+    final_only : bool, default=True
+        Leave out intermediate checkpoints, so that every hyperparameter cell is one
+        model's final state and Psi and the CMI keep their meaning.
+    progress : bool, default=True
+        Show progress bars.
+    n_boot : int, default=10000
+        Bootstrap resamples (Holm over m measures needs at least 2m / 0.05).
+    converged_only : bool, default=True
+        Leave out models that a zoo records as not having met its training criterion, as
+        Jiang et al. and the PGDL competition do; a zoo that records none is ranked whole.
+    learned : bool, str or list of str, default=False
+        Add learned predictors (``True``: StatNN; or names of
+        :data:`pgen.learned.PREDICTORS`), each predicting test accuracy and the gap out of
+        fold (:func:`add_learned_predictions`).
+    executor : str or executor object, default="local"
+        Runs the scoring (see :func:`pgen.score.score_zoo`); one Ray connection serves
+        every zoo.
+    learned_settings : dict, optional
+        Keyword arguments of the learned predictors' protocol (``epochs``, ``workers``).
 
-    Returns ``{"summaries": {zoo name: DataFrame}, "tables": {zoo name: DataFrame},
-    "errors": {...}, "runs": {zoo name: ScoreRun}, "excluded": {zoo name: [model ids]},
-    "learned": {zoo name: dict}, "robust_references": {zoo name: dict}, "fixtures": {zoo
-    name: ScoreRun}, "files": [...]}``.
+    Returns
+    -------
+    dict
+        ``{"summaries": {zoo: DataFrame}, "tables": {zoo: DataFrame}, "errors": {...},
+        "runs": {zoo: ScoreRun}, "excluded": {zoo: [model ids]}, "learned": {zoo: dict},
+        "robust_references": {zoo: dict}, "fixtures": {zoo: ScoreRun}, "files": [...]}``.
+
+    Raises
+    ------
+    UnknownNameError
+        When a measure or predictor name is not registered.
+
+    Examples
+    --------
+    The suite's tests run it on tiny zoos; on a protocol zoo pair (hours on 2 cores):
+
+    >>> result = run_benchmark(["fantastic-mnist1d", "fantastic-mnist5k"], "reports/benchmark")  # doctest: +SKIP
+    >>> result["summaries"]["fantastic-mnist1d"][["measure", "tau_gap", "tau_gap_holm"]]         # doctest: +SKIP
     """
     if measures is None:
         measures = default_measures()

@@ -59,8 +59,8 @@ def _fraction(text: str) -> float:
 
 
 def _add_executor_options(p) -> None:
-    """Where models are scored: this machine's processes or a Ray cluster (README: On a cluster)."""
-    g = p.add_argument_group("executor", "where models are scored (README: On a cluster)")
+    """Where models are scored: this machine's processes or a Ray cluster (docs/guide/cluster.md)."""
+    g = p.add_argument_group("executor", "where models are scored (docs/guide/cluster.md)")
     g.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process, or --workers processes (default); ray: one Ray task per model "
                         "(needs pip install 'pgen-pvector[ray]')")

@@ -42,6 +42,9 @@ def class_labels(y, where: str):
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """A named dataset's input shape, number of classes and kind (the kind picks the
+    pseudo-test augmentation policy).
+    """
     name: str
     input_shape: tuple[int, ...]  # C, H, W for images; C, L for 1-D signals
     num_classes: int
@@ -68,6 +71,13 @@ SPLITS = ("train", "test")
 
 
 def dataset_info(name: str) -> DatasetInfo:
+    """What pgen knows of a named dataset: input shape, classes, data kind, splits.
+
+    Raises
+    ------
+    UnknownNameError
+        When ``name`` is not one of ``DATASETS``.
+    """
     try:
         return DATASETS[name]
     except KeyError:

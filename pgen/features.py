@@ -279,14 +279,59 @@ def model_p_vectors(
 ) -> dict[str, PVectorResult]:
     """P-vectors of a model's layers over ``data``, streamed batch by batch.
 
-    Features flow from the forward hooks straight into one
-    :class:`~pgen.pvector.StreamingPVector` per layer (on ``device``), so the full
-    feature matrix never needs to fit in memory.
+    Features flow from forward hooks straight into one
+    :class:`~pgen.pvector.StreamingPVector` per layer (on ``device``), so the full feature
+    matrix never needs to fit in memory. What a hook sees is copied, so a model that changes
+    a layer's output in place afterwards (``ReLU(inplace=True)``, ``out += identity``) does
+    not change the features.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network; it is run in eval mode and left as it was.
+    data : Dataset, DataLoader or (x, y) pair
+        The samples, in a fixed order (the P-vector is indexed by them).
+    layers : str or sequence of str, optional
+        ``"penultimate"`` (default: the input of the last ``nn.Linear``), ``"logits"``,
+        ``"input"``, or module names (their outputs; conv maps flattened in C*H*W order).
+    center : bool, default=True
+        Subtract the features' column means first.
+    batch_size : int, default=256
+        Forward-pass batch size.
+    device : str or torch.device, default="cpu"
+        Where the model and the accumulation run.
+    num_workers : int, default=0
+        DataLoader workers.
+    k : int, default=5
+        Top singular values reported per layer.
+    min_gap : float, default=1e-3
+        Relative spectral gap below which a P-vector is flagged unstable.
+    spill_dir : str, optional
+        Where features are spilled for the second pass (default: a temporary folder).
+    progress : bool, default=False
+        Show a progress bar.
+    allow_tf32 : bool, default=False
+        Allow TF32 matmuls on CUDA (faster; moves P-vectors by about 0.1 degree).
 
     Returns
     -------
-    dict
+    dict[str, PVectorResult]
         ``{layer name: PVectorResult}``.
+
+    Raises
+    ------
+    UnknownNameError
+        When a layer name is not a module of the model.
+
+    Examples
+    --------
+    >>> import torch
+    >>> torch.manual_seed(0) and None
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> x, y = torch.randn(100, 8), torch.arange(100) % 3
+    >>> pvs = model_p_vectors(net, (x, y), layers=["penultimate", "logits"])
+    >>> sorted(pvs), pvs["penultimate"].vector.shape
+    (['logits', 'penultimate'], (100,))
     """
     accumulators: dict[str, StreamingPVector] = {}
     rows = len(data[0]) if isinstance(data, (tuple, list)) else (len(data) if hasattr(data, "__len__") else None)
@@ -354,7 +399,35 @@ def evaluate_with_p_vectors(
 
 def data_p_vector(data, *, center: bool = True, batch_size: int = 1024, k: int = 5,
                   min_gap: float = DEFAULT_MIN_GAP, spill_dir: str | None = None) -> PVectorResult:
-    """The data P-vector: top left singular vector of the flattened raw inputs."""
+    """The data P-vector: top left singular vector of the flattened raw inputs.
+
+    Parameters
+    ----------
+    data : Dataset, DataLoader or (x, y) pair
+        The samples, in the order the models' P-vectors use.
+    center : bool, default=True
+        Subtract the inputs' column means first.
+    batch_size : int, default=1024
+        Batch size of the pass over the inputs.
+    k : int, default=5
+        Top singular values reported.
+    min_gap : float, default=1e-3
+        Relative spectral gap below which the P-vector is flagged unstable.
+    spill_dir : str, optional
+        Where inputs are spilled for the second pass.
+
+    Returns
+    -------
+    PVectorResult
+        ``.vector`` is the data P-vector, of length ``len(data)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, y = torch.randn(50, 4) * torch.tensor([5.0, 1.0, 1.0, 1.0]), torch.zeros(50, dtype=torch.long)
+    >>> data_p_vector((x, y)).vector.shape
+    (50,)
+    """
     with StreamingPVector(center=center, k=k, min_gap=min_gap, spill_dir=spill_dir) as acc:
         for feats in iter_feature_batches(None, data, layers=INPUT, batch_size=batch_size):
             acc.update(feats[INPUT])

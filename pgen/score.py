@@ -388,17 +388,31 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
               limit: int | None = None, executor: str | object = "local") -> ScoreRun:
     """Score every model of a zoo; return the run (also stored in ``out/results.sqlite``).
 
+    Results are written as each model finishes: a rerun resumes, a value already stored
+    under the same settings is not recomputed, and a model or measure that fails is recorded
+    with its error while the others are scored.
+
     Parameters
     ----------
-    zoo : zoo folder, embedded zoo name, or Zoo
-    out : output folder for ``results.sqlite`` (and ``angle_matrix.csv``)
-    settings : ScoreSettings (default: the P-vector angle on the first 1000 training samples)
-    device : "cpu" or "cuda"
-    workers : CPU worker processes (models scored in parallel) of the local executor
-    angle_matrix_out : also write the model-to-model P-vector angle matrix (single process)
-    limit : score at most this many models that still miss something (for smoke runs)
-    executor : ``"local"`` (this process, or ``workers`` processes), ``"ray"`` (a Ray
-        instance on this machine) or an executor object, e.g.
+    zoo : str, Path or Zoo
+        A zoo folder, an embedded zoo name (built if not cached) or a :class:`~pgen.zoo.Zoo`.
+    out : str or Path
+        Output folder for ``results.sqlite`` (and ``angle_matrix.csv``).
+    settings : ScoreSettings, optional
+        What is scored (default: the P-vector angle on the first 1000 training samples).
+    device : str, default="cpu"
+        ``"cpu"`` or ``"cuda"``.
+    workers : int, default=1
+        CPU worker processes of the local executor (models scored in parallel).
+    angle_matrix_out : bool, default=False
+        Also write the model-to-model P-vector angle matrix (single process).
+    progress : bool, default=True
+        Show a progress bar.
+    limit : int, optional
+        Score at most this many models that still miss something (smoke runs).
+    executor : str or executor object, default="local"
+        ``"local"`` (this process, or ``workers`` processes), ``"ray"`` (a Ray instance on
+        this machine) or an executor object, e.g.
         ``pgen.executors.RayExecutor("auto", gpus_per_model=0.25)`` for a running cluster.
         The results do not depend on it; only this process writes the results store.
 
@@ -407,9 +421,18 @@ def score_zoo(zoo: str | Path | Zoo, out: str | Path, *, settings: ScoreSettings
     ScoreRun
         ``run.table`` is the per-model DataFrame, ``run.errors`` the failures.
 
+    Raises
+    ------
+    ZooError
+        When the zoo cannot be opened.
+    InputError
+        When ``out`` holds a results store that is not pgen's, or the settings are invalid.
+
     Examples
     --------
-    >>> run = score_zoo("digits", "reports/digits")                      # doctest: +SKIP
+    The Python API page of the user guide runs this on a tiny zoo; on the committed one:
+
+    >>> run = score_zoo("model_zoos/digits", "reports/digits")          # doctest: +SKIP
     >>> run.table[["model_id", "pvector_angle", "test_acc"]].head()      # doctest: +SKIP
     """
     s = settings or ScoreSettings()
@@ -539,29 +562,65 @@ def score_models(models, data, *, metrics=None, hparams=None, test_data=None, in
                  measures=("pvector_angle",), out=None, n_samples: int | None = 1000, seed: int = 0,
                  device: str = "cpu", batch_size: int = 256, name: str = "models", data_kind: str | None = None,
                  progress: bool = False) -> ScoreRun:
-    """Score models held in Python; the same :class:`~pgen.results.ScoreRun` as
-    :func:`score_zoo` (``.table``: one row per model; ``.errors``: the models and measures
-    that failed).
+    """Score models held in Python, as :func:`score_zoo` scores a zoo.
 
-    ``models`` maps ids to ``nn.Module`` or to callables returning one (so that a large
-    zoo is never held in memory at once); ``data`` is a torch Dataset, an ``(x, y)`` pair
-    of tensors or arrays, or a dataset spec (``"digits"``, ``"npz:PATH"``, ...): the
-    training samples, of which the first ``n_samples`` are scored. ``metrics`` maps ids
-    to recorded metrics (``{"test_acc": 0.91}``); ``test_data`` gives pgen's own test
-    accuracy. ``data_kind`` names the pseudo-test policy (:data:`pgen.augment.POLICIES`;
-    default: the dataset's, else one without geometric flips). A model that fails (its
-    loader raises, it does not take the data, a measure fails) is recorded in ``.errors``
-    and said in a note, and the others are scored. With ``out`` the results go to
-    ``out/results.sqlite`` and a rerun resumes, as ``pgen score``; without it, to a
-    temporary folder removed when the call returns or raises.
+    Parameters
+    ----------
+    models : Mapping[str, nn.Module or Callable[[], nn.Module]]
+        Model ids to modules, or to callables returning one (so that a large zoo is never
+        held in memory at once).
+    data : Dataset, (x, y) pair of tensors or arrays, or str
+        The training samples (a dataset spec such as ``"digits"`` or ``"npz:PATH"`` works
+        too); the first ``n_samples`` are scored.
+    metrics : Mapping[str, dict], optional
+        Recorded metrics per id, e.g. ``{"a": {"test_acc": 0.91}}``.
+    hparams : Mapping[str, dict], optional
+        Hyperparameters per id (Psi and the CMI need them).
+    test_data : optional
+        A test split, as ``data``: pgen then measures test accuracy itself.
+    initial_models : Mapping, optional
+        Initial weights per id, as ``models``, for the measures that need them.
+    measures : sequence of str, default=("pvector_angle",)
+        Registered measure names.
+    out : str or Path, optional
+        Store the results in ``out/results.sqlite`` (a rerun resumes); without it, a
+        temporary folder removed when the call returns or raises.
+    n_samples : int or None, default=1000
+        How many training samples are scored (None: all).
+    seed : int, default=0
+        Seed of the stochastic measures and the pseudo-test augmentation.
+    device : str, default="cpu"
+        ``"cpu"`` or ``"cuda"``.
+    batch_size : int, default=256
+        Forward-pass batch size.
+    name : str, default="models"
+        The zoo name the results are stored under.
+    data_kind : str, optional
+        The pseudo-test policy (:data:`pgen.augment.POLICIES`); default: the dataset's,
+        else one without geometric flips.
+    progress : bool, default=False
+        Show a progress bar.
 
-    ``.table`` has ``model_id`` (the mapping's keys), ``train_acc``, ``pseudo_test_acc``
-    (image inputs), ``test_acc`` (given or measured), ``gap``, each measure and its extra
-    values (``pvector_angle.sigma_ratio``, ...).
+    Returns
+    -------
+    ScoreRun
+        ``.table``: one row per model (``model_id``, ``train_acc``, ``pseudo_test_acc``,
+        ``test_acc``, ``gap``, each measure and its extra values); ``.errors``: the models
+        and measures that failed, which never stop the others.
 
-    >>> import torch                                           # doctest: +SKIP
+    Raises
+    ------
+    InputError
+        When the data are empty or of one class, or ``models`` is empty.
+
+    Examples
+    --------
+    >>> import torch
+    >>> torch.manual_seed(0) and None
     >>> nets = {f"m{i}": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for i in range(3)}
-    >>> score_models(nets, "digits").table[["model_id", "pvector_angle", "train_acc"]]
+    >>> run = score_models(nets, "digits", n_samples=200)
+    >>> run.table["model_id"].tolist(), bool(run.table["pvector_angle"].between(0, 90).all())
+    (['m0', 'm1', 'm2'], True)
     """
     import tempfile
     import warnings

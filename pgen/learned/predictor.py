@@ -303,14 +303,50 @@ def fit_on_models(models, y, *, predictor: str = "nfn", target: str = "test_acc"
 def fit(zoo, *, predictor: str = "nfn", target: str = "test_acc", table: pd.DataFrame | None = None,
         name: str | None = None, seed: int = 0, device: str = "cpu", progress: bool = True,
         **settings) -> LearnedPredictor:
-    """Fit a learned predictor on every model of ``zoo`` (a Zoo, folder or name).
+    """Fit a learned predictor on every model of ``zoo``.
 
-    Targets come from ``table`` (e.g. ``pgen.score_zoo(...).table``) or the zoo's records.
-    ``settings`` override the NFN's training settings (``epochs``, ``batch_size``, ``lr``,
-    ``validation_fraction``); the rest are the authors' (:data:`pgen.learned.nfn.NFN_DEFAULTS`).
+    Parameters
+    ----------
+    zoo : str, Path or Zoo
+        A Zoo, folder or name; every model must have the same weight-space layout.
+    predictor : {"nfn", "nfn_np", "statnn"}, default="nfn"
+        The learned predictor.
+    target : str, default="test_acc"
+        The column predicted.
+    table : pandas.DataFrame, optional
+        Targets per ``model_id`` (e.g. ``pgen.score_zoo(...).table``); default: the
+        zoo's records.
+    name : str, optional
+        The predictor's name (default ``<predictor>-<target>``); it is scored as the
+        measure ``learned:<name>``.
+    seed : int, default=0
+        Seed of the fit.
+    device : str, default="cpu"
+        Where the NFN trains.
+    progress : bool, default=True
+        Show a progress bar.
+    **settings
+        Override the NFN's training settings (``epochs``, ``batch_size``, ``lr``,
+        ``validation_fraction``); the rest are the authors'
+        (:data:`pgen.learned.nfn.NFN_DEFAULTS`).
 
-    >>> pred = fit("digits", predictor="statnn", target="gap")      # doctest: +SKIP
-    >>> pred.save("predictors/statnn-gap")                          # doctest: +SKIP
+    Returns
+    -------
+    LearnedPredictor
+        ``.predict(models)``, ``.save(folder)`` (safetensors + JSON, no pickle),
+        ``.register()``.
+
+    Raises
+    ------
+    InputError
+        When the models have more than one weight-space layout, or a target is missing.
+
+    Examples
+    --------
+    The Python API page of the user guide runs this on a tiny zoo:
+
+    >>> pred = fit("model_zoos/digits", predictor="statnn", target="gap")      # doctest: +SKIP
+    >>> pred.save("predictors/statnn-gap")                                    # doctest: +SKIP
     """
     from pgen.stats import resampling_unit
 

@@ -99,13 +99,57 @@ def _run_fold(kind, mode, inputs, y, groups, folds_of, k, settings, device, seed
 def cross_validate(zoo, table: pd.DataFrame | None = None, *, predictor: str = "statnn", target: str = "gap",
                    folds: int = 5, seed: int = 0, device: str = "cpu", workers: int = 1,
                    shuffle_target: bool = False, progress: bool = True, n_boot: int = 2000, **settings) -> dict:
-    """Out-of-fold predictions of ``target`` for the models of ``table`` (or the zoo's
-    records) under the protocol of the module docstring.
+    """Out-of-fold predictions of ``target`` under the protocol of the module docstring.
 
-    Returns ``{"predictions": Series by model_id, "fold": Series by model_id, "kendall_tau",
-    "r2", "r2_ci", "folds", "groups", "unit", "seed", "fold_records": [...], "fit_seconds",
-    "predict_seconds_per_model", "predictor", "target", "shuffled"}``. ``workers`` fits
-    folds in parallel processes (one thread each).
+    Folds are dealt by the design's resampling unit (hyperparameter cells where cells hold
+    several seeds, else models), in a seeded order; fold k's seed derives from ``seed``.
+
+    Parameters
+    ----------
+    zoo : str, Path or Zoo
+        The zoo whose models' weights are read.
+    table : pandas.DataFrame, optional
+        Targets per ``model_id`` (e.g. a scored run's table); default: the zoo's records.
+    predictor : {"statnn", "nfn", "nfn_np"}, default="statnn"
+        The learned predictor.
+    target : str, default="gap"
+        The column predicted (``gap``, ``test_acc``, ...).
+    folds : int, default=5
+        Number of folds.
+    seed : int, default=0
+        Seed of the fold assignment and of each fold's fit.
+    device : str, default="cpu"
+        Where the NFN trains.
+    workers : int, default=1
+        Folds fitted in parallel processes (one thread each).
+    shuffle_target : bool, default=False
+        The control: targets permuted before fitting (tau should then be near 0).
+    progress : bool, default=True
+        Show a progress bar.
+    n_boot : int, default=2000
+        Bootstrap resamples of the R^2 interval.
+    **settings
+        Override the NFN's training settings (``epochs``, ``batch_size``, ``lr``).
+
+    Returns
+    -------
+    dict
+        ``{"predictions": Series by model_id, "fold": Series by model_id, "kendall_tau",
+        "r2", "r2_ci", "folds", "groups", "unit", "seed", "fold_records": [...],
+        "fit_seconds", "predict_seconds_per_model", "predictor", "target", "shuffled"}``.
+
+    Raises
+    ------
+    InputError
+        When the models have more than one weight-space layout (the NFN), or the target
+        is missing for too many models to fold.
+
+    Examples
+    --------
+    The Python API page of the user guide runs this on a tiny zoo:
+
+    >>> cv = cross_validate("smallcnn-mnist5k", predictor="statnn", target="gap")   # doctest: +SKIP
+    >>> cv["kendall_tau"], cv["r2_ci"]                                            # doctest: +SKIP
     """
     import scipy.stats
     from sklearn.metrics import r2_score

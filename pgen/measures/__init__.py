@@ -86,7 +86,7 @@ class MeasureSettings:
     batch_size: int = 256
     seed: int = 0
     layer: str = "penultimate"  # the P-vector measures' feature layer
-    center: bool = True  # the P-vector angle on centered features (pgen's default; see the README)
+    center: bool = True  # the P-vector angle on centered features (pgen's default; docs/findings/centering.md)
     allow_tf32: bool = False  # CUDA only: TF32 matmuls are faster but move P-vectors by ~0.1 degree
     dataset_size_term: bool = False  # Dziugaite et al.'s sqrt(v / m) or (v - log m) / 2 for bound measures
 
@@ -360,6 +360,34 @@ def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, d
                     settings: MeasureSettings | None = None) -> float:
     """The value of one measure (:func:`evaluate_measure` without the extras and timing).
 
+    Parameters
+    ----------
+    name : str
+        A registered measure (``pgen measures`` lists them).
+    model : nn.Module
+        The trained model; it comes back on its device, in its mode, with its weights.
+    init_model : nn.Module or None
+        The same architecture at its initial weights, for measures that need it.
+    data : MeasureData
+        The samples the measure reads.
+    settings : MeasureSettings, optional
+        Device, batch size, seed, layer, centering.
+
+    Returns
+    -------
+    float
+        The measure's value (finite).
+
+    Raises
+    ------
+    UnknownNameError
+        When ``name`` is not registered.
+    MeasureError
+        When the measure's declarations are not met (initial weights, image inputs, an
+        optional package) or it returns a non-finite value.
+
+    Examples
+    --------
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
     >>> data = MeasureData(torch.randn(20, 4), torch.arange(20) % 3)

@@ -3,7 +3,7 @@
 The angle, in degrees, between the model's P-vector (top left singular vector of its
 features at ``settings.layer``, penultimate by default, over the n samples) and the data
 P-vector (the same for the raw inputs). ``pvector_angle`` centers the features when
-``settings.center`` is true (pgen's default; see the README for why); the paper does not
+``settings.center`` is true (pgen's default; docs/findings/centering.md says why); the paper does not
 say, so ``pvector_angle_uncentered`` always gives its literal, uncentered reading.
 
 Extra values stored beside the angle (``pvector_angle.<name>``):
@@ -74,7 +74,7 @@ def _angle(model, data, settings, center: bool) -> MeasureValue:
 @register("pvector_angle", sign_reason='Liu et al. 2022 (sec. 5, app. A.8): the angle to the data P-vector shrinks as training converges and a smaller angle goes with better test performance',
           fidelity='inspired by', sign=1, family="p-vector", samples="shared",
           description="angle (deg) between model and data P-vectors (centered features unless --no-center)",
-          reference="Liu et al., Machine Learning 111, 2022 (centering: pgen's choice, see README)")
+          reference="Liu et al., Machine Learning 111, 2022 (centering: pgen's choice, docs/findings/centering.md)")
 def pvector_angle(model, init_model, data, settings) -> MeasureValue:
     return _angle(model, data, settings, center=settings.center)
 

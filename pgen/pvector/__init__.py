@@ -15,7 +15,7 @@ Conventions used throughout pgen
   ``center=False`` uses the raw matrix (plain SVD reading). The default is ``True``:
   on digits, uncentered angles sit at 4-9 degrees for every model *including random
   initialisation*, because the top uncentered direction is dominated by the mean
-  activation; only centered angles move with training (see README, "Choosing the
+  activation; only centered angles move with training (see docs/findings/centering.md, "Choosing the
   centering default", and ``pgen study``).
 * **Stability.** The vector is numerically determined only when sigma1 > sigma2. With a
   relative gap ``(sigma1 - sigma2) / sigma1`` below ``min_gap`` (default 1e-3) a

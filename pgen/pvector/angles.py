@@ -29,7 +29,28 @@ def _as_vector(u, name):
 def angle(u, v) -> float:
     """Angle in degrees between two P-vectors, ``arccos(|<u, v>|)``, in [0, 90].
 
-    Inputs need not be unit length (they are normalised) and their sign is irrelevant.
+    Parameters
+    ----------
+    u, v : array-like of shape (n,)
+        Two vectors over the same n samples. They need not be unit length (they are
+        normalised) and their sign is irrelevant (P-vectors are defined up to sign).
+
+    Returns
+    -------
+    float
+        Degrees in [0, 90]; 90 for orthogonal vectors.
+
+    Raises
+    ------
+    InputError
+        When the lengths differ, or a vector is empty, zero or not finite.
+
+    Examples
+    --------
+    >>> angle([1.0, 0.0], [1.0, 1.0])
+    45.0
+    >>> angle([1.0, 2.0], [-2.0, -4.0])
+    0.0
     """
     a = _as_vector(u, "u")
     b = _as_vector(v, "v")

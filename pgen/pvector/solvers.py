@@ -375,6 +375,23 @@ def p_vector_spectrum(
     Returns
     -------
     PVectorResult
+        ``.vector`` (the P-vector), ``.singular_values`` (top k), ``.gap``, ``.stable``,
+        ``.explained_variance_ratio`` and ``.reconstruction_error`` (E_k).
+
+    Raises
+    ------
+    InputError
+        When the matrix has fewer than two samples or is not finite.
+    UnknownNameError
+        When ``method`` is not one of :data:`METHODS`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((200, 30))
+    >>> res = p_vector_spectrum(x, k=3)
+    >>> res.vector.shape, len(res.singular_values), bool(res.stable)
+    ((200,), 3, True)
     """
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise InputError(f"k must be an integer >= 2 (the gap needs sigma2); got {k!r}")
@@ -408,9 +425,42 @@ def p_vector_spectrum(
 def p_vector(features, *, center: bool = True, method: str = "auto", min_gap: float = DEFAULT_MIN_GAP) -> np.ndarray:
     """Unit top left singular vector of a feature matrix, shape ``(n_samples,)``.
 
-    Canonical sign: the entry of largest magnitude is positive. Warns with
-    :class:`UnstablePVectorWarning` when the spectral gap is too small for a stable
-    vector. See :func:`p_vector_spectrum` for the parameters and for the spectrum.
+    Canonical sign: the entry of largest magnitude is positive.
+
+    Parameters
+    ----------
+    features : array-like or torch.Tensor of shape (n_samples, n_features)
+        One row per sample; more dimensions are flattened (conv maps).
+    center : bool, default=True
+        Subtract column means first (the PCA reading, pgen's default).
+    method : {"auto", "exact", "gram", "lanczos", "streaming"}, default="auto"
+        The solver; see :func:`p_vector_spectrum`.
+    min_gap : float, default=1e-3
+        Relative spectral gap below which the vector is unstable.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples,)
+        The P-vector, unit length.
+
+    Raises
+    ------
+    InputError
+        When the matrix has fewer than two samples or is not finite.
+    UnknownNameError
+        When ``method`` is not one of :data:`METHODS`.
+
+    Warns
+    -----
+    UnstablePVectorWarning
+        When (sigma1 - sigma2) / sigma1 is below ``min_gap``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.outer([3.0, 1.0, 2.0], [1.0, 2.0]) + 0.01 * np.eye(3, 2)
+    >>> np.round(p_vector(x, center=False), 3)
+    array([0.802, 0.268, 0.534])
     """
     return p_vector_spectrum(features, center=center, method=method, k=2, min_gap=min_gap, _gap_only=True).vector
 

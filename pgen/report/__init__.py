@@ -144,13 +144,38 @@ def write_report(run: ScoreRun, out: str | Path, *, color_by: str | None = None,
                  cmi_permutations: int = 200) -> list[Path]:
     """Write the report of ``run`` into ``out``; return the files written (report.html first).
 
+    The report is written into a hidden staging folder and moved into place when complete,
+    so an interrupted call leaves the previous report whole.
+
     Parameters
     ----------
-    run : ScoreRun, from :func:`pgen.score.score_zoo` or :func:`pgen.results.load_run`
-    out : folder
-    color_by : hyperparameter whose values colour the scatter plots (``width`` or ``hp.width``)
-    n_boot : bootstrap resamples for the confidence intervals
-    cmi_permutations : random rankings for the CMI's null distribution (0: none)
+    run : ScoreRun
+        From :func:`pgen.score.score_zoo`, :func:`pgen.score.score_models` or
+        :func:`pgen.results.load_run`.
+    out : str or Path
+        The report folder.
+    color_by : str, optional
+        Hyperparameter whose values colour the scatter plots (``width`` or ``hp.width``).
+    n_boot : int, default=1000
+        Bootstrap resamples for the confidence intervals.
+    cmi_permutations : int, default=200
+        Random rankings for the CMI's null distribution (0: none).
+
+    Returns
+    -------
+    list of Path
+        ``report.html``, ``report.md``, the CSVs, ``summary.json`` and the PNG plots.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pgen.score import score_models
+    >>> nets = {f"m{i}": torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for i in range(3)}
+    >>> run = score_models(nets, "digits", n_samples=100)
+    >>> import tempfile; folder = tempfile.mkdtemp()
+    >>> files = write_report(run, folder, n_boot=50, cmi_permutations=0)
+    >>> files[0].name
+    'report.html'
     """
     out = Path(out)
     color_by = color_column(run.table.columns, color_by, run.name)

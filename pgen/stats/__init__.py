@@ -156,15 +156,50 @@ def measure_statistics(table: pd.DataFrame, measure: str, *, targets: Mapping[st
                        sign: int = 1) -> MeasureStatistics:
     """Every statistic of one measure column against the target columns of a per-model table.
 
-    The one entry point the report and the benchmark share. ``table`` holds ``measure``,
-    the target columns present among ``targets`` (default :data:`TARGETS`), ``gap``,
-    ``hp.<name>`` columns for Psi and, with ``hparam_grid``, the CMI.
+    The one entry point the report and the benchmark share. The correlations, Kendall tau
+    and Psi are of ``sign x value``, so a positive tau against the gap means the authors'
+    direction in every report; the log-log fits are of the values themselves and the CMI is
+    sign-free. Bootstraps resample the design's unit (:func:`resampling_unit`).
 
-    ``sign`` is the measure's direction (+1: larger predicts worse generalization). The
-    correlations, Kendall tau and Psi are of ``sign x value``, so a positive tau against the
-    gap means the authors' direction in every report; the log-log fits are of the values
-    themselves and the CMI is sign-free.
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per model: the ``measure`` column, the target columns present among
+        ``targets``, ``gap``, and ``hp.<name>`` columns for Psi and the CMI.
+    measure : str
+        The measure's column.
+    targets : Mapping[str, str], optional
+        Target columns and their labels (default :data:`TARGETS`).
+    hparam_grid : Mapping[str, list], optional
+        The zoo's hyperparameter grid; with it, the CMI and K(mu) are computed.
+    n_boot : int, default=1000
+        Bootstrap resamples for the CIs (0: none).
+    seed : int, default=0
+        Seed of the bootstrap and the permutations.
+    cmi_permutations : int, default=0
+        Random rankings for the CMI's permutation null (0: none).
+    fits : bool, default=True
+        Also fit the log-log regressions.
+    full_grid : bool, default=True
+        The table holds every cell of ``hparam_grid`` (False: some were left out, e.g.
+        unconverged models; the CMI then uses the cells present).
+    sign : int, default=1
+        The measure's direction (+1: larger predicts worse generalization).
 
+    Returns
+    -------
+    MeasureStatistics
+        Correlations with CIs, ``kendall``, ``kendall_null_sd``, ``psi``, ``cmi`` and its
+        null, the log-log fits.
+
+    Raises
+    ------
+    StatsError
+        When the measure's column is missing from the table, or the arguments are invalid
+        (rows with a missing value are left out of each statistic).
+
+    Examples
+    --------
     >>> import pandas as pd
     >>> t = pd.DataFrame({"m": [1.0, 2, 3, 4, 5], "test_acc": [0.9, 0.8, 0.85, 0.7, 0.6]})
     >>> round(measure_statistics(t, "m", n_boot=0).kendall["test_acc"], 2)

@@ -34,12 +34,40 @@ def load_zoo(path: str | Path, *, build: bool = True, progress: bool = True, dat
              trust_code: bool = False) -> Zoo:
     """Open a zoo folder, detecting its format.
 
-    ``path`` may also be the name of an embedded recipe (``digits``, ``mnist5k``): the
-    zoo is built into the cache folder first unless it is already there. ``data_root``
-    is where a public zoo's data live when not beside it (the Small CNN Zoo's datasets,
-    Model Zoos' ``dataset.pt``); formats that keep their data in the zoo refuse it.
-    ``trust_code`` lets a pgen zoo build architectures from the user's own code
-    (``arch = "package.module:callable"``), which importing runs.
+    Parameters
+    ----------
+    path : str or Path
+        A zoo folder (pgen's own, the Small CNN Zoo, Model Zoos, a PGDL task, an imported
+        zoo), or the name of an embedded recipe (``digits``, ``mnist5k``, ...), which is
+        built into the cache folder first unless it is already there.
+    build : bool, default=True
+        Build an embedded recipe that is not cached yet; with False that is an error.
+    progress : bool, default=True
+        Show a progress bar while building.
+    data_root : str or Path, optional
+        Where a public zoo's data live when not beside it (the Small CNN Zoo's datasets,
+        Model Zoos' ``dataset.pt``); the one folder outside the zoo pgen may read. Formats
+        that keep their data in the zoo refuse it.
+    trust_code : bool, default=False
+        Let a pgen zoo build architectures from the user's own code
+        (``arch = "package.module:callable"``), which importing runs.
+
+    Returns
+    -------
+    Zoo
+        ``len(zoo)``, its entries (``.id``, ``.hparams``, ``.metrics``, ``.load_model()``),
+        ``zoo.dataset(split)``, ``zoo.to_frame()``, ``zoo.hparam_grid()``.
+
+    Raises
+    ------
+    ZooError
+        When ``path`` is neither a zoo folder nor an embedded name, or the folder's files
+        are malformed or escape it (the message names the file).
+
+    Examples
+    --------
+    >>> zoo = load_zoo("model_zoos/digits")          # doctest: +SKIP
+    >>> len(zoo), zoo.to_frame().columns[:3].tolist()  # doctest: +SKIP
     """
     p = Path(path)
     if not p.exists():
