@@ -1,6 +1,6 @@
 """Benchmark your own measure: a plugin file loaded behind --trust-code, the contract check,
 the PGDL-style adapter and its worked example, an installed package's entry point, and a
-named suite with its leaderboard, from an empty folder as the README says."""
+named suite with its leaderboard, from an empty folder as docs/guide/benchmark.md says."""
 
 import json
 import shutil
@@ -107,7 +107,7 @@ def test_an_installed_packages_measure_loads_only_when_named(tmp_path, clean_reg
 
 
 def test_from_an_empty_folder_to_a_leaderboard_row(tiny_zoo, tmp_path, clean_registry, monkeypatch, capsys):
-    """The README's "benchmark your own measure", with a tiny suite in place of the standard one."""
+    """The docs' "benchmark your own measure" (docs/guide/benchmark.md), with a tiny suite in place of the standard one."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(EXAMPLE, "my_measures.py")
     shutil.copytree(tiny_zoo, "zoos/tiny")

@@ -1,4 +1,4 @@
-"""The README's user flows as a user types them: in a fresh working directory, with relative
+"""The documented user flows as a user types them: in a fresh working directory, with relative
 paths (and `..` ones from a sibling folder), every command one after the other."""
 
 import json
