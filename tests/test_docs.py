@@ -448,3 +448,20 @@ def test_the_entry_points_examples_run(tmp_path, monkeypatch):
             runner.run(test)
     assert runner.failures == 0, f"{runner.failures} docstring example(s) failed (output above)"
     assert ran >= 20
+
+
+# --- examples/ -------------------------------------------------------------------------------------
+
+def test_score_own_models_example_runs(tmp_path):
+    """examples/score_own_models.py as the own-models page says to run it (about 45 s)."""
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "score_own_models.py"), str(tmp_path / "work")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "0 failure(s)" in done.stdout
+
+
+def test_every_example_script_runs_in_the_suite():
+    """Each script in examples/ is run by a test (this file or the one named in its docstring)."""
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for script in sorted((ROOT / "examples").glob("**/*.py")):
+        assert script.name in tests, f"examples/{script.relative_to(ROOT / 'examples')} is run by no test"
