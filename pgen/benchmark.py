@@ -67,7 +67,13 @@ N_BOOT = 10_000  # bootstrap resamples: Holm over m measures needs p-values down
 
 
 def default_measures() -> list[str]:
-    """Every registered measure except those that need an optional package (asked for by name)."""
+    """Every registered measure except those that need an optional package (asked for by name).
+
+    Returns
+    -------
+    list of str
+        The measure names.
+    """
     table = list_measures()
     return list(table.loc[table["requires"] == "", "name"])
 
@@ -123,7 +129,30 @@ def summarize_run(table: pd.DataFrame, measures: list[str], hparam_grid: dict | 
     bootstrap CIs over the design's unit, nulls, the paired difference to ``reference``,
     Dziugaite et al.'s robust view, cost, and Holm's correction over the rows of each test
     (:func:`adjust_for_many_measures`). Columns are described in the module docstring.
-    ``full_grid=False`` lets the CMI run on a grid with cells left out (unconverged models)."""
+    ``full_grid=False`` lets the CMI run on a grid with cells left out (unconverged models).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per model with the measures, targets and ``hp.<name>`` columns.
+    measures : list of str
+        The measure columns summarized.
+    hparam_grid : dict or None
+        The zoo's grid (None: no CMI, Psi or robust view).
+    n_boot : int, default=10000
+        Bootstrap resamples.
+    reference : str, default="pvector_angle"
+        The measure every other is compared with (paired difference).
+    full_grid : bool, default=True
+        Every cell of the grid is present.
+    alpha : float, default=0.05
+        Family-wise level of Holm's correction.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per measure (the columns of ``summary_<zoo>.csv``).
+    """
     learned = learned_columns(table)
     names = [m for m in measures if m not in learned] + learned
     n_perm = permutations_for(len(names), alpha)
@@ -221,7 +250,22 @@ def _names(frame: pd.DataFrame) -> str:
 def resolved_findings(summary: pd.DataFrame, reference: str = REFERENCE_MEASURE, alpha: float = ALPHA) -> list[str]:
     """Sentences that the statistics resolve, and only those: after Holm's correction over
     the measures of this zoo (one family per target and test), with the count by raw 95%
-    CIs beside each list."""
+    CIs beside each list.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        A zoo's summary (:func:`summarize_run`).
+    reference : str, default="pvector_angle"
+        The measure compared with.
+    alpha : float, default=0.05
+        Family-wise level.
+
+    Returns
+    -------
+    list of str
+        The sentences.
+    """
     out = []
     s = summary[summary["models"] > 0] if "models" in summary else summary
     if "tau_gap_holm" in s:
@@ -380,6 +424,26 @@ def summarize_tables(folder: str | Path, out: str | Path | None = None, *, n_boo
     ``benchmark_settings.json`` are rewritten with them.
 
     Returns the dict of :func:`run_benchmark` without ``runs`` and ``fixtures``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        A benchmark folder.
+    out : str or Path, optional
+        Where the new statistics and report go (default: ``folder``).
+    n_boot : int, optional
+        Bootstrap resamples (default: as recorded).
+    learned : bool, str or list of str, default=False
+        Learned predictors to compute now (needs the zoos).
+    learned_settings : dict, optional
+        Keyword arguments of their protocol.
+    progress : bool, default=True
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        As :func:`run_benchmark`, without ``runs`` and ``fixtures``.
     """
     folder = Path(folder)
     settings_file = folder / "benchmark_settings.json"
@@ -563,7 +627,18 @@ def _holm_text(row, p_col: str, decision: str) -> str:
 
 def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The readable form of a summary: gap statistics with their CIs, Holm decisions and
-    nulls first, measures ordered by tau against the gap (best first)."""
+    nulls first, measures ordered by tau against the gap (best first).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        A zoo's summary.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The readable table.
+    """
     s = summary[summary["models"] > 0].sort_values("tau_gap", ascending=False, na_position="last")
     rows = []
     for _, r in s.iterrows():

@@ -25,7 +25,25 @@ __all__ = ["DATASETS", "DatasetInfo", "class_labels", "dataset_info", "load_data
 def class_labels(y, where: str):
     """``y`` as int64 class indices, refusing what ``.long()`` would silently truncate: a
     label such as 3.7 (read as 3), NaN, infinity or a negative value; the error names
-    ``where`` and the first bad label's index."""
+    ``where`` and the first bad label's index.
+
+    Parameters
+    ----------
+    y : array-like or torch.Tensor
+        Labels.
+    where : str
+        What the labels are, for the error.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 class indices.
+
+    Raises
+    ------
+    DatasetError
+        For a fractional, non-finite or negative label (named with its index).
+    """
     t = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
     if t.dtype == torch.bool or t.is_complex():
         raise DatasetError(f"{where}: labels are {t.dtype}, not class indices")
@@ -44,6 +62,21 @@ def class_labels(y, where: str):
 class DatasetInfo:
     """A named dataset's input shape, number of classes and kind (the kind picks the
     pseudo-test augmentation policy).
+
+    Parameters
+    ----------
+    name : str
+        The dataset's name.
+    input_shape : tuple of int
+        C, H, W for images; C, L for 1-D signals.
+    num_classes : int
+        Number of classes.
+    kind : str
+        The data kind, which picks the pseudo-test policy.
+    packaged : bool
+        Available offline (no download needed).
+    description : str
+        One line on what it is.
     """
     name: str
     input_shape: tuple[int, ...]  # C, H, W for images; C, L for 1-D signals
@@ -72,6 +105,16 @@ SPLITS = ("train", "test")
 
 def dataset_info(name: str) -> DatasetInfo:
     """What pgen knows of a named dataset: input shape, classes, data kind, splits.
+
+    Parameters
+    ----------
+    name : str
+        A dataset name.
+
+    Returns
+    -------
+    DatasetInfo
+        Its shape, classes and kind.
 
     Raises
     ------
@@ -215,10 +258,27 @@ def load_dataset(name: str, split: str = "train", *, root: str | Path | None = N
     name : str
         One of :data:`DATASETS`.
     split : {"train", "test"}
+        The split.
     root : path, optional
         Folder in torchvision's layout, for the non-packaged datasets.
     download : bool, default=False
         Let torchvision download a missing dataset (needs a network).
+
+    Returns
+    -------
+    torch.utils.data.Dataset
+        ``(input, label)`` items in the split's canonical order.
+
+    Raises
+    ------
+    UnknownNameError
+        For an unknown name.
+    ValueError
+        For a split other than train and test.
+    FileNotFoundError
+        When a non-packaged dataset is missing from ``root`` and ``download`` is off.
+    DatasetError
+        When a download fails, or the package behind mnist5k or mnist1d is missing.
     """
     dataset_info(name)
     if split not in SPLITS:

@@ -13,7 +13,18 @@ __all__ = ["check_device", "model_device", "tf32_mode"]
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    """The device of the model's first parameter or buffer (CPU for a model without any).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module.
+
+    Returns
+    -------
+    torch.device
+        Where its first parameter or buffer lives.
+    """
     for t in model.parameters():
         return t.device
     for t in model.buffers():
@@ -37,7 +48,20 @@ def check_device(device: str, *, here: bool = True) -> None:
 
 @contextlib.contextmanager
 def tf32_mode(device: str | torch.device, allow: bool) -> Iterator[None]:
-    """On CUDA, set TF32 for matmuls and cuDNN to ``allow`` for the duration, then restore."""
+    """On CUDA, set TF32 for matmuls and cuDNN to ``allow`` for the duration, then restore.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        The device in use; on the CPU nothing changes.
+    allow : bool
+        Whether TF32 is allowed inside the block.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        A context manager.
+    """
     if torch.device(device).type != "cuda":
         yield
         return

@@ -46,6 +46,11 @@ class ProcessPool:
     a crash in native code) the suspects are known: if one job was in flight it goes to
     ``failed``; if several, each runs again alone in a fresh pool, where a second death is
     that job's alone. Every finished job is recorded as it arrives.
+
+    Parameters
+    ----------
+    workers : int, default=2
+        Worker processes (at least 1).
     """
 
     name = "local"
@@ -371,7 +376,35 @@ def make_executor(executor: str | object = "local", *, workers: int = 1, address
                   device: str = "cpu"):
     """An executor from its name (``"local"``: :class:`ProcessPool` when ``workers > 1``,
     else None, meaning this process; ``"ray"``: :class:`RayExecutor`), or the object as
-    given. ``gpus_per_model`` defaults to 1 when ``device`` is CUDA on Ray, else 0."""
+    given. ``gpus_per_model`` defaults to 1 when ``device`` is CUDA on Ray, else 0.
+
+    Parameters
+    ----------
+    executor : str or executor object, default="local"
+        ``"local"``, ``"ray"`` or an executor object (returned as given).
+    workers : int, default=1
+        Local worker processes.
+    address : str, optional
+        The Ray cluster's address (``auto``, ``HEAD_IP:6379``, ``ray://...``).
+    cpus_per_model : float, default=1.0
+        CPUs each Ray task declares.
+    gpus_per_model : float, optional
+        GPUs each Ray task declares.
+    max_retries : int, default=3
+        Ray retries of a task whose worker died.
+    device : str, default="cpu"
+        The device the models are scored on.
+
+    Returns
+    -------
+    ProcessPool, RayExecutor, executor object or None
+        None means this process.
+
+    Raises
+    ------
+    InputError
+        For an unknown executor name, or CUDA on Ray without GPUs per model.
+    """
     if not isinstance(executor, str):
         return executor
     if executor == "local":
@@ -391,7 +424,15 @@ def make_executor(executor: str | object = "local", *, workers: int = 1, address
 def open_executor(executor: str | object = "local", **options):
     """:func:`make_executor` for the duration of a ``with`` block: an executor made here from
     its name is closed at the end (a Ray instance started for the call is stopped); one
-    passed in as an object is the caller's to close."""
+    passed in as an object is the caller's to close.
+
+    Parameters
+    ----------
+    executor : str or executor object, default="local"
+        As for :func:`make_executor`.
+    **options
+        Keyword arguments of :func:`make_executor`.
+    """
     made = make_executor(executor, **options)
     try:
         yield made

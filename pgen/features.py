@@ -48,6 +48,20 @@ def as_loader(data, *, batch_size: int = 256, num_workers: int = 0) -> DataLoade
     ``data`` may be a DataLoader (used as is: it must not shuffle), a torch Dataset whose
     items are ``(input, label)`` or ``input``, a tensor or array of inputs, or an
     ``(inputs, labels)`` pair of tensors/arrays.
+
+    Parameters
+    ----------
+    data : DataLoader, Dataset, tensor, array or (inputs, labels) pair
+        The samples.
+    batch_size : int, default=256
+        Batch size of a DataLoader pgen makes.
+    num_workers : int, default=0
+        Its workers.
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Batches in dataset order.
     """
     if isinstance(data, DataLoader):
         from torch.utils.data import SequentialSampler
@@ -114,11 +128,27 @@ def _execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
 def resolve_layers(model: nn.Module, layers: str | Sequence[str] | None, example: torch.Tensor | None = None):
     """Map layer names to ``(hook_module_name, "input" | "output")`` pairs.
 
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    layers : str or sequence of str or None
+        ``"penultimate"`` (default), ``"logits"``, ``"input"`` or module names.
+    example : torch.Tensor, optional
+        A batch to run when the model has no ``nn.Linear`` to find its last layer by.
+
+    Returns
+    -------
+    dict
+        ``{layer name: (hook module name, "input" or "output")}``.
+
     Raises
     ------
-    ValueError
+    UnknownNameError
         For a module name that the model does not have (the message lists a few that
         it does have).
+    InputError
+        When the penultimate layer cannot be found.
     """
     if layers is None:
         layers = [PENULTIMATE]
@@ -176,6 +206,27 @@ def iter_feature_batches(
     GPU features are accumulated on the GPU). With ``model=None`` only ``"input"`` is
     available. On CUDA, TF32 matmuls are off unless ``allow_tf32`` (they are faster, but
     move a ResNet-18 P-vector by ~0.17 degrees from the CPU's).
+
+    Parameters
+    ----------
+    model : nn.Module or None
+        The network (None: only ``"input"``).
+    data : Dataset, DataLoader or (x, y) pair
+        The samples.
+    layers : str or sequence of str, optional
+        As for :func:`model_p_vectors`.
+    batch_size : int, default=256
+        Forward-pass batch size.
+    device : str or torch.device, default="cpu"
+        Where the model runs and the tensors stay.
+    num_workers : int, default=0
+        DataLoader workers.
+    progress : bool, default=False
+        Show a progress bar.
+    desc : str, default="features"
+        The progress bar's label.
+    allow_tf32 : bool, default=False
+        Allow TF32 matmuls on CUDA.
     """
     loader = as_loader(data, batch_size=batch_size, num_workers=num_workers)
     device = torch.device(device)
@@ -252,6 +303,30 @@ def extract_features(model, data, *, layers=None, batch_size=256, device="cpu", 
 
     Holds the whole matrix in memory; for P-vectors prefer :func:`model_p_vectors`,
     which streams.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    data : Dataset, DataLoader or (x, y) pair
+        The samples, in a fixed order.
+    layers : str or sequence of str, optional
+        As for :func:`model_p_vectors` (default ``"penultimate"``).
+    batch_size : int, default=256
+        Forward-pass batch size.
+    device : str, default="cpu"
+        Where the model runs.
+    num_workers : int, default=0
+        DataLoader workers.
+    progress : bool, default=False
+        Show a progress bar.
+    allow_tf32 : bool, default=False
+        Allow TF32 matmuls on CUDA.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``{layer: (n_samples, n_features) float32 array}``.
     """
     chunks: dict[str, list[np.ndarray]] = {}
     for feats in iter_feature_batches(model, data, layers=layers, batch_size=batch_size,
@@ -374,6 +449,36 @@ def evaluate_with_p_vectors(
     ``n`` inputs, one per centering in ``centers`` (as :func:`model_p_vectors` computes them).
     Scoring reads the training split for the accuracy and its first ``n`` samples for the
     features; one pass instead of two costs the forward pass once.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    inputs : torch.Tensor
+        The split's inputs.
+    labels : torch.Tensor
+        Their labels.
+    n : int
+        The P-vectors are over the first ``n`` inputs.
+    layer : str, default="penultimate"
+        The feature layer.
+    centers : sequence of bool, default=(True,)
+        The centerings wanted.
+    batch_size : int, default=256
+        Forward-pass batch size.
+    device : str or torch.device, default="cpu"
+        Where the model runs.
+    k : int, default=5
+        Top singular values reported.
+    min_gap : float, default=1e-3
+        Relative spectral gap below which a P-vector is flagged unstable.
+    allow_tf32 : bool, default=False
+        Allow TF32 matmuls on CUDA.
+
+    Returns
+    -------
+    tuple
+        ``(accuracy, mean cross-entropy, {center: PVectorResult})``.
     """
     n = min(n, len(inputs))
     accumulators = {c: StreamingPVector(center=c, k=k, min_gap=min_gap) for c in dict.fromkeys(centers)}

@@ -35,7 +35,22 @@ __all__ = ["predict_task", "score_predictions", "measure_data_for"]
 
 def measure_data_for(zoo: Zoo, n_samples: int | None = 1000, split: str = "train") -> MeasureData:
     """The first ``n_samples`` samples of the zoo's split, as every measure sees them. Every
-    model of a PGDL task trained on the whole training set: that is its ``train_size``."""
+    model of a PGDL task trained on the whole training set: that is its ``train_size``.
+
+    Parameters
+    ----------
+    zoo : Zoo
+        A zoo (a PGDL task).
+    n_samples : int or None, default=1000
+        How many samples (None: all).
+    split : str, default="train"
+        The split.
+
+    Returns
+    -------
+    MeasureData
+        The samples, with ``train_size`` set.
+    """
     from pgen.data import dataset_arrays
 
     x, y = dataset_arrays(zoo.dataset(split))
@@ -148,15 +163,30 @@ def predict_task(task_dir: str | Path, measure: str, out: str | Path, *, n_sampl
 
     Parameters
     ----------
-    task_dir : a PGDL task folder (or any zoo folder)
-    measure : a registered measure name (``pgen measures`` lists them)
-    out : output folder
-    n_samples : the first n training samples every model sees (None: all)
-    time_budget : seconds per model (None: no limit, run in this process)
-    executor : ``"local"`` (this process; with a budget, one worker process at a time),
+    task_dir : str or Path
+        A PGDL task folder (or any zoo folder).
+    measure : str
+        A registered measure name (``pgen measures`` lists them).
+    out : str or Path
+        The output folder.
+    n_samples : int or None, default=1000
+        The first n training samples every model sees (None: all).
+    time_budget : float, optional
+        Seconds per model (None: no limit, run in this process).
+    settings : MeasureSettings, optional
+        Device, batch size, seed.
+    progress : bool, default=True
+        Show a progress bar.
+    executor : str or executor object, default="local"
+        ``"local"`` (this process; with a budget, one worker process at a time),
         ``"ray"`` (a Ray instance on this machine) or a :class:`pgen.executors.RayExecutor`
         for a running cluster: one task per model, the budget counted from when its task
         starts; only this process writes the output files.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model: raw value, seconds, error.
     """
     from pgen.executors import RayExecutor, open_executor
 
@@ -232,6 +262,23 @@ def score_predictions(predictions: str | Path | dict, model_configs: str | Path 
 
     Returns ``{"cmi": float, "table": DataFrame (per hparam pair), "kendall_tau": float,
     "psi": float, "psi_per_hparam": dict}``.
+
+    Parameters
+    ----------
+    predictions : str, Path or dict
+        A ``.predict`` file or its dict (model id to sign x value).
+    model_configs : str, Path or dict
+        The task's ``model_configs.json`` or its dict.
+
+    Returns
+    -------
+    dict
+        ``{"cmi", "table", "kendall_tau", "psi", "psi_per_hparam"}``.
+
+    Raises
+    ------
+    ZooError
+        When a prediction is not a finite number (the models are named).
     """
     preds = _read_json(predictions, "predictions")
     configs = _read_json(model_configs, "model configs")

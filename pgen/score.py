@@ -55,6 +55,35 @@ class ScoreSettings:
 
     ``measures`` are registered measure names (``pgen measures``); the others are the
     run's identity together with the zoo's content identity.
+
+    Parameters
+    ----------
+    split : str, default="train"
+        The split whose first samples the P-vectors are over.
+    n_samples : int or None, default=1000
+        First n samples of the split (None: all).
+    layer : str, default="penultimate"
+        The P-vector measures' feature layer.
+    center : bool, default=True
+        Center the features (docs/findings/centering.md).
+    seed : int, default=0
+        The pseudo-test augmentation seed and the seed of stochastic measures.
+    pseudo_copies : int, default=1
+        Augmented copies per sample for pseudo-test accuracy.
+    batch_size : int, default=256
+        Forward-pass batch size.
+    allow_tf32 : bool, default=False
+        CUDA only; off so that CUDA and CPU P-vectors agree.
+    dataset_size_term : bool, default=False
+        Dziugaite et al.'s dataset-size term on the bound measures.
+    own_training_data : bool, default=True
+        Label-using measures and train accuracy on each model's own training samples and
+        labels where the zoo records them; False: the shared samples for all.
+    measures : tuple of str, default=("pvector_angle",)
+        Registered measure names.
+    data_kind : str, optional
+        The pseudo-test policy's data kind (:data:`pgen.augment.POLICIES`); None: the
+        zoo's, else ``unknown``.
     """
 
     split: str = "train"

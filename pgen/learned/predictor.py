@@ -57,7 +57,20 @@ def _check_choice(predictor: str, target: str) -> None:
 def target_table(zoo, table: pd.DataFrame | None = None) -> pd.DataFrame:
     """The models to learn from: ``table`` (e.g. a scored run's, with ``model_id``,
     ``hp.*`` and target columns) or the zoo's own records (``zoo.to_frame()``), with the
-    gap (train minus test accuracy) added where it is missing."""
+    gap (train minus test accuracy) added where it is missing.
+
+    Parameters
+    ----------
+    zoo : Zoo
+        The zoo whose records are used without ``table``.
+    table : pandas.DataFrame, optional
+        A per-model table with ``model_id`` and the target columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model, with ``gap`` where it could be computed.
+    """
     t = (zoo.to_frame() if table is None else table).copy()
     if "gap" not in t and {"train_acc", "test_acc"} <= set(t.columns):
         t["gap"] = t["train_acc"].astype(float) - t["test_acc"].astype(float)
@@ -144,7 +157,27 @@ def _predict(kind: str, state, inputs, device: str = "cpu") -> np.ndarray:
 @dataclass
 class LearnedPredictor:
     """A fitted predictor: :meth:`predict` a list of models, :meth:`save` it, :meth:`register`
-    it as the measure ``learned:<name>``."""
+    it as the measure ``learned:<name>``.
+
+    Parameters
+    ----------
+    name : str
+        Its name; it is scored as the measure ``learned:<name>``.
+    predictor : {"statnn", "nfn", "nfn_np"}
+        The kind of predictor.
+    target : str
+        What it predicts (``test_acc``, ``gap``, ...).
+    layout : tuple of LayerSpec or None
+        The weight-space layout it reads (None for StatNN, which reads any layout).
+    state : object
+        The fitted parameters (the NFN's module, or StatNN's trees as arrays).
+    settings : dict
+        The training settings used.
+    training : dict
+        What it was fit on: the zoo's name and identity, a hash of the model ids.
+    source : str, optional
+        The folder it was loaded from.
+    """
 
     name: str
     predictor: str  # a key of PREDICTORS
@@ -253,7 +286,13 @@ _LOADED: dict[str, str | None] = {}  # measure name -> the folder its predictor 
 
 
 def loaded_predictors() -> tuple[str, ...]:
-    """Folders of the predictors registered in this process (worker processes load them again)."""
+    """Folders of the predictors registered in this process (worker processes load them again).
+
+    Returns
+    -------
+    tuple of str
+        The folders.
+    """
     return tuple(p for p in _LOADED.values() if p)
 
 
@@ -273,7 +312,45 @@ def fit_on_models(models, y, *, predictor: str = "nfn", target: str = "test_acc"
                   groups=None, seed: int = 0, device: str = "cpu", training: dict | None = None,
                   labels=None, progress: bool = False, **settings) -> LearnedPredictor:
     """Fit a predictor on a list of models and their ``target`` values (``y``); ``labels``
-    name the models in errors (default "model 0", "model 1", ...)."""
+    name the models in errors (default "model 0", "model 1", ...).
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        The models to learn from (one weight-space layout for an NFN).
+    y : array-like
+        Their ``target`` values.
+    predictor : {"nfn", "nfn_np", "statnn"}, default="nfn"
+        The learned predictor.
+    target : str, default="test_acc"
+        What ``y`` is.
+    name : str, optional
+        The predictor's name (default ``<predictor>-<target>``).
+    groups : array-like, optional
+        Resampling unit per model: the NFN's validation part takes whole units.
+    seed : int, default=0
+        Seed of the fit.
+    device : str, default="cpu"
+        Where the NFN trains.
+    training : dict, optional
+        Provenance stored with the predictor (zoo name and identity, a hash of the ids).
+    labels : sequence of str, optional
+        Names of the models in errors.
+    progress : bool, default=False
+        Show a progress bar.
+    **settings
+        Override the NFN's training settings.
+
+    Returns
+    -------
+    LearnedPredictor
+        The fitted predictor.
+
+    Raises
+    ------
+    InputError
+        When the models have more than one weight-space layout (an NFN).
+    """
     _check_choice(predictor, target)
     kind, mode = PREDICTORS[predictor]
     models = list(models)
@@ -385,7 +462,23 @@ def _load_models(zoo, ids, progress: bool):
 
 
 def load(folder: str | Path) -> LearnedPredictor:
-    """A predictor saved by :meth:`LearnedPredictor.save` (``pgen learned fit``)."""
+    """A predictor saved by :meth:`LearnedPredictor.save` (``pgen learned fit``).
+
+    Parameters
+    ----------
+    folder : str or Path
+        A folder written by :meth:`LearnedPredictor.save`.
+
+    Returns
+    -------
+    LearnedPredictor
+        The predictor, ready to predict or register.
+
+    Raises
+    ------
+    InputError
+        When the folder is not a saved predictor or its files are damaged.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

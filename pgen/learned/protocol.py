@@ -33,12 +33,40 @@ __all__ = ["fold_assignment", "fold_seed", "cross_validate", "r2_interval"]
 
 
 def fold_seed(seed: int, fold: int) -> int:
-    """The training seed of fold ``fold`` under the protocol's ``seed``."""
+    """The training seed of fold ``fold`` under the protocol's ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        The protocol's seed.
+    fold : int
+        The fold.
+
+    Returns
+    -------
+    int
+        A seed from ``numpy.random.SeedSequence([seed, fold])``.
+    """
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
 
 
 def fold_assignment(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """The fold (0 .. k-1) of each model: whole units dealt round-robin in a seeded order."""
+    """The fold (0 .. k-1) of each model: whole units dealt round-robin in a seeded order.
+
+    Parameters
+    ----------
+    groups : numpy.ndarray of int
+        The resampling unit of each model.
+    folds : int
+        Number of folds.
+    seed : int
+        Seed of the dealing order.
+
+    Returns
+    -------
+    numpy.ndarray of int
+        The fold of each model.
+    """
     groups = np.asarray(groups)
     units = np.unique(groups)
     k = min(folds, len(units))
@@ -52,7 +80,28 @@ def fold_assignment(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def r2_interval(y: np.ndarray, pred: np.ndarray, unit, *, n_boot: int = 2000, seed: int = 0,
                 level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of R^2 = 1 - SS_res / SS_tot over ``unit`` (a
-    :class:`~pgen.stats.ResamplingUnit`): every resample's sums weighted by multiplicities."""
+    :class:`~pgen.stats.ResamplingUnit`): every resample's sums weighted by multiplicities.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        The observed targets.
+    pred : numpy.ndarray
+        The out-of-fold predictions.
+    unit : ResamplingUnit
+        What the bootstrap resamples.
+    n_boot : int, default=2000
+        Bootstrap resamples.
+    seed : int, default=0
+        Seed of the resampling.
+    level : float, default=0.95
+        Coverage of the interval.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+    """
     rng = np.random.default_rng(seed)
     w = unit.weights(unit.draws(rng, n_boot))  # (B, n)
     y, pred = np.asarray(y, float), np.asarray(pred, float)

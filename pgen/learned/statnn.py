@@ -37,7 +37,18 @@ def _stats(t: torch.Tensor | None) -> list[float]:
 
 
 def statnn_features(model: torch.nn.Module) -> np.ndarray:
-    """The fixed-length StatNN feature vector of one model (module docstring)."""
+    """The fixed-length StatNN feature vector of one model (module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any model with parameters.
+
+    Returns
+    -------
+    numpy.ndarray
+        The feature vector (the same length for every model of one layer count).
+    """
     layers = [m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
               and m.weight.dim() >= 2]
     if not layers:
@@ -107,6 +118,24 @@ def learned_baseline(zoo, table: pd.DataFrame, *, target: str = "gap", folds: in
     """Out-of-fold StatNN predictions of ``target`` (:func:`pgen.learned.cross_validate`).
 
     Returns ``{"predictions": Series by model_id, "kendall_tau", "r2", "folds", "groups", ...}``.
+
+    Parameters
+    ----------
+    zoo : Zoo
+        The zoo whose models' weights are read.
+    table : pandas.DataFrame
+        The targets per ``model_id``.
+    target : str, default="gap"
+        What is predicted.
+    folds : int, default=5
+        Number of folds.
+    seed : int, default=0
+        Seed of the protocol.
+
+    Returns
+    -------
+    dict
+        As :func:`pgen.learned.cross_validate`.
     """
     from pgen.learned.protocol import cross_validate
 

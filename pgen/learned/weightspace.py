@@ -42,7 +42,19 @@ class LayerSpec:
     """One layer of the weight space: its module name, kind, and the weight's shape as the
     NF-layers read it (``(out, in)`` or ``(out, in, h, w)``). Two layouts are the same when
     kinds, shapes and biases agree: module names may differ (a dropout layer shifts the
-    indices of an ``nn.Sequential``)."""
+    indices of an ``nn.Sequential``).
+
+    Parameters
+    ----------
+    name : str
+        The module's name in the model.
+    kind : str
+        ``linear``, ``conv1d`` or ``conv2d``.
+    shape : tuple of int
+        The weight's shape as the NF-layers read it.
+    bias : bool
+        Whether the layer has a bias.
+    """
 
     name: str = field(compare=False)
     kind: str  # "linear", "conv1d", "conv2d"
@@ -62,7 +74,26 @@ class LayerSpec:
 
 def weight_layout(model: nn.Module, *, where: str = "model") -> tuple[LayerSpec, ...]:
     """The weight-space layout of ``model`` (module docstring); :class:`InputError` naming
-    the first module that does not fit."""
+    the first module that does not fit.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A chain of Linear, Conv1d and Conv2d layers (activations, pooling, dropout and
+        flattening between them).
+    where : str, default="model"
+        How the model is named in errors.
+
+    Returns
+    -------
+    tuple of LayerSpec
+        One per layer with weights.
+
+    Raises
+    ------
+    InputError
+        Naming the first module that does not fit (batch norm, a branch...).
+    """
     layers: list[tuple[str, nn.Module]] = []
     for name, mod in model.named_modules():
         own = [p for p in mod.parameters(recurse=False)]
@@ -107,7 +138,22 @@ def weight_layout(model: nn.Module, *, where: str = "model") -> tuple[LayerSpec,
 def layout_mismatch(expected: tuple[LayerSpec, ...], got: tuple[LayerSpec, ...], *,
                     reference: str = "the predictor was fit on") -> str | None:
     """``None`` when ``got`` is ``expected``; else one line naming the first layer that
-    differs (``reference`` says where ``expected`` comes from)."""
+    differs (``reference`` says where ``expected`` comes from).
+
+    Parameters
+    ----------
+    expected : tuple of LayerSpec
+        The reference layout.
+    got : tuple of LayerSpec
+        The layout compared.
+    reference : str
+        Where ``expected`` comes from, for the message.
+
+    Returns
+    -------
+    str or None
+        None when they agree, else the first difference.
+    """
     for i, (a, b) in enumerate(zip(expected, got)):
         if a != b:
             return f"layer {i + 1} is {b.describe()}; {reference} {a.describe()}"
@@ -121,7 +167,22 @@ def layout_mismatch(expected: tuple[LayerSpec, ...], got: tuple[LayerSpec, ...],
 
 
 def check_layout(model: nn.Module, expected: tuple[LayerSpec, ...], *, where: str = "model") -> None:
-    """:class:`InputError` naming the first layer of ``model`` that does not fit ``expected``."""
+    """:class:`InputError` naming the first layer of ``model`` that does not fit ``expected``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model checked.
+    expected : tuple of LayerSpec
+        The layout it must have.
+    where : str, default="model"
+        How the model is named in the error.
+
+    Raises
+    ------
+    InputError
+        Naming the first layer that does not fit.
+    """
     problem = layout_mismatch(expected, weight_layout(model, where=where))
     if problem:
         raise InputError(f"{where}: {problem}")
@@ -129,7 +190,20 @@ def check_layout(model: nn.Module, expected: tuple[LayerSpec, ...], *, where: st
 
 def weight_space(models, layout: tuple[LayerSpec, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The weights and biases of ``models`` (each with ``layout``) as batched float32 tensors
-    with one channel: ``([B, 1, *shape] per layer], [B, 1, out] per layer)``."""
+    with one channel: ``([B, 1, *shape] per layer], [B, 1, out] per layer)``.
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        Models of one layout.
+    layout : tuple of LayerSpec
+        Their layout (:func:`weight_layout`).
+
+    Returns
+    -------
+    tuple of list of torch.Tensor
+        ``(weights, biases)``: per layer ``[B, 1, *shape]`` and ``[B, 1, out]``.
+    """
     weights = [np.empty((len(models), 1, *spec.shape), np.float32) for spec in layout]
     biases = [np.zeros((len(models), 1, spec.shape[0]), np.float32) for spec in layout]
     for j, model in enumerate(models):

@@ -55,7 +55,35 @@ __all__ = ["FIDELITY", "Measure", "MeasureData", "MeasureSettings", "MeasureValu
 
 @dataclass
 class MeasureData:
-    """The samples shared by every model of a zoo (inputs in the models' layout)."""
+    """The samples shared by every model of a zoo (inputs in the models' layout).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs in the models' layout.
+    y : torch.Tensor
+        Integer labels.
+    num_classes : int, optional
+        Classes (default: ``y.max() + 1``).
+    cache : dict
+        Per-zoo results shared by the models (the data P-vector).
+    train_size : int, optional
+        Samples the model was trained on (a bound's m); None: unknown.
+    x_test : torch.Tensor, optional
+        The first inputs of the test split (no labels), where the zoo has one.
+    x_pseudo : torch.Tensor, optional
+        Pseudo-test copies of the shared samples, where a policy makes them.
+    own : bool, default=False
+        ``x``, ``y`` are the model's own training samples, not the zoo's shared ones.
+    model_pvectors : tuple, optional
+        ``(model, {(layer, center): PVectorResult})`` from scoring's accuracy pass over these
+        samples, so the P-vector measures of that model need no second pass.
+
+    Raises
+    ------
+    MeasureError
+        When inputs and labels differ in number, or there are fewer than two samples.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -80,7 +108,25 @@ class MeasureData:
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Options shared by all measures (each measure reads the ones it needs)."""
+    """Options shared by all measures (each measure reads the ones it needs).
+
+    Parameters
+    ----------
+    device : str, default="cpu"
+        Where models and data are placed.
+    batch_size : int, default=256
+        Forward-pass batch size.
+    seed : int, default=0
+        Seed of the stochastic measures.
+    layer : str, default="penultimate"
+        The P-vector measures' feature layer.
+    center : bool, default=True
+        The P-vector angle on centered features (docs/findings/centering.md).
+    allow_tf32 : bool, default=False
+        CUDA only: TF32 matmuls (faster; move P-vectors by about 0.1 degree).
+    dataset_size_term : bool, default=False
+        Apply Dziugaite et al.'s dataset-size term to the bound measures.
+    """
 
     device: str = "cpu"
     batch_size: int = 256
@@ -94,7 +140,15 @@ class MeasureSettings:
 @dataclass(frozen=True)
 class MeasureValue:
     """What a measure may return instead of a float: its value and extra named values
-    (stored beside it as ``<measure>.<key>``; NaN is stored as missing, infinity as is)."""
+    (stored beside it as ``<measure>.<key>``; NaN is stored as missing, infinity as is).
+
+    Parameters
+    ----------
+    value : float
+        The measure's value.
+    extra : dict of str to float
+        Extra named values, stored as ``<measure>.<key>``.
+    """
 
     value: float
     extra: dict[str, float] = field(default_factory=dict)
@@ -102,7 +156,19 @@ class MeasureValue:
 
 @dataclass(frozen=True)
 class MeasureResult:
-    """One measure on one model: value, extra values and wall-clock seconds."""
+    """One measure on one model: value, extra values and wall-clock seconds.
+
+    Parameters
+    ----------
+    name : str
+        The measure.
+    value : float
+        Its value.
+    extra : dict of str to float
+        Its extra values.
+    seconds : float
+        Wall-clock seconds it took.
+    """
 
     name: str
     value: float
@@ -112,7 +178,47 @@ class MeasureResult:
 
 @dataclass(frozen=True)
 class Measure:
-    """A registered measure and what it declares about itself."""
+    """A registered measure and what it declares about itself.
+
+    Parameters
+    ----------
+    name : str
+        The registered name.
+    fn : callable
+        ``fn(model, init_model, data, settings) -> float | MeasureValue``.
+    description : str
+        One line on what it computes.
+    sign : {1, -1}
+        +1: a larger value predicts worse generalization; -1: better.
+    needs_init : bool, default=False
+        It needs the model's initial weights.
+    family : str, default=""
+        Its family in tables (``spectral``, ``flatness``, ...).
+    reference : str
+        The paper (and code) whose definition it computes.
+    needs_images : bool, default=False
+        Its inputs must be (N, C, H, W).
+    stochastic : bool, default=False
+        It draws random numbers (seeded by ``settings.seed``).
+    requires : str, default=""
+        An optional package it imports (``weightwatcher``).
+    fidelity : str, default="faithful"
+        To ``reference``: one of :data:`FIDELITY`.
+    sign_reason : str
+        Why the sign is what it is, with its source.
+    size_term : {"", "sqrt", "log"}, default=""
+        Dziugaite et al.'s dataset-size term for bound measures.
+    version : int, default=1
+        Raised when the definition changes, so stored values of an earlier one are recomputed.
+    samples : {"own", "shared", "none"}, default="own"
+        Which samples it sees: the model's own training samples, one set for the zoo, or
+        none (the weights alone).
+    inputs_from : tuple of str, default=()
+        Other input sets it reads: ``"test"`` (``data.x_test``), ``"pseudo-test"``
+        (``data.x_pseudo``).
+    identity : str, default=""
+        A digest of what it computes beyond its code (a learned predictor's parameters).
+    """
 
     name: str
     fn: Callable[[nn.Module, nn.Module | None, MeasureData, MeasureSettings], float | MeasureValue]
@@ -158,6 +264,54 @@ def register(name: str, *, description: str, sign: int, reference: str, sign_rea
     ``inputs_from`` the other input sets it reads ("test": ``data.x_test``, "pseudo-test":
     ``data.x_pseudo``), refused where a zoo has none. ``identity`` (a learned predictor's
     digest) is stored with its values, so that another predictor of that name recomputes them.
+
+    Parameters
+    ----------
+    name : str
+        The registered name.
+    description : str
+        One line on what it computes.
+    sign : {1, -1}
+        +1: a larger value predicts worse generalization; -1: better.
+    reference : str
+        The paper (and code) whose definition it computes.
+    sign_reason : str
+        Why the sign is what it is, with its source.
+    needs_init : bool, default=False
+        It needs the model's initial weights.
+    family : str, default=""
+        Its family in tables (``spectral``, ``flatness``, ...).
+    needs_images : bool, default=False
+        Its inputs must be (N, C, H, W).
+    stochastic : bool, default=False
+        It draws random numbers (seeded by ``settings.seed``).
+    requires : str, default=""
+        An optional package it imports (``weightwatcher``).
+    fidelity : str, default="faithful"
+        To ``reference``: one of :data:`FIDELITY`.
+    size_term : {"", "sqrt", "log"}, default=""
+        Dziugaite et al.'s dataset-size term for bound measures.
+    version : int, default=1
+        Raised when the definition changes, so stored values of an earlier one are recomputed.
+    samples : {"own", "shared", "none"}, default="own"
+        Which samples it sees: the model's own training samples, one set for the zoo, or
+        none (the weights alone).
+    inputs_from : tuple of str, default=()
+        Other input sets it reads: ``"test"`` (``data.x_test``), ``"pseudo-test"``
+        (``data.x_pseudo``).
+    identity : str, default=""
+        A digest of what it computes beyond its code (a learned predictor's parameters).
+
+    Returns
+    -------
+    callable
+        The decorator; it returns the function unchanged.
+
+    Raises
+    ------
+    ValueError
+        When a declaration is invalid (sign, missing reference or sign reason, unknown
+        fidelity, samples or inputs) or the name is registered twice.
     """
     if sign not in (1, -1):
         raise ValueError(f"measure {name}: sign must be +1 or -1")
@@ -204,6 +358,24 @@ def load_plugin(spec: str, *, trust_code: bool = False) -> list[str]:
     whose ``@register(...)`` calls add measures to the registry. Importing runs the user's
     code, so it needs ``trust_code`` (``--trust-code`` on the command line). Loading the
     same plugin again imports nothing. Returns the names it registered.
+
+    Parameters
+    ----------
+    spec : str
+        A ``.py`` file or an importable module name.
+    trust_code : bool, default=False
+        Allow importing it (it runs the user's code).
+
+    Returns
+    -------
+    list of str
+        The measures it registered.
+
+    Raises
+    ------
+    InputError
+        Without ``trust_code``, when the file is missing or cannot be imported, or it
+        registers no measure.
     """
     import importlib
     from pathlib import Path
@@ -266,7 +438,23 @@ def _from_entry_point(name: str) -> bool:
 def get_measure(name: str) -> Measure:
     """The registered measure ``name`` (loading an installed package's ``pgen.measures``
     entry point of that name if needed); an :class:`~pgen.errors.UnknownNameError` lists
-    the known ones."""
+    the known ones.
+
+    Parameters
+    ----------
+    name : str
+        A registered name, or an installed package's entry point.
+
+    Returns
+    -------
+    Measure
+        Its registry entry.
+
+    Raises
+    ------
+    UnknownNameError
+        Listing the known measures.
+    """
     _load_all()
     if name not in REGISTRY and not _from_entry_point(name):
         raise UnknownNameError(f"unknown measure {name!r}; known: {', '.join(sorted(REGISTRY))} (your own: "
@@ -277,6 +465,13 @@ def get_measure(name: str) -> Measure:
 def list_measures() -> pd.DataFrame:
     """One row per measure: name, family, sign, what it needs, and its description and reference.
 
+    Returns
+    -------
+    pandas.DataFrame
+        The registry, one row per measure.
+
+    Examples
+    --------
     >>> "pvector_angle" in set(list_measures()["name"])
     True
     """
@@ -313,6 +508,31 @@ def evaluate_measure(name: str, model: nn.Module, init_model: nn.Module | None, 
     Raises :class:`~pgen.errors.MeasureError` when the measure cannot run here (missing
     initial weights, non-image inputs, a missing optional package) or returns a
     non-finite value.
+
+    Parameters
+    ----------
+    name : str
+        A registered measure.
+    model : nn.Module
+        The trained model; it comes back on its device, in its mode, with its weights.
+    init_model : nn.Module or None
+        The model at its initial weights, for measures that need it.
+    data : MeasureData
+        The samples.
+    settings : MeasureSettings, optional
+        Device, batch size, seed, layer, centering.
+
+    Returns
+    -------
+    MeasureResult
+        Value, extra values and seconds.
+
+    Raises
+    ------
+    MeasureError
+        When the measure cannot run here or returns a non-finite value.
+    UnknownNameError
+        When ``name`` is not registered.
     """
     m = get_measure(name)
     settings = settings or MeasureSettings()
@@ -400,7 +620,26 @@ def compute_measure(name: str, model: nn.Module, init_model: nn.Module | None, d
 def compute_for_entry(name: str, entry, data: MeasureData, settings: MeasureSettings | None = None,
                       model: nn.Module | None = None) -> float:
     """A measure of one zoo entry: loads its model (unless given) and, only when the
-    measure needs them, its initial weights."""
+    measure needs them, its initial weights.
+
+    Parameters
+    ----------
+    name : str
+        A registered measure.
+    entry : ZooEntry
+        The zoo entry.
+    data : MeasureData
+        The samples.
+    settings : MeasureSettings, optional
+        Device, batch size, seed, layer, centering.
+    model : nn.Module, optional
+        The entry's model, if already loaded.
+
+    Returns
+    -------
+    float
+        The measure's value.
+    """
     model = entry.load_model() if model is None else model
     init = entry.load_model(initial=True) if get_measure(name).needs_init else None
     return compute_measure(name, model, init, data, settings)

@@ -32,6 +32,20 @@ def run_paper(out_dir: str | Path, settings: PaperSettings | None = None, *, pro
     """Run (or resume) the study and write every output into ``out_dir``.
 
     Returns ``{"claims": DataFrame, "tables": {file: DataFrame}, "files": [paths]}``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The study folder (a rerun resumes from ``out_dir/runs/``).
+    settings : PaperSettings, optional
+        The study's settings (default: the full study).
+    progress : bool, default=True
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``{"claims": DataFrame, "tables": {file: DataFrame}, "files": [paths]}``.
     """
     s = settings or PaperSettings()
     if s.seeds < 1 or s.epochs < 1:
@@ -81,7 +95,18 @@ def run_paper(out_dir: str | Path, settings: PaperSettings | None = None, *, pro
 
 
 def load_study(out_dir: str | Path) -> ClaimInputs:
-    """The saved study of a ``pgen paper`` folder, read back from its files only."""
+    """The saved study of a ``pgen paper`` folder, read back from its files only.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        A ``pgen paper`` folder.
+
+    Returns
+    -------
+    ClaimInputs
+        The runs' P-vectors and records, as :func:`pgen.paper.claims.compute_claims` reads them.
+    """
     out = Path(out_dir)
     with np.load(out / "pvectors.npz", allow_pickle=False) as z:
         vectors = {k: z[k] for k in z.files}
@@ -92,13 +117,35 @@ def load_study(out_dir: str | Path) -> ClaimInputs:
 
 
 def claims_from_folder(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Recompute the claims table and the per-claim tables from a study folder's files."""
+    """Recompute the claims table and the per-claim tables from a study folder's files.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        A study folder with ``pvectors.npz``.
+
+    Returns
+    -------
+    tuple
+        ``(claims DataFrame, {file name: per-claim DataFrame})``.
+    """
     return compute_claims(load_study(out_dir))
 
 
 def claims_from_tables(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The claims table judged from a study folder's per-claim CSVs alone (no ``pvectors.npz``):
-    what a committed study folder holds."""
+    what a committed study folder holds.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        A study folder with its per-claim CSVs.
+
+    Returns
+    -------
+    tuple
+        ``(claims DataFrame, {file name: per-claim DataFrame})``.
+    """
     out = Path(out_dir)
     missing = [f for f in (*TABLE_FILES, "checkpoints.csv", "settings.json") if not (out / f).is_file()]
     if missing:
@@ -113,7 +160,18 @@ def claims_from_tables(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, pd.
 
 def rejudge(out_dir: str | Path) -> dict:
     """Redo the claims, figures and report of a study folder from its tables alone (after the
-    verdict rules changed, say); the tables themselves are left as they are."""
+    verdict rules changed, say); the tables themselves are left as they are.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        A study folder.
+
+    Returns
+    -------
+    dict
+        As :func:`run_paper`.
+    """
     out = Path(out_dir)
     s = PaperSettings(**{k: tuple(v) if k == "paradigms" else v
                          for k, v in json.loads((out / "settings.json").read_text()).items()})

@@ -44,7 +44,41 @@ CENTERINGS = (("centered", True), ("uncentered", False))
 
 @dataclass(frozen=True)
 class PaperSettings:
-    """Every setting of the study; stated beside the claims table and stored with the runs."""
+    """Every setting of the study; stated beside the claims table and stored with the runs.
+
+    Parameters
+    ----------
+    dataset : str, default="mnist5k"
+        The dataset the study trains on.
+    seeds : int, default=3
+        Runs per paradigm.
+    epochs : int, default=15
+        Training epochs.
+    samples : int, default=1000
+        Samples the P-vectors are over.
+    train_samples : int, optional
+        Train on the first N of the training split (None: all).
+    batch_size : int, default=128
+        Training batch size.
+    classifier_lr : float, default=0.05
+        SGD with momentum 0.9, the classifiers.
+    unsupervised_lr : float, default=1e-3
+        Adam, the autoencoder and the contrastive model.
+    temperature : float, default=0.5
+        NT-Xent temperature.
+    width : int, default=256
+        Hidden width.
+    code : int, default=64
+        Autoencoder bottleneck; contrastive projection size.
+    device : str, default="cpu"
+        Where the runs train.
+    bootstrap : int, default=50
+        Resamples of the sample set for the stability study.
+    root : str, optional
+        Folder of a torchvision dataset (cifar10, ...).
+    paradigms : tuple of str
+        The paradigms trained (default all four).
+    """
 
     dataset: str = "mnist5k"
     seeds: int = 3

@@ -75,9 +75,20 @@ def angle_matrix(vectors, others=None) -> np.ndarray:
     Parameters
     ----------
     vectors : sequence of 1-D arrays, or 2-D array of shape (m, n)
-    others : same, optional
+        The P-vectors, each over the same n samples.
+    others : sequence of 1-D arrays, or 2-D array of shape (m2, n), optional
         If given, return the (m, m2) matrix of angles between ``vectors`` and ``others``;
         otherwise the symmetric (m, m) matrix with a zero diagonal.
+
+    Returns
+    -------
+    numpy.ndarray
+        Degrees in [0, 90]: (m, m) symmetric with a zero diagonal, or (m, m2).
+
+    Raises
+    ------
+    InputError
+        When the vectors differ in length.
     """
     a = _stack(vectors, "vectors")
     b = a if others is None else _stack(others, "others")

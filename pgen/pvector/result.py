@@ -18,7 +18,7 @@ class UnstablePVectorWarning(UserWarning):
 class PVectorResult:
     """A P-vector with the spectrum it came from.
 
-    Attributes
+    Parameters
     ----------
     vector : ndarray of shape (n_samples,)
         Unit top left singular vector, canonical sign (largest-magnitude entry positive).
@@ -34,6 +34,8 @@ class PVectorResult:
         The solver that produced the result (``auto`` resolved to the concrete method).
     min_gap : float
         Relative-gap threshold used for ``stable``.
+    right_vector : ndarray of shape (n_features,), optional
+        The top right singular vector, where the solver computed it.
     """
 
     vector: np.ndarray

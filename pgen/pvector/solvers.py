@@ -476,11 +476,23 @@ def top_singular_vectors(features, *, k: int = 5, center: bool = True) -> tuple[
     P-vector (same canonical sign as :func:`p_vector`). Vectors with tied singular values
     are not determined; the caller sees the values and judges.
 
+    Parameters
+    ----------
+    features : array-like or torch.Tensor of shape (n_samples, n_features)
+        The feature matrix, one row per sample.
+    k : int, default=5
+        Number of singular vectors.
+    center : bool, default=True
+        Subtract column means first.
+
     Returns
     -------
-    U : ndarray of shape (n_samples, k), float64, unit columns, canonical signs
-    s : ndarray of shape (k,), descending
-    total_energy : float, the squared Frobenius norm of the (centered) matrix
+    U : ndarray of shape (n_samples, k)
+        float64, unit columns, canonical signs.
+    s : ndarray of shape (k,)
+        The singular values, descending.
+    total_energy : float
+        The squared Frobenius norm of the (centered) matrix.
     """
     x = _prepare(features)
     if not isinstance(x, np.ndarray):

@@ -59,7 +59,22 @@ def _verdict(tau: float, lo: float, hi: float, expected: int, holm_p: float | No
 def answer_sentences(stats: MeasureStatistics, holm_p: Mapping[str, float] | None = None, family: int = 1) -> list[str]:
     """Plain sentences: how the measure (oriented: sign x value) ranks test accuracy and the
     gap, against chance. ``holm_p``: target -> Holm-adjusted p over the ``family`` measures
-    of the report."""
+    of the report.
+
+    Parameters
+    ----------
+    stats : MeasureStatistics
+        The measure's statistics.
+    holm_p : Mapping[str, float], optional
+        Target to Holm-adjusted p-value over the report's measures.
+    family : int, default=1
+        Number of measures in the report (Holm's family).
+
+    Returns
+    -------
+    list of str
+        The sentences.
+    """
     out = []
     null = f"random rankings give 0 +- {stats.kendall_null_sd:.2f} (1 sd)"
     unit = f"bootstrap over {stats.unit.describe()}" if stats.unit is not None else "bootstrap"
@@ -121,7 +136,27 @@ def _targets_sentence(run: ScoreRun) -> str:
 
 
 def color_column(columns, color_by: str | None, zoo_name: str) -> str | None:
-    """The ``hp.<name>`` column for ``--color-by NAME`` (or ``hp.NAME``); an unknown name is an error."""
+    """The ``hp.<name>`` column for ``--color-by NAME`` (or ``hp.NAME``); an unknown name is an error.
+
+    Parameters
+    ----------
+    columns : sequence of str
+        The run table's columns.
+    color_by : str or None
+        ``NAME`` or ``hp.NAME``.
+    zoo_name : str
+        The zoo, for the error.
+
+    Returns
+    -------
+    str or None
+        The column, or None without ``color_by``.
+
+    Raises
+    ------
+    InputError
+        For a name that is not a hyperparameter of the zoo.
+    """
     if not color_by:
         return None
     known = sorted(c[3:] for c in columns if c.startswith("hp."))
@@ -348,6 +383,24 @@ def report_from_results(results: str | Path, out: str | Path | None = None, *, c
 
     One run: the report goes into ``out`` (default: the results folder). Several runs:
     each into ``out/<zoo>-<run id>/``. Returns ``[(run, files written), ...]``.
+
+    Parameters
+    ----------
+    results : str or Path
+        A results folder (with ``results.sqlite``).
+    out : str or Path, optional
+        Where the report goes (default: the results folder).
+    color_by : str, optional
+        Hyperparameter colouring the scatter plots.
+    n_boot : int, default=1000
+        Bootstrap resamples.
+    cmi_permutations : int, default=200
+        Random rankings for the CMI's null.
+
+    Returns
+    -------
+    list of tuple
+        ``[(ScoreRun, [files written]), ...]``, one per run.
     """
     runs = load_runs(results)
     base = Path(out) if out else (Path(results) if Path(results).is_dir() else Path(results).parent)

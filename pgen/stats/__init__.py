@@ -70,6 +70,22 @@ def random_angle_null(n: int, *, draws: int = 2000, seed: int = 0) -> dict:
     the scale beside any P-vector angle over n samples. Returns ``{"median", "q05", "q95"}``
     and the mean |cos| of the draws beside its closed form sqrt(2 / (pi n)) (large n).
 
+    Parameters
+    ----------
+    n : int
+        Samples the P-vectors are over.
+    draws : int, default=2000
+        Random unit vectors drawn.
+    seed : int, default=0
+        Seed of the draws.
+
+    Returns
+    -------
+    dict
+        ``{"median", "q05", "q95", "mean_abs_cos", "mean_abs_cos_closed_form"}``.
+
+    Examples
+    --------
     >>> round(random_angle_null(1000)["median"])
     89
     """
@@ -84,7 +100,18 @@ def random_angle_null(n: int, *, draws: int = 2000, seed: int = 0) -> dict:
 
 def kendall_null_sd(n: int) -> float:
     """Standard deviation of Kendall's tau between two random rankings of n items (no ties):
-    sqrt(2 (2n + 5) / (9 n (n - 1))), the scale a tau needs beside it."""
+    sqrt(2 (2n + 5) / (9 n (n - 1))), the scale a tau needs beside it.
+
+    Parameters
+    ----------
+    n : int
+        Number of ranked items.
+
+    Returns
+    -------
+    float
+        The standard deviation; NaN for n < 2.
+    """
     return math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1))) if n > 1 else math.nan
 
 
@@ -92,7 +119,7 @@ def kendall_null_sd(n: int) -> float:
 class MeasureStatistics:
     """How one measure relates to generalization over the models of one table.
 
-    Attributes
+    Parameters
     ----------
     measure : str
     n : int
@@ -115,14 +142,16 @@ class MeasureStatistics:
     cmi : float or None
         The PGDL conditional mutual information, as the competition's scorer computes it
         (conditioning on pairs of hyperparameters; zoos that are a full hparam grid).
-    k_mu : float or None
-        Jiang et al.'s K(mu): the minimum over conditioning sets of 0 to 2 hyperparameters
-        (:func:`jiang_cmi`); at most the PGDL CMI.
     cmi_null : dict or None
         ``{"median", "q95", "p_value", "permutations"}``: the CMI of random rankings
         (the measure's values permuted over the models), with ``cmi_permutations``.
     notes : list of str
         Why a statistic is missing.
+    k_mu : float or None
+        Jiang et al.'s K(mu): the minimum over conditioning sets of 0 to 2 hyperparameters
+        (:func:`jiang_cmi`); at most the PGDL CMI.
+    sign : int
+        The measure's direction (+1: larger predicts worse generalization).
     unit : ResamplingUnit
         What every bootstrap here resampled (:func:`~pgen.stats.resampling.resampling_unit`).
     """

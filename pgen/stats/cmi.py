@@ -42,7 +42,8 @@ def conditional_mutual_information(scores: Mapping, model_configs: Mapping, *, d
 
     Returns
     -------
-    float in [0, 1] (and a DataFrame with ``details=True``).
+    float or tuple
+        The CMI, in [0, 1]; with ``details``, ``(cmi, DataFrame per (h1, h2) pair)``.
 
     Notes
     -----
@@ -105,7 +106,29 @@ def cmi_from_table(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, 
                    details: bool = False, full_grid: bool = True):
     """The PGDL CMI of one measure column of a per-model table (``hp.<name>`` columns and a
     ``gap`` column), without building the competition's JSON; equal to
-    :func:`conditional_mutual_information` on the same models."""
+    :func:`conditional_mutual_information` on the same models.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per model: the measure column, ``target`` and ``hp.<name>`` columns.
+    measure : str
+        The measure's column (oriented: larger predicts a larger gap).
+    hparam_grid : Mapping[str, list]
+        The zoo's hyperparameters and their values.
+    target : str, default="gap"
+        The target column.
+    details : bool, default=False
+        Also return the table of every conditioning set's value.
+    full_grid : bool, default=True
+        Every cell of the grid is present (False: some models were left out; the CMI then
+        uses the cells present).
+
+    Returns
+    -------
+    float or tuple
+        The CMI; with ``details``, ``(cmi, DataFrame of conditioning sets)``.
+    """
     cols = [f"hp.{h}" for h in sorted(hparam_grid)]
     absent = [c for c in cols + [measure, target] if c not in table.columns]
     if absent:
@@ -176,6 +199,22 @@ def jiang_cmi(scores, gap, values: Mapping[str, list], *, details: bool = False)
     values u of U_S (logs base 2). Always at most the PGDL scorer's value in a full grid,
     which conditions on pairs of hyperparameters only (|S| = 2); named apart from it
     (:func:`cmi_from_table` is the PGDL CMI).
+
+    Parameters
+    ----------
+    scores : array-like
+        The measure (oriented), one value per model.
+    gap : array-like
+        The generalization gap, one value per model.
+    values : Mapping[str, list]
+        Hyperparameter name to each model's value.
+    details : bool, default=False
+        Also return the value of every conditioning set.
+
+    Returns
+    -------
+    float or tuple
+        K(mu); with ``details``, ``(k_mu, DataFrame of conditioning sets)``.
     """
     s, g = np.asarray(scores, float), np.asarray(gap, float)
     n = len(s)
@@ -261,6 +300,28 @@ def cmi_null(table: pd.DataFrame, measure: str, hparam_grid: Mapping[str, list],
     Returns ``{"median", "q95", "p_value", "permutations"}``, with the p-value
     (1 + #{null >= observed}) / (1 + permutations): at least 1 / (1 + permutations), so a
     family of m measures corrected by Holm needs permutations >= m / alpha.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        As for :func:`cmi_from_table`.
+    measure : str
+        The measure's column.
+    hparam_grid : Mapping[str, list]
+        The zoo's hyperparameters and their values.
+    observed : float
+        The measure's CMI, compared with the null.
+    permutations : int, default=200
+        Random rankings drawn.
+    seed : int, default=0
+        Seed of the permutations.
+    full_grid : bool, default=True
+        As for :func:`cmi_from_table`.
+
+    Returns
+    -------
+    dict
+        ``{"median", "q95", "p_value", "permutations"}``.
     """
     permutations = check_resamples(permutations, "permutations", n_units=len(table))
     rng = np.random.default_rng(seed)

@@ -68,7 +68,29 @@ _CHUNK = 2000  # resamples per block of the weighted statistics (bounds memory a
 
 def bootstrap_ci(x, y, statistic, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0, groups=None):
     """Percentile bootstrap interval of ``statistic(x, y)``, resampling the design's unit
-    (``groups``: cell labels or a :class:`ResamplingUnit`; default: models)."""
+    (``groups``: cell labels or a :class:`ResamplingUnit`; default: models).
+
+    Parameters
+    ----------
+    x, y : array-like
+        Paired values, one per model.
+    statistic : callable
+        ``statistic(x, y) -> float``, e.g. :func:`kendall_tau`.
+    n_boot : int, default=1000
+        Bootstrap resamples.
+    level : float, default=0.95
+        Coverage of the interval.
+    seed : int, default=0
+        Seed of the resampling.
+    groups : array-like or ResamplingUnit, optional
+        The hyperparameter cell of each model (labels, or a :class:`ResamplingUnit`): the
+        bootstrap resamples whole cells where one holds several models; default: models.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+    """
     n_boot, level = check_resamples(n_boot), check_level(level)
     x, y = np.asarray(x, float), np.asarray(y, float)
     unit = _unit_of(groups, np.ones(len(x), dtype=bool))
@@ -104,13 +126,34 @@ def correlations(x, y, *, methods=("pearson", "spearman", "kendall"), n_boot: in
     cells wherever one holds several models (seeds are replicates, not independent
     models); without it, models.
 
+    Parameters
+    ----------
+    x, y : array-like
+        The measure and the target, one value per model (non-finite pairs are dropped).
+    methods : sequence of str, default=("pearson", "spearman", "kendall")
+        Which correlations.
+    n_boot : int, default=1000
+        Bootstrap resamples (0: no interval).
+    level : float, default=0.95
+        Coverage of the intervals.
+    seed : int, default=0
+        Seed of the resampling.
+    name_x, name_y : str
+        Labels of x and y.
+    groups : array-like or ResamplingUnit, optional
+        The hyperparameter cell of each model (labels, or a :class:`ResamplingUnit`): the
+        bootstrap resamples whole cells where one holds several models; default: models.
+
     Returns
     -------
-    DataFrame with columns method, value, p_value (scipy's, which takes the models as
-    independent), p_boot (two-sided bootstrap p-value of 0, from the same resamples as the
-    CI: :func:`~pgen.stats.resampling.bootstrap_p`), ci_low, ci_high, n, unit ("cells" or
-    "models") and units (how many).
+    pandas.DataFrame
+        Columns method, value, p_value (scipy's, which takes the models as independent),
+        p_boot (two-sided bootstrap p-value of 0, from the same resamples as the CI:
+        :func:`~pgen.stats.resampling.bootstrap_p`), ci_low, ci_high, n, unit ("cells" or
+        "models") and units (how many).
 
+    Examples
+    --------
     >>> x = np.arange(8.0); y = np.array([1.0, 0, 3, 2, 5, 4, 7, 6])
     >>> correlations(x, y, methods=("kendall",), n_boot=0)[["method", "value"]].round(3).values.tolist()
     [['kendall', 0.714]]
@@ -144,6 +187,27 @@ def paired_tau_difference(a, b, target, *, n_boot: int = 1000, level: float = 0.
     Returns ``{"diff", "ci_low", "ci_high", "p_value", "n", "unit", "units"}``: the
     difference is resolved when the interval excludes 0; ``p_value`` is the two-sided
     bootstrap p-value of 0.
+
+    Parameters
+    ----------
+    a, b : array-like
+        Two measures' oriented values, one per model.
+    target : array-like
+        The target, one value per model.
+    n_boot : int, default=1000
+        Bootstrap resamples.
+    level : float, default=0.95
+        Coverage of the interval.
+    seed : int, default=0
+        Seed of the resampling.
+    groups : array-like or ResamplingUnit, optional
+        The hyperparameter cell of each model (labels, or a :class:`ResamplingUnit`): the
+        bootstrap resamples whole cells where one holds several models; default: models.
+
+    Returns
+    -------
+    dict
+        ``{"diff", "ci_low", "ci_high", "p_value", "n", "unit", "units"}``.
     """
     n_boot, level = check_resamples(n_boot), check_level(level)
     keep = _finite_rows(a, b, target, names=("a", "b", "target"))
@@ -176,7 +240,25 @@ def _target_varies(t, unit: ResamplingUnit, draws) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LogLogFit:
-    """OLS of log(y) on log(x) with HC3 standard errors, or cluster-robust ones by cell."""
+    """OLS of log(y) on log(x) with HC3 standard errors, or cluster-robust ones by cell.
+
+    Parameters
+    ----------
+    slope, intercept : float
+        b and a of ``log y = a + b log x``.
+    r2 : float
+        R^2 of the fit.
+    slope_ci, intercept_ci : tuple of float
+        Confidence intervals at the fit's level.
+    slope_p : float
+        p-value of slope = 0 under the robust errors.
+    n : int
+        Pairs fitted.
+    x_name, y_name : str
+        What x and y are.
+    errors : str, default="HC3"
+        The standard errors used (``HC3`` or ``cluster``).
+    """
 
     slope: float
     intercept: float
@@ -213,6 +295,28 @@ def loglog_fit(x, y, *, level: float = 0.95, name_x: str = "x", name_y: str = "y
     correction), since seeds of one cell are not independent observations.
 
     Both columns must be positive; non-finite pairs are dropped.
+
+    Parameters
+    ----------
+    x, y : array-like
+        Positive values, one per model.
+    level : float, default=0.95
+        Coverage of the intervals.
+    name_x, name_y : str
+        Labels of x and y.
+    groups : array-like or ResamplingUnit, optional
+        The hyperparameter cell of each model (labels, or a :class:`ResamplingUnit`): the
+        bootstrap resamples whole cells where one holds several models; default: models.
+
+    Returns
+    -------
+    LogLogFit
+        Slope, intercept, R^2, their intervals and the errors used.
+
+    Raises
+    ------
+    StatsError
+        With fewer than three finite pairs, a constant column or a value <= 0.
     """
     import statsmodels.api as sm
 
@@ -238,7 +342,23 @@ def loglog_fit(x, y, *, level: float = 0.95, name_x: str = "x", name_y: str = "y
 
 
 def kendall_tau(x, y) -> float:
-    """Kendall's tau-b (scipy; ties handled), the overall ranking agreement in pgen's tables."""
+    """Kendall's tau-b (scipy; ties handled), the overall ranking agreement in pgen's tables.
+
+    Parameters
+    ----------
+    x, y : array-like
+        Paired values.
+
+    Returns
+    -------
+    float
+        tau-b in [-1, 1].
+
+    Raises
+    ------
+    StatsError
+        With fewer than two finite pairs, or a constant column.
+    """
     x, y, _ = _clean_pair(x, y, min_n=2)
     return float(scipy.stats.kendalltau(x, y)[0])
 
@@ -247,7 +367,23 @@ def jiang_tau(x, y) -> float:
     """Jiang et al.'s (ICLR 2020, eq. 3) Kendall coefficient: the mean over ordered pairs
     i != j of sign(x_i - x_j) sign(y_i - y_j), i.e. Kendall's tau-a. A tie contributes 0,
     so a constant column gives 0 (scipy's tau-b, :func:`kendall_tau`, divides by the
-    untied pairs instead, and is undefined on a constant column)."""
+    untied pairs instead, and is undefined on a constant column).
+
+    Parameters
+    ----------
+    x, y : array-like
+        Paired values.
+
+    Returns
+    -------
+    float
+        tau-a in [-1, 1].
+
+    Raises
+    ------
+    StatsError
+        With fewer than two values.
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = len(x)
     if n < 2:
@@ -267,6 +403,20 @@ def granulated_kendall(scores: Mapping[str, float], hparams: Mapping[str, Mappin
     Psi = mean of psi_i.
 
     Returns ``{"psi": Psi, "per_hparam": {name: psi_i}}``.
+
+    Parameters
+    ----------
+    scores : Mapping[str, float]
+        Model id to the (oriented) measure value.
+    hparams : Mapping[str, Mapping[str, object]]
+        Model id to its hyperparameters.
+    target : Mapping[str, float]
+        Model id to the target (the gap).
+
+    Returns
+    -------
+    dict
+        ``{"psi": Psi, "per_hparam": {name: psi_i}}``.
     """
     ids = [m for m in scores if m in hparams and m in target]
     if len(ids) < 2:

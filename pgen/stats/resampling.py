@@ -53,7 +53,18 @@ def check_level(level) -> float:
 def hyperparameters(hparam_grid: Mapping[str, list] | None) -> dict[str, list] | None:
     """The grid without ``seed``: a seed is a replicate, not a hyperparameter, so the
     statistics never condition on it (Psi's groups, the CMI's pairs, the robust view's
-    environments); models that differ only in seed are samples of one cell."""
+    environments); models that differ only in seed are samples of one cell.
+
+    Parameters
+    ----------
+    hparam_grid : Mapping[str, list] or None
+        A zoo's grid.
+
+    Returns
+    -------
+    dict or None
+        The grid without ``seed``; None for None.
+    """
     if hparam_grid is None:
         return None
     return {h: v for h, v in hparam_grid.items() if h != "seed"}
@@ -63,10 +74,12 @@ def hyperparameters(hparam_grid: Mapping[str, list] | None) -> dict[str, list] |
 class ResamplingUnit:
     """What a bootstrap resamples.
 
-    Attributes
+    Parameters
     ----------
-    kind : ``"cells"`` (hyperparameter cells, every seed of a cell together) or ``"models"``
-    groups : (n,) int array, the unit of each model (0 .. count - 1)
+    kind : {"cells", "models"}
+        Hyperparameter cells (every seed of a cell together) or models.
+    groups : numpy.ndarray of int, shape (n,)
+        The unit of each model, 0 .. count - 1.
     """
 
     kind: str
@@ -145,6 +158,22 @@ def resampling_unit(table: pd.DataFrame | None = None, *, groups=None, n: int | 
     otherwise (every cell one model, a single cell, no hyperparameter columns, or neither
     argument) the models are, with ``n`` of them.
 
+    Parameters
+    ----------
+    table : pandas.DataFrame, optional
+        Per-model table with ``hp.<name>`` columns.
+    groups : array-like, optional
+        One cell label per model (overrides ``table``).
+    n : int, optional
+        Number of models when neither names cells.
+
+    Returns
+    -------
+    ResamplingUnit
+        The unit and each model's group.
+
+    Examples
+    --------
     >>> t = pd.DataFrame({"hp.lr": [0.1, 0.1, 0.01, 0.01], "hp.seed": [0, 1, 0, 1]})
     >>> resampling_unit(t).describe()
     '2 hyperparameter cells (2-2 models each)'
@@ -221,7 +250,20 @@ def bootstrap_p(values, null: float = 0.0) -> float:
     either side of it, each counted with one more ((1 + k) / (1 + B)), at most 1. It is
     below 1 - level about when the percentile interval at that level excludes ``null``;
     its smallest value is 2 / (B + 1), so a family of m tests corrected by Holm needs
-    B >= 2m / alpha resamples to reject anything."""
+    B >= 2m / alpha resamples to reject anything.
+
+    Parameters
+    ----------
+    values : array-like
+        The statistic over the bootstrap resamples (non-finite ones are dropped).
+    null : float, default=0.0
+        The value tested.
+
+    Returns
+    -------
+    float
+        The two-sided p-value in (0, 1]; NaN without finite resamples.
+    """
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
     if len(v) == 0:
@@ -234,6 +276,18 @@ def holm(p_values) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error) over the finite entries;
     NaN entries stay NaN and do not count in the family. Reject where adjusted <= alpha.
 
+    Parameters
+    ----------
+    p_values : array-like
+        The family's p-values; NaN entries are not tests.
+
+    Returns
+    -------
+    numpy.ndarray
+        Adjusted p-values, in the input's order.
+
+    Examples
+    --------
     >>> holm([0.01, 0.04, 0.03, float("nan")]).round(2).tolist()
     [0.03, 0.06, 0.06, nan]
     """

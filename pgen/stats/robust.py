@@ -115,6 +115,26 @@ def robust_sign_agreement(table: pd.DataFrame, oriented, hparam_grid: Mapping[st
     "share"}]}``: an environment's value is its share of right pairs, ``mean`` averages the
     environments and ``worst`` is the lowest (the paper's robust view); None where no
     environment has ``min_pairs`` pairs.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Per-model table with the target and ``hp.<name>`` columns.
+    oriented : str or array-like
+        The measure's oriented values: a column of ``table`` or one value per row.
+    hparam_grid : Mapping[str, list]
+        The zoo's hyperparameters.
+    target : str, default="gap"
+        The target column.
+    min_difference : float, default=0.01
+        Pairs whose target differs by less are left out.
+    min_pairs : int, default=10
+        Environments with fewer pairs are left out.
+
+    Returns
+    -------
+    dict or None
+        As described above, or None.
     """
     if target not in table.columns:
         raise StatsError(f"the table lacks {target!r}")
@@ -145,6 +165,30 @@ def robust_references(table: pd.DataFrame, hparam_grid: Mapping[str, list], *, t
     deviation) and the realised ``tau``. A measure whose worst environment is below the
     random reference's 95th percentile is not told apart from a random ranking by this view.
     None where no environment has ``min_pairs`` pairs.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Per-model table with the target and ``hp.<name>`` columns.
+    hparam_grid : Mapping[str, list]
+        The zoo's hyperparameters.
+    target : str, default="gap"
+        The target column.
+    tau : float, default=0.6
+        Kendall tau of the noisy reference with the target.
+    draws : int, default=200
+        Draws of each reference.
+    seed : int, default=0
+        Seed of the draws.
+    min_difference : float, default=0.01
+        Pairs whose target differs by less are left out.
+    min_pairs : int, default=10
+        Environments with fewer pairs are left out.
+
+    Returns
+    -------
+    dict or None
+        ``{"noisy": {...}, "random": {...}, "noise_sd", "tau"}``, or None.
     """
     draws = check_resamples(draws, "draws", n_units=len(table))
     if not 0 < tau < 1:

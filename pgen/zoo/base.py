@@ -24,7 +24,27 @@ MAX_JSON_BYTES = 256 << 20  # a zoo's JSON files (configs, manifests, results) a
 
 
 def safe_join(root: Path, relative: str, *, what: str = "path") -> Path:
-    """``root / relative``, refusing absolute paths and anything that escapes ``root``."""
+    """``root / relative``, refusing absolute paths and anything that escapes ``root``.
+
+    Parameters
+    ----------
+    root : Path
+        The zoo folder.
+    relative : str
+        A path read from the zoo's files.
+    what : str, default="path"
+        What the path is, for the error.
+
+    Returns
+    -------
+    Path
+        The joined path, inside ``root``.
+
+    Raises
+    ------
+    ZooError
+        For an absolute path or one that escapes ``root``.
+    """
     rel = Path(relative)
     if rel.is_absolute():
         raise ZooError(f"{what} {relative!r} is absolute; zoo paths must be relative to {root}")
@@ -102,13 +122,16 @@ def read_json(path: Path, what: str, *, expect: type | None = None):
 class ZooEntry:
     """One model of a zoo. Weights load lazily through the owning zoo.
 
-    Attributes
+    Parameters
     ----------
     id : str
+        The model's id, unique in its zoo.
     hparams : dict
         The model's hyperparameter values.
     metrics : dict
         ``train_acc``, ``test_acc`` and whatever else the zoo records.
+    zoo : Zoo
+        The zoo that loads its weights.
     extra : dict
         Format-specific fields (checkpoint path, epoch, step, ...).
     """
@@ -135,6 +158,13 @@ class Zoo(ABC):
     """A population of trained models with their hparams and metrics.
 
     Subclasses implement :meth:`_entries`, :meth:`_load_model` and :meth:`dataset`.
+
+    Parameters
+    ----------
+    root : str or Path
+        The zoo's folder; every file it reads must lie inside it (or in a trusted data root).
+    name : str, optional
+        The zoo's name (default: the folder's name).
     """
 
     format: str = "abstract"
