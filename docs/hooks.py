@@ -220,7 +220,7 @@ def expand_markers(markdown: str, where: str) -> str:
 # --- MkDocs events -------------------------------------------------------------------------------
 
 def on_config(config):
-    config["nav"].append({"API reference": ["api.md"] + [{m: api_page(m)} for m in API_MODULES]})
+    config["nav"].append({"API reference": [{"Overview": "api.md"}] + [{m: api_page(m)} for m in API_MODULES]})
     return config
 
 
