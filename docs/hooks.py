@@ -36,6 +36,15 @@ API_MODULES = [
     "pgen.executors", "pgen.errors",
 ]
 MARKER = re.compile(r"<!--\s*pgen:([a-z-]+)([^>]*?)-->")
+# Sphinx's cross-reference roles in docstrings (:func:`x`, :class:`~a.b.C`): links in the API
+# pages (griffe_roles.py), inline code where a summary is quoted into a page here
+ROLE = re.compile(r":(?:func|class|meth|data|mod|attr|exc|obj):`(~?)([^`]+)`")
+
+
+def module_summary(mod) -> str:
+    """The first paragraph of a module's docstring, its roles as inline code."""
+    text = (inspect.getdoc(mod) or "").split("\n\n")[0].replace("\n", " ")
+    return ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
 
 
 def api_page(path: str) -> str:
@@ -58,8 +67,7 @@ def api_pages() -> dict[str, str]:
         names = getattr(mod, "__all__", None)
         if names is None:
             raise ValueError(f"{module} has no __all__: the API reference lists only declared public names")
-        summary = (inspect.getdoc(mod) or "").split("\n\n")[0]
-        lines = [f"# `{module}`", "", summary, ""]
+        lines = [f"# `{module}`", "", module_summary(mod), ""]
         for name in names:
             if name.startswith("__"):
                 continue
@@ -190,9 +198,8 @@ def api_index(_args) -> str:
     rows = ["| module | what it holds | public names |", "|---|---|---|"]
     for module in API_MODULES:
         mod = importlib.import_module(module)
-        summary = (inspect.getdoc(mod) or "").split("\n\n")[0].replace("\n", " ")
         names = [n for n in mod.__all__ if not n.startswith("__")]
-        rows.append(f"| [`{module}`]({api_page(module)}) | {summary} | {len(names)} |")
+        rows.append(f"| [`{module}`]({api_page(module)}) | {module_summary(mod)} | {len(names)} |")
     return "\n".join(rows)
 
 

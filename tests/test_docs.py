@@ -327,6 +327,15 @@ def test_the_api_reference_lists_every_public_name(site):
                 assert re.search(rf'id="[^"]*\b{re.escape(name)}"', html, flags=re.I), f"{module}.{name} missing from its API page"
 
 
+def test_no_sphinx_role_is_left_in_the_site(site):
+    """The docstrings' :func:`x` roles become links or code (docs/griffe_roles.py), never text."""
+    left = [f"{html.relative_to(site)}: {m.group(0)}" for html in site.glob("**/*.html")
+            for m in re.finditer(r":(?:func|class|meth|data|mod|attr|exc|obj):(?:<code>|`)", html.read_text())]
+    assert not left, "\n".join(left[:20])
+    stats = (site / "api" / "pgen.stats" / "index.html").read_text()
+    assert 'href="#pgen.stats.resampling.resampling_unit"' in stats  # a role resolved to its entry
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
