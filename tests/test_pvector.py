@@ -286,3 +286,45 @@ def test_top_singular_vectors_match_float64_svd(shape, center):
         assert abs(abs(u[:, j] @ ru[:, j]) - 1) < 1e-10
     assert pgen.angle(u[:, 0], pgen.p_vector(x, center=center)) < 1e-4
     assert u[np.argmax(np.abs(u[:, 0])), 0] > 0  # the canonical sign
+
+
+def rank_ten_plus_noise(n=600, d=1500, noise=1.0, seed=7):
+    """Rank 10 plus Gaussian noise (benchmarks/pvector_spectra.py's lowrank-2): a top
+    singular value close to the next ones, where Lanczos pins sigma2 slowly."""
+    rng = np.random.default_rng(seed)
+    signal = rng.standard_normal((n, 10), dtype=np.float32) @ rng.standard_normal((10, d), dtype=np.float32)
+    return signal / np.sqrt(np.float32(d)) * 3 + noise * rng.standard_normal((n, d), dtype=np.float32)
+
+
+def test_p_vector_stops_once_the_stability_check_is_decided(monkeypatch):
+    """p_vector needs sigma2 only to decide stability: it stops when the eigengap's lower
+    bound puts the singular gap above min_gap, in fewer Lanczos iterations than the full
+    spectrum, with the same vector (against float64 SVD) and the same verdict."""
+    import scipy.linalg
+
+    calls = []
+    real = scipy.linalg.eigh_tridiagonal
+    monkeypatch.setattr(scipy.linalg, "eigh_tridiagonal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = rank_ten_plus_noise()
+    u_ref, s_ref = reference(x, True)
+    u = pgen.p_vector(x, method="lanczos")
+    decided = len(calls)
+    calls.clear()
+    full = pgen.p_vector_spectrum(x, k=2, method="lanczos")
+    assert decided < len(calls)  # the stop binds on this matrix (fewer iterations)
+    assert full.stable and 1 - s_ref[1] / s_ref[0] > 1e-3
+    assert pgen.angle(u, u_ref) < 1e-3 and pgen.angle(full.vector, u_ref) < 1e-3
+
+
+@pytest.mark.parametrize("gap, stable", [(1.0012, True), (1.0008, False)])
+def test_p_vector_warns_exactly_when_the_spectrum_is_unstable(gap, stable):
+    x, u_true = small_gap_matrix(n=400, d=120, gap=gap)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        u = pgen.p_vector(x, center=False, method="lanczos")
+        res = pgen.p_vector_spectrum(x, center=False, method="lanczos")
+    assert res.stable == stable
+    warned = [w for w in caught if issubclass(w.category, UnstablePVectorWarning)]
+    assert len(warned) == (0 if stable else 2)  # p_vector's and p_vector_spectrum's, or none
+    if stable:
+        assert pgen.angle(u, u_true) < 1e-3

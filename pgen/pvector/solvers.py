@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -118,7 +119,8 @@ def _gram(x: np.ndarray, center: bool, k: int):
     return u, s, total, v1
 
 
-def _lanczos(x: np.ndarray, center: bool, k: int, tol: float = 1e-5, maxiter: int = 500, gap_only: bool = False):
+def _lanczos(x: np.ndarray, center: bool, k: int, tol: float = 1e-5, maxiter: int = 500, gap_only: bool = False,
+             min_gap: float | None = None):
     """Top-k eigenpairs of ``Xc^T Xc`` by Lanczos, Xc the (centered) matrix.
 
     Unrestarted Lanczos with full (twice-applied) reorthogonalisation: the fewest matrix
@@ -134,9 +136,11 @@ def _lanczos(x: np.ndarray, center: bool, k: int, tol: float = 1e-5, maxiter: in
     residual of it, so ``theta1 - theta2 - r2`` bounds the eigengap from below and, by
     Davis-Kahan, ``r1 / gap`` bounds the sine of the P-vector's error: iteration stops when
     that bound is below ``tol`` radians (1e-5 rad = 5.7e-4 degrees). With ``gap_only`` the
-    other Ritz values are converged only until sigma1/sigma2 is known to 1% (all
-    :func:`p_vector` needs for its stability check); otherwise to a relative residual of
-    ``_RITZ_VALUE_RTOL``.
+    other Ritz values are converged only until sigma1/sigma2 is known to 1%, or, given
+    ``min_gap``, until the stability check is decided: the same bound on the eigengap
+    (lambda1 >= theta1, lambda2 <= theta2 + r2) puts the relative singular gap at or above
+    ``min_gap``, so the Ritz values' own gap is too (all :func:`p_vector` needs); otherwise
+    to a relative residual of ``_RITZ_VALUE_RTOL``.
 
     With float32 features the operator rounds at eps32 * sigma1^2, so sigma_i is accurate
     to about ``eps32 * (sigma1 / sigma_i)^2`` relative (1e-4 needs sigma_i >= 0.025
@@ -243,7 +247,11 @@ def _lanczos(x: np.ndarray, center: bool, k: int, tol: float = 1e-5, maxiter: in
                 value_tol = max(_RITZ_VALUE_RTOL * top, 1e-2 * (theta[-1] - second))
             else:
                 value_tol = _RITZ_VALUE_RTOL * top
-            if exhausted or (vector_ok and np.all(residuals <= value_tol)):
+            values_ok = bool(np.all(residuals <= value_tol))
+            if gap_only and min_gap is not None and k > 1 and not values_ok:
+                # the stability check decided: the singular gap's lower bound clears min_gap
+                values_ok = 1.0 - math.sqrt(max(second + residuals[1], 0.0) / top) >= min_gap
+            if exhausted or (vector_ok and values_ok):
                 break
         if m == maxiter:
             break
@@ -418,7 +426,7 @@ def p_vector_spectrum(
     elif resolved == "gram":
         u, s, total, v1 = _gram(x, center, k)
     else:
-        u, s, total, v1 = _lanczos(x, center, k, gap_only=_gap_only)
+        u, s, total, v1 = _lanczos(x, center, k, gap_only=_gap_only, min_gap=min_gap if _gap_only else None)
     return _finish(u, s, total, v1, n=n, d=d, center=center, method=resolved, min_gap=min_gap, k=k)
 
 
