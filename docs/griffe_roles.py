@@ -29,11 +29,8 @@ def documented() -> frozenset[str]:
 
     out = set()  # modules have pages, not autorefs anchors: a :mod: role stays code
     for module in hooks().API_MODULES:
-        mod = importlib.import_module(module)
-        for name in mod.__all__:
-            target = hooks().real_path(module, name)
+        for _, obj, target in hooks().public_names(module):
             out.add(target)
-            obj = getattr(mod, name)
             if inspect.isclass(obj):
                 out.update(f"{target}.{m}" for m in vars(obj) if not m.startswith("_"))
     return frozenset(out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import re
 import shlex
@@ -51,27 +50,29 @@ def api_page(path: str) -> str:
     return f"api/{path}.md"
 
 
-def real_path(module: str, name: str) -> str:
-    """Where a public name is defined (mkdocstrings documents it there)."""
-    obj = getattr(importlib.import_module(module), name)
-    if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", "").startswith("pgen"):
-        return f"{obj.__module__}.{obj.__qualname__}"
-    return f"{module}.{name}"
+def public_names(module: str) -> list[tuple[str, object, str]]:
+    """``(name, object, where mkdocstrings documents it)`` for each name of ``module.__all__``:
+    a class or function of pgen's where it is defined, anything else under ``module``."""
+    mod = importlib.import_module(module)
+    names = getattr(mod, "__all__", None)
+    if names is None:
+        raise ValueError(f"{module} has no __all__: the API reference lists only declared public names")
+    out = []
+    for name in names:
+        if name.startswith("__"):
+            continue
+        obj = getattr(mod, name)
+        defined = (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", "").startswith("pgen")
+        out.append((name, obj, f"{obj.__module__}.{obj.__qualname__}" if defined else f"{module}.{name}"))
+    return out
 
 
 def api_pages() -> dict[str, str]:
     """{page path: markdown} for the API reference."""
     pages, seen = {}, {}
     for module in API_MODULES:
-        mod = importlib.import_module(module)
-        names = getattr(mod, "__all__", None)
-        if names is None:
-            raise ValueError(f"{module} has no __all__: the API reference lists only declared public names")
-        lines = [f"# `{module}`", "", module_summary(mod), ""]
-        for name in names:
-            if name.startswith("__"):
-                continue
-            target = real_path(module, name)
+        lines = [f"# `{module}`", "", module_summary(importlib.import_module(module)), ""]
+        for name, _, target in public_names(module):
             if target in seen:
                 lines += [f"## `{name}`", "", f"Documented as [`{target}`][{target}] on the "
                           f"[`{seen[target]}`]({Path(api_page(seen[target])).name}) page.", ""]
@@ -197,9 +198,8 @@ def paper_claims_table(_args) -> str:
 def api_index(_args) -> str:
     rows = ["| module | what it holds | public names |", "|---|---|---|"]
     for module in API_MODULES:
-        mod = importlib.import_module(module)
-        names = [n for n in mod.__all__ if not n.startswith("__")]
-        rows.append(f"| [`{module}`]({api_page(module)}) | {module_summary(mod)} | {len(names)} |")
+        summary = module_summary(importlib.import_module(module))
+        rows.append(f"| [`{module}`]({api_page(module)}) | {summary} | {len(public_names(module))} |")
     return "\n".join(rows)
 
 
@@ -243,9 +243,3 @@ def on_files(files, config):
 def on_page_markdown(markdown, page, config, files):
     return expand_markers(markdown, page.file.src_uri)
 
-
-def on_post_build(config):
-    # what the link checker and the browser test read: every page the site has
-    pages = sorted(p.relative_to(config["site_dir"]).as_posix()
-                   for p in Path(config["site_dir"]).glob("**/index.html"))
-    (Path(config["site_dir"]) / "pages.json").write_text(json.dumps(pages, indent=1))

@@ -426,7 +426,7 @@ def p_vector_spectrum(
     elif resolved == "gram":
         u, s, total, v1 = _gram(x, center, k)
     else:
-        u, s, total, v1 = _lanczos(x, center, k, gap_only=_gap_only, min_gap=min_gap if _gap_only else None)
+        u, s, total, v1 = _lanczos(x, center, k, gap_only=_gap_only, min_gap=min_gap)
     return _finish(u, s, total, v1, n=n, d=d, center=center, method=resolved, min_gap=min_gap, k=k)
 
 
