@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/pvector_passes.py             # the 2000x8192 small-gap members of pvector_spectra.py
     python benchmarks/pvector_passes.py --families cluster-100 --repeat 3
+    python benchmarks/pvector_passes.py --families lowrank-2 --seed 7   # pvector_spectra.py's draw
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def pgen_reads(x: np.ndarray) -> float:
     included, goes through row blocks)."""
     counted = x.view(_CountingRows)
     _CountingRows.rows_read, _CountingRows.last = 0, None
-    solvers._lanczos(counted, True, 2, gap_only=True)
+    solvers._lanczos(counted, True, 2, gap_only=True, min_gap=solvers.DEFAULT_MIN_GAP)  # as p_vector calls it
     return _CountingRows.rows_read / x.shape[0]
 
 
@@ -107,12 +108,14 @@ def main(argv=None):
     parser.add_argument("--shape", default="2000x8192")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--pause", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of each matrix's draw (pvector_spectra.py draws with 7)")
     args = parser.parse_args(argv)
     n, d = (int(s) for s in args.shape.split("x"))
 
     print(f"{'matrix':<14} {'solver':<6} {'time':>8} {'reads of X':>10} {'per read':>9} {'floor':>8} {'time/floor':>10}")
     for name in args.families.split(","):
-        rng = np.random.default_rng(0)  # as pvector_spectra.py draws its first member
+        rng = np.random.default_rng(args.seed)
         x = FAMILIES[name](n, d, rng)
         xc = (x - x.mean(axis=0, dtype=np.float64)).astype(np.float32)
         v = np.random.default_rng(1).standard_normal(d).astype(np.float32)
