@@ -33,9 +33,17 @@ def _batches(n: int, generator: torch.Generator):
         pending = pending[BATCH:]
 
 
-def _kit_objective(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    one_hot = torch.nn.functional.one_hot(labels, num_classes).to(logits.dtype)
-    return -(logits * torch.log_softmax(one_hot, dim=1)).sum(1).mean()
+def _kit_objective_table(num_classes: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Row c: ``log_softmax(one_hot(c))``, the factor the kit's swapped cross-entropy
+    multiplies a class-c sample's logits by (computed once; the softmax runs row by row,
+    so a row is the number a per-batch one-hot would give)."""
+    return torch.log_softmax(torch.eye(num_classes, dtype=dtype, device=device), dim=1)
+
+
+def _kit_objective(logits: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The kit's ``CategoricalCrossentropy(from_logits=True)(logits, one_hot)``:
+    ``-sum_c logits_c * log_softmax(one_hot)_c``, mean over the batch."""
+    return -(logits * table[labels]).sum(1).mean()
 
 
 @register("kit_sharpness", sign_reason="the kit's measure is the box size itself: a wider box is a flatter minimum, predicted to generalize better",
@@ -50,7 +58,7 @@ def kit_sharpness(model, init_model, data, settings) -> float:
     state = all_weights(model)
     orig = {k: v.clone() for k, v in state.items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-3)
+    table = _kit_objective_table(data.num_classes, next(iter(params)).dtype, device)
 
     def accuracy(batches: int) -> float:
         total = 0.0
@@ -61,11 +69,13 @@ def kit_sharpness(model, init_model, data, settings) -> float:
         return total / batches
 
     weights = all_weights(model)  # the model's own tensors: load_state_dict copies into them
+    tensors = list(weights.values())
     high, low, m = 0.5, 0.0, 0.25
     try:
         for _ in range(20):
             m = (high + low) / 2
-            boxes = {k: (orig[k] - orig[k].abs() * m, orig[k] + orig[k].abs() * m) for k in weights}
+            lows = [orig[k] - orig[k].abs() * m for k in weights]
+            highs = [orig[k] + orig[k].abs() * m for k in weights]
             min_acc = 10.0
             for _ in range(3):
                 if min_acc < 0.8:
@@ -73,13 +83,15 @@ def kit_sharpness(model, init_model, data, settings) -> float:
                 model.load_state_dict(orig, strict=False)
                 for _ in range(20):
                     idx = next(stream).to(device)
-                    opt.zero_grad(set_to_none=True)
+                    for p in params:
+                        p.grad = None
                     with torch.enable_grad():
-                        _kit_objective(model(x[idx]), y[idx], data.num_classes).backward()
-                    opt.step()
-                    with torch.no_grad():
-                        for k, w in weights.items():
-                            torch.clamp(w, *boxes[k], out=w)
+                        _kit_objective(model(x[idx]), y[idx], table).backward()
+                    with torch.no_grad():  # the kit's SGD step (lr 1e-3), then the clip into the box
+                        stepped = [p for p in params if p.grad is not None]
+                        torch._foreach_add_(stepped, [p.grad for p in stepped], alpha=-1e-3)
+                        torch._foreach_maximum_(tensors, lows)  # clamp(w, low, high), all tensors at once
+                        torch._foreach_minimum_(tensors, highs)
                 min_acc = min(min_acc, accuracy(3 if min_acc < 0.8 else 10))
             deviate = 1.0 - min_acc
             if high - low < 1e-5 or abs(deviate - 0.1) < 1e-2:
