@@ -1,10 +1,12 @@
-"""Where the bisection measures spend their time: every step, and the parts of a sharpness step.
+"""Where the flatness searches spend their time: every step, and the parts of a sharpness step.
 
 For every K-th final model of a zoo, runs ``sharpness``, ``mag_sharpness``,
 ``pacbayes_flatness`` and ``pacbayes_mag_flatness`` (one thread, the data ``pgen score``
-gives them, every step evaluated in full) and prints each bisection step as ``scale:drop``, so one sees how many steps
-land near the 0.1 target (those must read every sample) and how many are far from it (those
-the settled early exit cuts short). With ``--parts`` it also times the two parts of a
+gives them) and prints each step of their search (:func:`pgen.measures._util.find_scale`)
+as ``scale:drop`` and the measure's seconds, so one sees how many steps land near the 0.1
+target (those must read every sample) and how many are far from it (those the settled
+early exit and sharpness's witness cut short; their drop is the estimate from the samples
+read). With ``--parts`` it also times the two parts of a
 ``sharpness`` step on each model: the 10-step gradient ascent (forward + backward on 256
 samples, ten times) and the accuracy pass over the n samples.
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 import pgen.measures.pacbayes as pacbayes
 import pgen.measures.sharpness as sharpness
 from pgen.measures import MeasureData, evaluate_measure
-from pgen.measures._util import bisect_scale
+from pgen.measures._util import find_scale
 from pgen.score import ScoreSettings, _Context, _own_training_data
 from pgen.train import evaluate
 from pgen.zoo import load_zoo
@@ -59,18 +61,10 @@ def main(argv=None):
             value = drop(scale)
             steps.append((scale, value))
             return value
-        return bisect_scale(recorded, **kwargs)
+        return find_scale(recorded, **kwargs)
 
-    def exact_drop(base, runs, n, *, target, tolerance):
-        """Every sample of every run, so that the log shows the exact drops (the measures'
-        settled early exit would return a bound for the far steps; the branches are the same)."""
-        accuracies = [sum(c for c, _ in run()) / n for run in runs]
-        return base - sum(accuracies) / len(accuracies), len(runs)
-
-    sharpness.bisect_scale = logged  # the measures' own bisection, with every step written down
-    pacbayes.bisect_scale = logged
-    sharpness.settled_drop = exact_drop
-    pacbayes.settled_drop = exact_drop
+    sharpness.find_scale = logged  # the measures' own search, with every step written down
+    pacbayes.find_scale = logged
 
     zoo = load_zoo(args.zoo).final_models()
     s = ScoreSettings(n_samples=args.n)
@@ -84,9 +78,12 @@ def main(argv=None):
             train_size=len(own[0]), own=True)
         for name in MEASURES:
             steps.clear()
+            data.cache.clear()
+            t = time.perf_counter()
             evaluate_measure(name, model, None, data, settings)
+            seconds = time.perf_counter() - t
             near = sum(abs(d - 0.1) < 0.05 for _, d in steps)
-            print(f"{entry.id} {name:<22} {len(steps):>2} steps, {near} within 0.05 of the target: "
+            print(f"{entry.id} {name:<22} {seconds:6.2f} s {len(steps):>2} steps, {near} within 0.05 of the target: "
                   + " ".join(f"{a:.3g}:{d:.2f}" for a, d in steps), flush=True)
         if args.parts:
             x, y = data.x[:sharpness.ATTACK_SAMPLES].float(), data.y[:sharpness.ATTACK_SAMPLES]
