@@ -9,7 +9,11 @@ deviation in where in the band the search lands, not in what it accepts), and a 
 from the band stops after 3 or more of its 10 draws once a predictive Student-t interval
 puts the 10-draw mean outside the band (a wrong side with probability 1%, which costs the
 search steps, not accuracy: the sigma returned always has its 10 draws in full,
-:func:`~pgen.measures._util.settled_drop`):
+:func:`~pgen.measures._util.settled_drop`). The 10 draws are common random numbers:
+draw j is the same standard normal z_j (seeded by the measure's seed and j) at every
+sigma, scaled by it, so the 10-draw mean varies smoothly with sigma and the search does
+not chase fresh noise near the band (the reference code draws afresh at every step; its
+estimator at any one sigma is the same):
 
 * ``pacbayes_flatness``      1 / sigma^2, noise N(0, sigma^2) on every parameter (eq. 53);
 * ``pacbayes_mag_flatness``  1 / sigma'^2, magnitude-aware noise N(0, sigma'^2 w^2 + eps^2),
@@ -63,12 +67,12 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
 
 def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) -> float:
     base = accuracy(model, data.x, data.y, settings)
-    g = torch.Generator().manual_seed(settings.seed)
     noisy = copy.deepcopy(model)
     originals = [p.detach().clone() for p in model.parameters()]
 
     def drop(sigma: float) -> float:
-        def draw():
+        def draw(j: int):
+            g = torch.Generator().manual_seed(settings.seed * DRAWS + j)  # draw j: the same z at every sigma
             with torch.no_grad():
                 for p, w in zip(noisy.parameters(), originals):
                     z = torch.randn(w.shape, generator=g, dtype=w.dtype, device="cpu").to(w.device)
@@ -76,12 +80,8 @@ def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) 
                     p.copy_(w + z * scale)
             return correct_counts(noisy, data.x, data.y, settings.batch_size)
 
-        value, drawn = settled_drop(base, [draw] * DRAWS, len(data.x), target=TARGET_DROP, tolerance=TOLERANCE,
-                                    risk=SETTLE_RISK)
-        for _ in range(DRAWS - drawn):  # the draws a settled step skips still leave the generator, so every
-            for w in originals:        # later step sees the noise it would have seen
-                torch.randn(w.shape, generator=g, dtype=w.dtype, device="cpu")
-        return value
+        runs = [lambda j=j: draw(j) for j in range(DRAWS)]
+        return settled_drop(base, runs, len(data.x), target=TARGET_DROP, tolerance=TOLERANCE, risk=SETTLE_RISK)[0]
 
     return find_scale(drop, target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, upper=upper,
                       ceiling=base - 1 / data.num_classes)

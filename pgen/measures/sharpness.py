@@ -14,7 +14,11 @@ band, fewer steps) and ends a step's ascent as soon as one of its iterates is a 
 its accuracy on the 256 attack samples (read off the ascent's own forward pass) already
 puts the drop on all samples at or above 0.1 + 0.01 whatever the other samples give. The
 worst case in the box is then above the band, which is what the step asks; before, the
-ascent ran its 10 steps regardless and the step looked at the last iterate only.
+ascent ran its 10 steps regardless and the step looked at the last iterate only. And every
+step starts the ascent from the same random point in units of the box (common random
+numbers: the seed draws one start, scaled by each alpha), so the drop varies smoothly with
+alpha and the search does not chase a fresh start's noise near the band; before, each step
+drew its own start.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ def _witness(base: float, correct: int, seen: int, n: int) -> LowerBound | None:
     return None
 
 
-def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.Generator,
-                     magnitude_aware: bool = True) -> float:
+def _worst_case_drop(model, data, settings, alpha: float, base: float, magnitude_aware: bool = True) -> float:
+    g = torch.Generator().manual_seed(settings.seed)  # the same random start (in units of the box) at every alpha
     pert = copy.deepcopy(model)  # on the model's device
     params = list(pert.parameters())
     originals = [p.detach().clone() for p in params]
@@ -75,8 +79,7 @@ def _worst_case_drop(model, data, settings, alpha: float, base: float, g: torch.
 
 def _sharpness(model, data, settings, magnitude_aware: bool) -> float:
     base = accuracy(model, data.x, data.y, settings)
-    g = torch.Generator().manual_seed(settings.seed)
-    alpha = find_scale(lambda a: _worst_case_drop(model, data, settings, a, base, g, magnitude_aware),
+    alpha = find_scale(lambda a: _worst_case_drop(model, data, settings, a, base, magnitude_aware),
                        target=TARGET_DROP, tolerance=TOLERANCE, depth=DEPTH, ceiling=base - 1 / data.num_classes)
     return 1.0 / alpha ** 2
 
