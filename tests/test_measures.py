@@ -590,6 +590,14 @@ def test_find_scale_lands_in_the_band_in_fewer_steps_than_bisection():
                     steps[name] += len(calls)
     assert steps["find_scale"] <= 2 / 3 * steps["bisection"], steps
 
+    # a drop above the band at every scale (mag_sharpness when its box's eps alone costs too
+    # much): the bisection's finest scale, 2**-depth, as the bisection gave, in fewer steps
+    calls = []
+    always = lambda a: calls.append(a) or 0.5  # noqa: E731
+    assert find_scale(always, target=target, tolerance=tol, depth=12, ceiling=0.9) == 2.0 ** -12
+    assert _bisection(lambda a: 0.5, target=target, tolerance=tol, depth=12) == 2.0 ** -12
+    assert len(calls) < 12 and min(calls) == 2.0 ** -12
+
 
 def test_find_scale_with_noisy_drops_and_witnesses():
     """With noise on every evaluation (sd 0.02, as PAC-Bayes's 10-draw mean near the target)

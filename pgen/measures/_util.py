@@ -250,6 +250,11 @@ def find_scale(drop, *, target: float, tolerance: float, depth: int, ceiling: fl
       of the bracket, and halves the bracket (in ln scale) when the same end moved twice
       in a row (the Illinois safeguard against one-sided convergence).
 
+    It does not go below ``upper * 2**-depth``, the finest scale the bisection could reach:
+    a model whose drop is still above the band there (for ``mag_sharpness``, a model whose
+    box's absolute term alone costs more than the target) gets that scale, as it did from
+    the bisection, instead of one that only says how far the search had got.
+
     ``drop`` may be noisy and return an estimate for steps far from the target
     (:func:`settled_drop`); only its side of the band and its rough size matter there.
     """
@@ -271,21 +276,25 @@ def find_scale(drop, *, target: float, tolerance: float, depth: int, ceiling: fl
     else:
         return scale / 2  # the target was never reached: the largest scale tried
     moved: list[str] = []
+    floor = upper * 2.0 ** -depth
+    ln_floor = math.log(floor)
     for _ in range(depth):
         if not isinstance(above[1], LowerBound):
             top = max(top, above[1])
         z_above = _logit(clip(above[1]))
         if below is None:
+            if above[0] <= ln_floor:
+                return floor  # above the band at the finest scale: the search's floor
             jump = min(max((z_above - z_target) / slope, math.log(2)), math.log(max_jump))
             if isinstance(above[1], LowerBound):
                 jump = math.log(max_jump)
-            ln_scale = above[0] - jump
+            ln_scale = max(above[0] - jump, ln_floor)
         else:
             z_below = _logit(clip(below[1]))
             t = (z_target - z_below) / (z_above - z_below) if z_above > z_below else 0.5
             t = 0.5 if moved[-2:] in (["above", "above"], ["below", "below"]) else min(max(t, 0.1), 0.9)
             ln_scale = below[0] + t * (above[0] - below[0])
-        scale = math.exp(ln_scale)
+        scale = floor if ln_scale == ln_floor else math.exp(ln_scale)
         d = drop(scale)
         if abs(d - target) < tolerance:
             return scale
