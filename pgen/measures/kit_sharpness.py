@@ -55,10 +55,11 @@ def kit_sharpness(model, init_model, data, settings) -> float:
     x, y = data.x.to(device).float(), data.y.to(device)
     g = torch.Generator().manual_seed(settings.seed)
     stream = _batches(len(x), g)
-    state = all_weights(model)
-    orig = {k: v.clone() for k, v in state.items()}
+    weights = all_weights(model)  # the model's own tensors: load_state_dict copies into them
+    tensors = list(weights.values())
+    orig = {k: v.clone() for k, v in weights.items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    table = _kit_objective_table(data.num_classes, next(iter(params)).dtype, device)
+    table = _kit_objective_table(data.num_classes, params[0].dtype, device)
 
     def accuracy(batches: int) -> float:
         total = 0.0
@@ -68,8 +69,6 @@ def kit_sharpness(model, init_model, data, settings) -> float:
                 total += (model(x[idx]).argmax(1) == y[idx]).float().mean().item()
         return total / batches
 
-    weights = all_weights(model)  # the model's own tensors: load_state_dict copies into them
-    tensors = list(weights.values())
     high, low, m = 0.5, 0.0, 0.25
     try:
         for _ in range(20):
