@@ -145,9 +145,12 @@ def summarize(rows: list[dict], seeds: int) -> str:
               "Kendall tau across models between seeds",
               f"{'zoo':<20} {'measure':<22} {'models':>6} {'sd old':>7} {'sd new':>7} {'diff':>7} "
               f"{'CI':>17} {'|diff| <= sd':>12} {'tau old-old':>12} {'tau new-old':>12}"]
+    names = [m for m in MEASURES if any(r["measure"] == m for r in rows)]
+    names += sorted({r["measure"] for r in rows} - set(names))
+    together = "all five" if names == list(MEASURES) else "together"
     for zoo in dict.fromkeys(r["zoo"] for r in rows):
         totals = {}
-        for name in MEASURES:
+        for name in names:
             mine = [r for r in rows if r["zoo"] == zoo and r["measure"] == name]
             models = list(dict.fromkeys(r["model"] for r in mine))
             sec = {code: np.array([np.mean([r["seconds"] for r in mine if r["model"] == m and r["code"] == code])
@@ -178,11 +181,11 @@ def summarize(rows: list[dict], seeds: int) -> str:
             values.append(f"{zoo:<20} {name:<22} {len(both):>6} {rms['old']:7.3f} {rms['new']:7.3f} "
                           f"{np.median(diff):+7.3f} [{lo:+7.3f}, {hi:+7.3f}] {within:12.0%} {tau_old:12.3f} "
                           f"{tau_new:12.3f}" + (f"  ({failed} models without a value)" if failed else ""))
-        out.append(f"{zoo:<20} {'all five':<22} {len(totals['old']):>6} {np.median(totals['old']):8.2f} "
+        out.append(f"{zoo:<20} {together:<22} {len(totals['old']):>6} {np.median(totals['old']):8.2f} "
                    f"{np.median(totals['new']):8.2f} {np.median(totals['old']) / np.median(totals['new']):6.2f} "
                    f"{totals['old'].max():8.2f} {totals['new'].max():8.2f} "
                    f"{totals['old'].max() / totals['new'].max():6.2f}")
-        out.append(f"{zoo:<20} {'all five, total':<22} {'':>6} {totals['old'].sum():8.1f} {totals['new'].sum():8.1f} "
+        out.append(f"{zoo:<20} {together + ', total':<22} {'':>6} {totals['old'].sum():8.1f} {totals['new'].sum():8.1f} "
                    f"{totals['old'].sum() / totals['new'].sum():6.2f}")
     return "\n".join(out + [""] + values)
 
@@ -194,6 +197,8 @@ def main(argv=None):
     parser.add_argument("--every", type=int, default=1, help="every K-th final model")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per model and measure (default 3)")
     parser.add_argument("--n", type=int, default=1000, help="samples, as pgen score --n-samples")
+    parser.add_argument("--measures", nargs="+", default=list(MEASURES), metavar="NAME",
+                        help="the measures to time (default: the five)")
     parser.add_argument("--json", help="also write every measurement here")
     parser.add_argument("--from-json", help="print the tables of an earlier run's --json instead of measuring")
     args = parser.parse_args(argv)
@@ -214,7 +219,7 @@ def main(argv=None):
             try:
                 for model_id in workers["new"].ids[::args.every]:
                     for seed in range(args.seeds):
-                        for name in MEASURES:  # old and new alternate, measure by measure: drifts of a shared machine hit both
+                        for name in args.measures:  # old and new alternate, measure by measure: drifts of a shared machine hit both
                             for label, worker in workers.items():
                                 rows.append(dict(worker.measure(model_id, name, seed), zoo=Path(zoo).name,
                                                  code=label, seed=seed))
