@@ -144,6 +144,34 @@ def test_kit_sharpness_equals_its_first_transcription(data, seed):
         assert fast == _kit_sharpness_reference(model, data, seed)
 
 
+def test_pass_counter_counts_the_kit_passes(data):
+    """benchmarks/measure_floor.py counts a model's outermost calls (not its layers'), by
+    gradient mode and batch size: kit_sharpness runs, per restart, 20 forward+backward
+    passes of 64 samples and 10 forward passes of 64."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "measure_floor", Path(__file__).resolve().parents[1] / "benchmarks" / "measure_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+
+    model = tiny_mlp(5)
+    with floor.PassCounter() as counter:
+        with torch.no_grad():
+            model(data.x[:5])
+        model(data.x[:7])
+    assert counter.counts == {(False, 5): 1, (True, 7): 1}
+    model(data.x[:3])  # after the block: not counted
+    assert counter.counts == {(False, 5): 1, (True, 7): 1}
+
+    with floor.PassCounter() as counter:
+        compute_measure("kit_sharpness", model, None, data, MeasureSettings(seed=0))
+    assert set(counter.counts) == {(True, 64), (False, 64)}
+    restarts = counter.counts[(False, 64)] // 10
+    assert counter.counts == {(True, 64): 20 * restarts, (False, 64): 10 * restarts} and restarts >= 1
+
+
 def test_kit_sharpness_objective_bounds_and_determinism(data):
     from pgen.measures.kit_sharpness import _kit_objective, _kit_objective_table
 
@@ -389,6 +417,33 @@ def test_non_finite_value_is_an_error(data, monkeypatch):
 
 
 # --------------------------------------------------------------------- PAC-Bayes bounds, sharpness, size term
+
+def test_channels_last_copy_computes_the_same_logits():
+    """channels_last_on_cpu restrides the 4-D weights in place, also of a convolution with
+    one input channel (where .contiguous() would keep the NCHW strides and with them the
+    slow channels-first pooling), leaves other weights alone, and the model computes the
+    same logits up to float rounding; a 3-D convolution's 5-D weights are not touched."""
+    import copy
+
+    from pgen.measures._util import channels_last_on_cpu
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 10)).eval()
+    fast = channels_last_on_cpu(copy.deepcopy(net))
+    assert fast[0].weight.stride() == (9, 1, 3, 1) and net[0].weight.stride() == (9, 9, 3, 1)
+    assert fast[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast[7].weight.stride() == net[7].weight.stride()
+    x = torch.randn(32, 1, 12, 12)
+    with torch.no_grad():
+        assert fast[2](fast[1](fast[0](x))).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+    net3d = nn.Sequential(nn.Conv3d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 2 * 2 * 2, 3))
+    strides = net3d[0].weight.stride()
+    with torch.no_grad():
+        channels_last_on_cpu(net3d)(torch.randn(2, 1, 4, 4, 4))
+    assert net3d[0].weight.stride() == strides
+
 
 def test_pacbayes_bounds_are_jiang_et_al_eqs_48_49_56_57(data):
     from pgen.measures.pacbayes import noise_sigma

@@ -143,6 +143,27 @@ def capture_output(module: nn.Module):
     return captured, handle
 
 
+def channels_last_on_cpu(model: nn.Module) -> nn.Module:
+    """Store ``model``'s 4-D weights channels-last, in place, when it runs on a CPU; returns it.
+
+    For a measure's own copy of a model that only runs forward passes without gradients
+    (the PAC-Bayes draws). oneDNN's convolutions then give channels-last activations, and
+    PyTorch's CPU max pooling is several times faster on those than on channels-first ones
+    (2x2 pooling of 256x16x28x28 activations here: 17 ms channels-first, 3.3 ms
+    channels-last; an mnist5k CNN's forward 1.5x faster in all). The function is the same:
+    only the layout of the weights changes, so the logits differ by float rounding (within
+    4e-6 on mnist5k's CNNs). Backward passes are not faster this way (up to 1.6x slower on
+    the largest mnist5k CNN), so gradient-based searches keep the model's layout.
+    """
+    if model_device(model).type == "cpu":
+        for p in model.parameters():
+            if p.dim() == 4:
+                # not .contiguous(): with one input channel the weight already counts as
+                # channels-last and stays as it is, and the convolution's output keeps NCHW
+                p.data = torch.empty_like(p.data, memory_format=torch.channels_last).copy_(p.data)
+    return model
+
+
 def shuffled_stream(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` indices of a shuffled, repeated dataset of ``n`` samples (tf.data's
     ``repeat().shuffle()``, approximated by back-to-back permutations)."""

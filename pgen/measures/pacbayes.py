@@ -40,8 +40,8 @@ import math
 import torch
 
 from pgen.measures import MeasureError, register
-from pgen.measures._util import (BOUND_SIGN, FLATNESS_SIGN, accuracy, correct_counts, find_scale, settled_drop,
-                                 weight_matrices)
+from pgen.measures._util import (BOUND_SIGN, FLATNESS_SIGN, accuracy, channels_last_on_cpu, correct_counts, find_scale,
+                                 settled_drop, weight_matrices)
 
 TARGET_DROP = 0.1
 TOLERANCE = 0.01
@@ -67,7 +67,7 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
 
 def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) -> float:
     base = accuracy(model, data.x, data.y, settings)
-    noisy = copy.deepcopy(model)
+    noisy = channels_last_on_cpu(copy.deepcopy(model))  # forward passes only: see its docstring
     originals = [p.detach().clone() for p in model.parameters()]
 
     def drop(sigma: float) -> float:
