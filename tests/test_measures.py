@@ -430,19 +430,51 @@ def test_channels_last_copy_computes_the_same_logits():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 10)).eval()
-    fast = channels_last_on_cpu(copy.deepcopy(net))
+    x = torch.randn(32, 1, 12, 12)
+    fast = channels_last_on_cpu(copy.deepcopy(net), x[:2])
     assert fast[0].weight.stride() == (9, 1, 3, 1) and net[0].weight.stride() == (9, 9, 3, 1)
     assert fast[3].weight.is_contiguous(memory_format=torch.channels_last)
     assert fast[7].weight.stride() == net[7].weight.stride()
-    x = torch.randn(32, 1, 12, 12)
     with torch.no_grad():
         assert fast[2](fast[1](fast[0](x))).is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
     net3d = nn.Sequential(nn.Conv3d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 2 * 2 * 2, 3))
     strides = net3d[0].weight.stride()
     with torch.no_grad():
-        channels_last_on_cpu(net3d)(torch.randn(2, 1, 4, 4, 4))
+        channels_last_on_cpu(net3d, torch.randn(2, 1, 4, 4, 4))(torch.randn(2, 1, 4, 4, 4))
     assert net3d[0].weight.stride() == strides
+
+
+class _ViewingCNN(nn.Module):
+    """A user's CNN that flattens with .view(), which channels-last activations refuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x):
+        h = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_channels_last_keeps_the_layout_of_a_model_that_cannot_take_it():
+    """A forward that .view()s its activations keeps its weights' layout (found by a trial
+    forward in eval mode that leaves BatchNorm's statistics and the training flag alone),
+    and pacbayes_flatness is computed on it as on any model."""
+    import copy
+
+    from pgen.measures._util import channels_last_on_cpu
+
+    torch.manual_seed(0)
+    net = _ViewingCNN().train()
+    x = torch.randn(64, 1, 12, 12)
+    stats = net.bn.running_mean.clone()
+    copied = channels_last_on_cpu(copy.deepcopy(net), x[:2])
+    assert copied.conv.weight.stride() == net.conv.weight.stride() == (9, 9, 3, 1)
+    assert copied.training and torch.equal(copied.bn.running_mean, stats)
+    data = MeasureData(x, torch.randint(0, 3, (64,)), num_classes=3)
+    value = compute_measure("pacbayes_flatness", net.eval(), None, data, MeasureSettings(seed=0))
+    assert math.isfinite(value) and value > 0
 
 
 def test_pacbayes_bounds_are_jiang_et_al_eqs_48_49_56_57(data):

@@ -143,8 +143,9 @@ def capture_output(module: nn.Module):
     return captured, handle
 
 
-def channels_last_on_cpu(model: nn.Module) -> nn.Module:
-    """Store ``model``'s 4-D weights channels-last, in place, when it runs on a CPU; returns it.
+def channels_last_on_cpu(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Store ``model``'s 4-D weights channels-last, in place, when it runs on a CPU and still
+    runs so on ``example`` (a few input samples); returns it.
 
     For a measure's own copy of a model that only runs forward passes without gradients
     (the PAC-Bayes draws). oneDNN's convolutions then give channels-last activations, and
@@ -154,13 +155,29 @@ def channels_last_on_cpu(model: nn.Module) -> nn.Module:
     faster). The function is the same: only the layout of the weights changes, so the
     logits differ by float rounding (at most 3.8e-6 there). Forward+backward passes gain
     little (0.93-1.19x), so the gradient-based searches keep the model's layout.
+
+    A forward that ``.view()``s its activations (``x.view(x.size(0), -1)`` after a
+    convolution, common in user models) cannot take channels-last ones and raises; the model
+    then keeps its layout, which the trial forward on ``example`` finds out.
     """
-    if model_device(model).type == "cpu":
-        for p in model.parameters():
-            if p.dim() == 4:
-                # not .contiguous(): with one input channel the weight already counts as
-                # channels-last and stays as it is, and the convolution's output keeps NCHW
-                p.data = torch.empty_like(p.data, memory_format=torch.channels_last).copy_(p.data)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    if model_device(model).type != "cpu" or not convs:
+        return model
+    stored = [p.data for p in convs]
+    for p in convs:
+        # not .contiguous(): with one input channel the weight already counts as
+        # channels-last and stays as it is, and the convolution's output keeps NCHW
+        p.data = torch.empty_like(p.data, memory_format=torch.channels_last).copy_(p.data)
+    was_training = model.training
+    model.eval()  # a training-mode trial would move BatchNorm's running statistics
+    try:
+        with torch.inference_mode():
+            model(example if example.is_floating_point() else example.float())
+    except Exception:  # the layout, not the model, failed: the caller's own passes report real errors
+        for p, data in zip(convs, stored):
+            p.data = data
+    finally:
+        model.train(was_training)
     return model
 
 
