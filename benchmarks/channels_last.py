@@ -6,7 +6,11 @@ with one thread: a 2x2 max pooling of 256x16x28x28 activations in both layouts, 
 every ``--every``-th final model of a zoo a forward pass of 256 samples (no gradients) and
 a forward+backward pass (cross-entropy, gradients of the parameters), of the model as
 stored and of its channels-last copy, median of ``--repeat`` rounds, printed with their
-ratios and the largest difference of the logits.
+ratios and the largest difference of the logits; then what ``pgen score --measures
+pvector_angle`` spends on each of those models (its targets' passes over the training,
+test and pseudo-test splits and the angle; ``pgen.score._score_one``) with the layout as
+stored and with channels-last, the two alternating, median of ``--repeat``, and the
+largest difference of the angle and the accuracies between the two.
 
 Usage::
 
@@ -65,7 +69,8 @@ def main(argv=None) -> None:
           f"{'ratio':>6} {'max |dlogit|':>12}")
     for entry in zoo.entries[::args.every]:
         model = entry.load_model().eval()
-        fast = channels_last_on_cpu(copy.deepcopy(model), x[:2])
+        fast = copy.deepcopy(model)
+        channels_last_on_cpu(fast, x[:2])
         row = {}
         for label, m in (("first", model), ("last", fast)):
             params = [p for p in m.parameters() if p.requires_grad]
@@ -83,6 +88,33 @@ def main(argv=None) -> None:
         (f1, b1), (f2, b2) = row["first"], row["last"]
         print(f"{entry.id:<22} {f1 * 1e3:8.1f}ms {f2 * 1e3:7.1f}ms {f1 / f2:6.2f} {b1 * 1e3:8.1f}ms "
               f"{b2 * 1e3:7.1f}ms {b1 / b2:6.2f} {diff:12.1e}", flush=True)
+
+    import pgen.score as score
+
+    settings = ScoreSettings(measures=("pvector_angle",))
+    ctx = _Context(zoo, settings)
+    layouts = {"stored": lambda model, example: (lambda: None), "channels-last": channels_last_on_cpu}
+    print(f"\npgen score --measures pvector_angle, seconds per model (targets + angle)\n"
+          f"{'model':<22} {'stored':>8} {'ch-last':>8} {'ratio':>6} {'max |d angle|':>14} {'max |d acc|':>12}")
+    totals = dict.fromkeys(layouts, 0.0)
+    for entry in zoo.entries[::args.every]:
+        times, outcomes = {k: [] for k in layouts}, {}
+        for _ in range(args.repeat):
+            for label, layout in layouts.items():
+                score.channels_last_on_cpu = layout
+                t = time.perf_counter()
+                outcomes[label] = score._score_one(zoo, entry.id, ctx, settings, "cpu", True, settings.measures)
+                times[label].append(time.perf_counter() - t)
+        score.channels_last_on_cpu = channels_last_on_cpu
+        a, b = outcomes["stored"], outcomes["channels-last"]
+        d_angle = abs(a.measures["pvector_angle"][0] - b.measures["pvector_angle"][0])
+        d_acc = max(abs(a.targets[k] - b.targets[k]) for k in a.targets if k.endswith("_acc"))
+        t1, t2 = statistics.median(times["stored"]), statistics.median(times["channels-last"])
+        totals["stored"] += t1
+        totals["channels-last"] += t2
+        print(f"{entry.id:<22} {t1:8.3f} {t2:8.3f} {t1 / t2:6.2f} {d_angle:14.1e} {d_acc:12.1e}", flush=True)
+    print(f"{'all':<22} {totals['stored']:8.2f} {totals['channels-last']:8.2f} "
+          f"{totals['stored'] / totals['channels-last']:6.2f}")
 
 
 if __name__ == "__main__":

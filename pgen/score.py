@@ -35,6 +35,7 @@ from pgen.features import evaluate_with_p_vectors
 from pgen.executors import ProcessPool, RayExecutor, open_executor
 from pgen.measures import MeasureData, MeasureSettings, evaluate_measure, get_measure
 from pgen.measures.pvector_angle import feature_reads
+from pgen.measures._util import channels_last_on_cpu
 from pgen.models import check_model_fits
 from pgen.results import ScoreRun, run_from_store, measure_settings
 from pgen.store import ResultsStore
@@ -223,34 +224,40 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
         model = entry.load_model()
         check_model_fits(model, ctx.x, ctx.y, where=f"model {entry.id}")
         model = model.to(device)
-        own = _own_training_data(entry, ctx, s)
-        reads = _pass_reads(measures, s, device, own is not None)
-        if need_targets:
-            t = time.perf_counter()
-            v = {}
-            # the training accuracy on what the model was trained on (labels as trained) where recorded
-            train = (ctx.x_train[own[0]], own[1]) if own is not None else (ctx.x_train, ctx.y_train)
-            for split, (x, y), (acc_name, loss_name) in (
-                    ("train", train, ("train_acc", "train_loss")),
-                    ("test", (ctx.x_test, ctx.y_test), ("test_acc", "test_loss")),
-                    ("pseudo", (ctx.x_pseudo, ctx.y_pseudo), ("pseudo_test_acc", None))):
-                if x is None:
-                    continue
-                owned = split == "train" and own is not None
-                v[acc_name], loss, found = _split_pass(model, x, y, reads["own" if owned else split], len(ctx.x),
-                                                       s, device)
-                if loss_name:
-                    v[loss_name] = loss
-                (own_pvectors if owned else pvectors).update({(split, *key): pv for key, pv in found.items()})
-            if own is not None:
-                v["train_samples"] = len(own[0])
-            out.targets, out.target_seconds = v, time.perf_counter() - t
-        if keep_vector:
-            from pgen.features import model_p_vectors
+        # the passes over the splits only run forwards: channels-last there (the same function,
+        # faster on a CPU); the measures that take gradients get the stored layout back
+        stored_layout = channels_last_on_cpu(model, ctx.x[:2])
+        try:
+            own = _own_training_data(entry, ctx, s)
+            reads = _pass_reads(measures, s, device, own is not None)
+            if need_targets:
+                t = time.perf_counter()
+                v = {}
+                # the training accuracy on what the model was trained on (labels as trained) where recorded
+                train = (ctx.x_train[own[0]], own[1]) if own is not None else (ctx.x_train, ctx.y_train)
+                for split, (x, y), (acc_name, loss_name) in (
+                        ("train", train, ("train_acc", "train_loss")),
+                        ("test", (ctx.x_test, ctx.y_test), ("test_acc", "test_loss")),
+                        ("pseudo", (ctx.x_pseudo, ctx.y_pseudo), ("pseudo_test_acc", None))):
+                    if x is None:
+                        continue
+                    owned = split == "train" and own is not None
+                    v[acc_name], loss, found = _split_pass(model, x, y, reads["own" if owned else split], len(ctx.x),
+                                                           s, device)
+                    if loss_name:
+                        v[loss_name] = loss
+                    (own_pvectors if owned else pvectors).update({(split, *key): pv for key, pv in found.items()})
+                if own is not None:
+                    v["train_samples"] = len(own[0])
+                out.targets, out.target_seconds = v, time.perf_counter() - t
+            if keep_vector:
+                from pgen.features import model_p_vectors
 
-            pv = pvectors.get(("train", s.layer, s.center)) or model_p_vectors(
-                model, (ctx.x, ctx.y), layers=s.layer, center=s.center, batch_size=s.batch_size, device=device)[s.layer]
-            out.vector = pv.vector
+                pv = pvectors.get(("train", s.layer, s.center)) or model_p_vectors(
+                    model, (ctx.x, ctx.y), layers=s.layer, center=s.center, batch_size=s.batch_size, device=device)[s.layer]
+                out.vector = pv.vector
+        finally:  # the same tensors back, also for a model the caller holds (score_models)
+            stored_layout()
     except Exception as exc:  # recorded with the model; the run goes on
         out.error = _error_text(exc)
         return out

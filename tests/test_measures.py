@@ -431,17 +431,21 @@ def test_channels_last_copy_computes_the_same_logits():
     net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 10)).eval()
     x = torch.randn(32, 1, 12, 12)
-    fast = channels_last_on_cpu(copy.deepcopy(net), x[:2])
+    fast = copy.deepcopy(net)
+    restore = channels_last_on_cpu(fast, x[:2])
     assert fast[0].weight.stride() == (9, 1, 3, 1) and net[0].weight.stride() == (9, 9, 3, 1)
     assert fast[3].weight.is_contiguous(memory_format=torch.channels_last)
     assert fast[7].weight.stride() == net[7].weight.stride()
     with torch.no_grad():
         assert fast[2](fast[1](fast[0](x))).is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+    restore()
+    assert fast[0].weight.stride() == (9, 9, 3, 1) and torch.equal(fast[0].weight, net[0].weight)
     net3d = nn.Sequential(nn.Conv3d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 2 * 2 * 2, 3))
     strides = net3d[0].weight.stride()
     with torch.no_grad():
-        channels_last_on_cpu(net3d, torch.randn(2, 1, 4, 4, 4))(torch.randn(2, 1, 4, 4, 4))
+        channels_last_on_cpu(net3d, torch.randn(2, 1, 4, 4, 4))
+        net3d(torch.randn(2, 1, 4, 4, 4))
     assert net3d[0].weight.stride() == strides
 
 
@@ -469,7 +473,8 @@ def test_channels_last_keeps_the_layout_of_a_model_that_cannot_take_it():
     net = _ViewingCNN().train()
     x = torch.randn(64, 1, 12, 12)
     stats = net.bn.running_mean.clone()
-    copied = channels_last_on_cpu(copy.deepcopy(net), x[:2])
+    copied = copy.deepcopy(net)
+    channels_last_on_cpu(copied, x[:2])
     assert copied.conv.weight.stride() == net.conv.weight.stride() == (9, 9, 3, 1)
     assert copied.training and torch.equal(copied.bn.running_mean, stats)
     data = MeasureData(x, torch.randint(0, 3, (64,)), num_classes=3)

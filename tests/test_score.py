@@ -332,3 +332,39 @@ def test_own_training_samples_share_their_pass_with_the_own_data_angle(tiny_zoo,
         assert value == pytest.approx(alone, abs=1e-4)
         checked += 1
     assert checked >= 2
+
+
+def test_the_passes_run_channels_last_and_score_as_the_stored_layout(tiny_zoo, tmp_path, monkeypatch):
+    """On a CPU the passes over the splits run the CNNs with channels-last weights (the same
+    function, faster); the targets and the angle equal those of the stored layout up to float
+    rounding, and the measures, which may take gradients, see the stored layout."""
+    import pgen.score as score_module
+    from pgen.measures import REGISTRY, register
+
+    def restrided(model):
+        return any(p.dim() == 4 and p.stride() != torch.empty(p.shape).stride() for p in model.parameters())
+
+    seen = []
+    real = score_module.channels_last_on_cpu
+
+    def spy(model, example):
+        restore = real(model, example)
+        seen.append(restrided(model))
+        return restore
+
+    register("layout_probe", description="test measure", sign=1, reference="test", sign_reason="test")(
+        lambda model, init_model, data, settings: float(restrided(model)))
+    try:
+        s = ScoreSettings(n_samples=100, measures=("pvector_angle", "layout_probe"))
+        monkeypatch.setattr(score_module, "channels_last_on_cpu", spy)
+        fast = score_zoo(tiny_zoo, tmp_path / "fast", settings=s, progress=False).table.set_index("model_id")
+        monkeypatch.setattr(score_module, "channels_last_on_cpu", lambda model, example: (lambda: None))
+        stored = score_zoo(tiny_zoo, tmp_path / "stored", settings=s, progress=False).table.set_index("model_id")
+    finally:
+        REGISTRY.pop("layout_probe", None)
+    assert any(seen) and not all(seen)  # the CNNs ran channels-last, the MLPs have nothing to restride
+    assert (fast["layout_probe"] == 0).all() and (stored["layout_probe"] == 0).all()
+    for col in ("train_acc", "test_acc", "pseudo_test_acc"):
+        pd.testing.assert_series_equal(fast[col], stored.loc[fast.index, col])
+    for col in ("train_loss", "test_loss", "pvector_angle"):
+        assert fast[col].to_numpy() == pytest.approx(stored.loc[fast.index, col].to_numpy(), rel=1e-5, abs=1e-4)

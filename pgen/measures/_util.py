@@ -143,27 +143,34 @@ def capture_output(module: nn.Module):
     return captured, handle
 
 
-def channels_last_on_cpu(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def channels_last_on_cpu(model: nn.Module, example: torch.Tensor):
     """Store ``model``'s 4-D weights channels-last, in place, when it runs on a CPU and still
-    runs so on ``example`` (a few input samples); returns it.
+    runs so on ``example`` (a few input samples); returns a function that puts the stored
+    layout back (the same tensors).
 
-    For a measure's own copy of a model that only runs forward passes without gradients
-    (the PAC-Bayes draws). oneDNN's convolutions then give channels-last activations, and
+    For forward passes without gradients: ``pgen score``'s passes over the splits (the
+    targets and the P-vectors) and the PAC-Bayes draws. oneDNN's convolutions then give
+    channels-last activations, and
     PyTorch's CPU max pooling is several times faster on those than on channels-first ones
     (``python benchmarks/channels_last.py mnist5k``: 2x2 pooling of 256x16x28x28, 19.9 ms
     channels-first and 3.6 ms channels-last; the forward pass of mnist5k's CNNs 1.2-4.2x
     faster). The function is the same: only the layout of the weights changes, so the
-    logits differ by float rounding (at most 3.8e-6 there). Forward+backward passes gain
-    little (0.93-1.19x), so the gradient-based searches keep the model's layout.
+    logits differ by float rounding (at most 3.8e-6 there). Forward+backward passes do not
+    gain (0.66-1.19x there), so the measures that take gradients get the stored layout.
 
     A forward that ``.view()``s its activations (``x.view(x.size(0), -1)`` after a
     convolution, common in user models) cannot take channels-last ones and raises; the model
     then keeps its layout, which the trial forward on ``example`` finds out.
     """
     convs = [p for p in model.parameters() if p.dim() == 4]
-    if model_device(model).type != "cpu" or not convs:
-        return model
     stored = [p.data for p in convs]
+
+    def restore():
+        for p, data in zip(convs, stored):
+            p.data = data
+
+    if model_device(model).type != "cpu" or not convs:
+        return restore
     for p in convs:
         # not .contiguous(): with one input channel the weight already counts as
         # channels-last and stays as it is, and the convolution's output keeps NCHW
@@ -174,11 +181,10 @@ def channels_last_on_cpu(model: nn.Module, example: torch.Tensor) -> nn.Module:
         with torch.inference_mode():
             model(example if example.is_floating_point() else example.float())
     except Exception:  # the layout, not the model, failed: the caller's own passes report real errors
-        for p, data in zip(convs, stored):
-            p.data = data
+        restore()
     finally:
         model.train(was_training)
-    return model
+    return restore
 
 
 def shuffled_stream(n: int, count: int, generator: torch.Generator) -> torch.Tensor:

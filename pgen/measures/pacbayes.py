@@ -67,7 +67,8 @@ def noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float = 
 
 def _noise_sigma(model, data, settings, *, magnitude_aware: bool, upper: float) -> float:
     base = accuracy(model, data.x, data.y, settings)
-    noisy = channels_last_on_cpu(copy.deepcopy(model), data.x[:2])  # forward passes only: see its docstring
+    noisy = copy.deepcopy(model)
+    channels_last_on_cpu(noisy, data.x[:2])  # the draws run forward passes only: see its docstring
     originals = [p.detach().clone() for p in model.parameters()]
 
     def drop(sigma: float) -> float:
