@@ -152,11 +152,11 @@ def channels_last_on_cpu(model: nn.Module, example: torch.Tensor):
     targets and the P-vectors) and the PAC-Bayes draws. oneDNN's convolutions then give
     channels-last activations, and
     PyTorch's CPU max pooling is several times faster on those than on channels-first ones
-    (``python benchmarks/channels_last.py mnist5k``: 2x2 pooling of 256x16x28x28, 19.9 ms
-    channels-first and 3.6 ms channels-last; the forward pass of mnist5k's CNNs 1.2-4.2x
+    (``python benchmarks/channels_last.py mnist5k``: 2x2 pooling of 256x16x28x28, 20 ms
+    channels-first and 4 ms channels-last; the forward pass of mnist5k's CNNs 1.2-4.2x
     faster). The function is the same: only the layout of the weights changes, so the
     logits differ by float rounding (at most 3.8e-6 there). Forward+backward passes do not
-    gain (0.66-1.19x there), so the measures that take gradients get the stored layout.
+    gain (0.66-1.35x there), so the measures that take gradients get the stored layout.
 
     A forward that ``.view()``s its activations (``x.view(x.size(0), -1)`` after a
     convolution, common in user models) cannot take channels-last ones and raises; the model
