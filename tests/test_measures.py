@@ -461,6 +461,37 @@ class _ViewingCNN(nn.Module):
         return self.fc(h.view(h.size(0), -1))
 
 
+class _MemoryOrderCNN(nn.Module):
+    """A forward that reads a weight in memory order (as a C extension assuming contiguity
+    would): channels-last weights silently change its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(2, 4, 3), nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        w = self.conv.weight
+        return self.fc(torch.relu(self.conv(x)).flatten(1)) + torch.as_strided(w, (10,), (1,))
+
+
+def test_channels_last_keeps_the_layout_of_a_model_whose_output_it_changes():
+    import copy
+
+    from pgen.measures._util import channels_last_on_cpu
+
+    torch.manual_seed(0)
+    net = _MemoryOrderCNN().eval()
+    x = torch.randn(8, 2, 6, 6)
+    copied = copy.deepcopy(net)
+    w = copied.conv.weight
+    assert not torch.equal(torch.as_strided(w, (10,), (1,)),  # the test's premise: the layout changes the output
+                           torch.as_strided(w.contiguous(memory_format=torch.channels_last), (10,), (1,)))
+    channels_last_on_cpu(copied, x[:2])
+    assert copied.conv.weight.stride() == net.conv.weight.stride()
+    with torch.no_grad():
+        assert torch.equal(copied(x), net(x))
+
+
 def test_channels_last_keeps_the_layout_of_a_model_that_cannot_take_it():
     """A forward that .view()s its activations keeps its weights' layout (found by a trial
     forward in eval mode that leaves BatchNorm's statistics and the training flag alone),

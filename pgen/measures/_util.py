@@ -158,9 +158,11 @@ def channels_last_on_cpu(model: nn.Module, example: torch.Tensor):
     logits differ by float rounding (at most 3.8e-6 there). Forward+backward passes do not
     gain (0.66-1.35x there), so the measures that take gradients get the stored layout.
 
-    A forward that ``.view()``s its activations (``x.view(x.size(0), -1)`` after a
-    convolution, common in user models) cannot take channels-last ones and raises; the model
-    then keeps its layout, which the trial forward on ``example`` finds out.
+    The trial forward on ``example`` decides, against the stored layout's output on the
+    same samples: a forward that ``.view()``s its activations (``x.view(x.size(0), -1)``
+    after a convolution, common in user models) cannot take channels-last ones and raises,
+    and one that reads a weight's memory order (``as_strided``, a C extension that assumes
+    contiguity) computes something else; either keeps the stored layout.
     """
     convs = [p for p in model.parameters() if p.dim() == 4]
     stored = [p.data for p in convs]
@@ -171,15 +173,20 @@ def channels_last_on_cpu(model: nn.Module, example: torch.Tensor):
 
     if model_device(model).type != "cpu" or not convs:
         return restore
-    for p in convs:
-        # not .contiguous(): with one input channel the weight already counts as
-        # channels-last and stays as it is, and the convolution's output keeps NCHW
-        p.data = torch.empty_like(p.data, memory_format=torch.channels_last).copy_(p.data)
+    example = example if example.is_floating_point() else example.float()
     was_training = model.training
     model.eval()  # a training-mode trial would move BatchNorm's running statistics
     try:
         with torch.inference_mode():
-            model(example if example.is_floating_point() else example.float())
+            expected = model(example)
+            for p in convs:
+                # not .contiguous(): with one input channel the weight already counts as
+                # channels-last and stays as it is, and the convolution's output keeps NCHW
+                p.data = torch.empty_like(p.data, memory_format=torch.channels_last).copy_(p.data)
+            got = model(example)
+        if not (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor) and got.shape == expected.shape
+                and torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * max(1.0, float(expected.abs().max())))):
+            restore()
     except Exception:  # the layout, not the model, failed: the caller's own passes report real errors
         restore()
     finally:
