@@ -224,12 +224,14 @@ def _score_one(zoo: Zoo, entry_id: str, ctx: _Context, s: ScoreSettings, device:
         model = entry.load_model()
         check_model_fits(model, ctx.x, ctx.y, where=f"model {entry.id}")
         model = model.to(device)
+        own = _own_training_data(entry, ctx, s)
+        reads = _pass_reads(measures, s, device, own is not None)
         # the passes over the splits only run forwards: channels-last there (the same function,
-        # faster on a CPU); the measures that take gradients get the stored layout back
-        stored_layout = channels_last_on_cpu(model, ctx.x[:2])
+        # faster on a CPU); the measures that take gradients get the stored layout back. A model
+        # scored for measures alone runs no such pass and keeps its layout untouched.
+        passes = need_targets or keep_vector
+        stored_layout = channels_last_on_cpu(model, ctx.x[:2]) if passes else (lambda: None)
         try:
-            own = _own_training_data(entry, ctx, s)
-            reads = _pass_reads(measures, s, device, own is not None)
             if need_targets:
                 t = time.perf_counter()
                 v = {}
